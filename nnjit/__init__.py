@@ -1,0 +1,5 @@
+"""nnjit: the lecture's backpropagation as JIT-compiled loops, with NumPy and CUDA twins."""
+from .model import MLP, DivergenceError
+
+__version__ = "0.1.0"
+__all__ = ["MLP", "DivergenceError", "__version__"]

@@ -1,0 +1,24 @@
+"""Every tunable of nnjit in one place, read at call time.
+
+Numba's on-disk cache freezes module globals into compiled code, so kernels never read
+these values themselves: the wrappers read them and pass them to kernels as plain values.
+"""
+
+#: fastmath flags for the loop kernels. ``reassoc`` lets LLVM vectorise the sums
+#: z_j = sum_i w_ij a_i; ``nnan``/``ninf`` are left out on purpose, so a diverging
+#: run still produces NaN/inf that the wrapper can detect.
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+#: Below this many samples in a batch the per-sample loops run serially: a parallel
+#: region costs about a microsecond, more than the work of a handful of samples.
+PARALLEL_MIN_SAMPLES = 8
+
+#: Rows per chunk when predicting or scoring, so memory stays O(chunk x width).
+PREDICT_CHUNK = 4096
+
+#: Threads per block for the CUDA kernels (tests patch it small so tiny arrays span blocks).
+CUDA_THREADS = 128
+
+#: A layer's fused correction + update runs in parallel once N_l * N_{l-1} * batch reaches
+#: this, even for a batch too small for the per-sample kernels.
+PARALLEL_MIN_WORK = 4096

@@ -1,0 +1,325 @@
+"""The loop form: the lecture's per-unit equations as explicit scalar loops, compiled by Numba.
+
+Index names are the lecture's: ``m`` sample, ``i`` unit of layer l-1, ``j`` unit of layer l,
+``k`` unit of layer l+1. ``W[j, i]`` is w_ij of layer l (the lecture's matrix, rows j),
+batches are rows. Every kernel writes into arrays it is given and never allocates.
+
+Parallel axes are chosen per output, so a ``prange`` iteration writes only memory it owns:
+feed-forward and the error recursion over samples m (a row of z, a, delta each), the
+corrections over output units j (a row of dW each). Every sum runs in a fixed order, so the
+result does not depend on the thread count.
+
+The same function names, with the same signatures, exist in :mod:`nnjit.vectorised`
+(NumPy) and :mod:`nnjit.cuda` (GPU), so the three forms read in three columns.
+
+The network lives in flat buffers, as in llm.c: ``theta`` holds W^(1), b^(1), W^(2), ... and
+``shape = (sizes, w_off, b_off, acts, a_off)`` says where each piece starts. ``bufs = (a, z,
+delta, y, loss)`` hold one batch's activations, weighted inputs and errors of every layer.
+"""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .activations import (CROSS_ENTROPY, IDENTITY, SIGMOID, SOFTMAX, SQUARED_ERROR,
+                          apply_f, mul_fprime)
+from .config import FASTMATH
+
+_OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True)
+
+
+# ---------------------------------------------------------------- one layer, forward and back
+def _forward_layer(z, a, a_prev, W, b, act):
+    """Feed-forward: z_j = sum_i w_ij a_i + b_j ;  a_j = f(z_j).
+
+    a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l). prange over samples m.
+    """
+    M, n_in = a_prev.shape
+    n_out = W.shape[0]
+    for m in prange(M):
+        for j in range(n_out):
+            s = b[j]
+            for i in range(n_in):          # contiguous in W[j, :] and a_prev[m, :]: SIMD
+                s += W[j, i] * a_prev[m, i]
+            z[m, j] = s
+        apply_f(a[m], z[m], act)
+
+
+def _backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
+    """Error recursion: delta_j = f'(z_j) sum_k w_jk delta_k.
+
+    delta (M, N_{l+1}) is delta^(l+1); W (N_{l+1}, N_l) is W^(l+1), so W[k, j] = w_jk;
+    z_prev, a_prev, delta_prev (M, N_l) are layer l's. prange over samples m.
+    """
+    M, n_out = delta.shape
+    n_in = W.shape[1]
+    zero = delta.dtype.type(0.0)
+    for m in prange(M):
+        row = delta_prev[m]
+        for j in range(n_in):
+            row[j] = zero
+        for k in range(n_out):             # k outer, j inner: row W[k, :] is contiguous
+            dk = delta[m, k]
+            for j in range(n_in):
+                row[j] += W[k, j] * dk
+        mul_fprime(row, z_prev[m], a_prev[m], act_prev)
+
+
+def _corrections(dW, db, delta, a_prev, scale):
+    """Corrections: dw_ij = scale sum_m a_i delta_j ;  db_j = scale sum_m delta_j.
+
+    With scale = 1/M this is the lecture's batch average. delta (M, N_l); a_prev
+    (M, N_{l-1}); dW (N_l, N_{l-1}); db (N_l,). prange over output units j: no race.
+    """
+    M, n_in = a_prev.shape
+    n_out = delta.shape[1]
+    zero = dW.dtype.type(0.0)
+    s = dW.dtype.type(scale)
+    for j in prange(n_out):
+        row = dW[j]
+        for i in range(n_in):
+            row[i] = zero
+        sb = zero
+        for m in range(M):
+            d = delta[m, j]
+            sb += d
+            for i in range(n_in):
+                row[i] += d * a_prev[m, i]
+        for i in range(n_in):
+            row[i] *= s
+        db[j] = sb * s
+
+
+def _corrections_update(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
+    """Corrections fused with the momentum update, one row j at a time while it is in cache:
+    dw_ij = mean_m a_i delta_j ; v <- mu v - eta dw ; w <- w + v  (same for b).
+
+    W, vW, dW (N_l, N_{l-1}); b, vb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}).
+    prange over output units j.
+    """
+    M, n_in = a_prev.shape
+    n_out = delta.shape[1]
+    zero = W.dtype.type(0.0)
+    s = W.dtype.type(1.0 / M)
+    eta_ = W.dtype.type(eta)
+    mu_ = W.dtype.type(mu)
+    for j in prange(n_out):
+        row = dW[j]
+        for i in range(n_in):
+            row[i] = zero
+        sb = zero
+        for m in range(M):
+            d = delta[m, j]
+            sb += d
+            for i in range(n_in):
+                row[i] += d * a_prev[m, i]
+        for i in range(n_in):
+            vW[j, i] = mu_ * vW[j, i] - eta_ * (row[i] * s)
+            W[j, i] += vW[j, i]
+        db[j] = sb * s
+        vb[j] = mu_ * vb[j] - eta_ * db[j]
+        b[j] += vb[j]
+
+
+def _update(theta, vel, grad, eta, mu):
+    """Update with momentum on every parameter: v <- mu v - eta dw ; w <- w + v.
+
+    theta, vel, grad: flat (P,). prange over the flat index.
+    """
+    eta_ = theta.dtype.type(eta)
+    mu_ = theta.dtype.type(mu)
+    for p in prange(theta.shape[0]):
+        vel[p] = mu_ * vel[p] - eta_ * grad[p]
+        theta[p] += vel[p]
+
+
+# Each kernel twice: parallel, and serial for batches too small to pay for a parallel region.
+forward_layer = njit(parallel=True, **_OPTS)(_forward_layer)
+backward_layer = njit(parallel=True, **_OPTS)(_backward_layer)
+corrections = njit(parallel=True, **_OPTS)(_corrections)
+corrections_update = njit(parallel=True, **_OPTS)(_corrections_update)
+update = njit(parallel=True, **_OPTS)(_update)
+_forward_layer_s = njit(**_OPTS)(_forward_layer)
+_backward_layer_s = njit(**_OPTS)(_backward_layer)
+_corrections_update_s = njit(**_OPTS)(_corrections_update)
+
+
+# ---------------------------------------------------------------- the output layer
+@njit(**_OPTS)
+def output_error(delta, a, z, y, act, loss):
+    """Output error delta^L = dC/dz^L, exact for every output/loss pair.
+
+    delta_out = a - y; then delta^L = delta_out for the canonical pairs (softmax with
+    cross-entropy, sigmoid with binary cross-entropy, identity with squared error),
+    f'(z) delta_out for squared error with an elementwise f, and the full Jacobian
+    delta_k = a_k (delta_out_k - sum_k' a_k' delta_out_k') for softmax with squared error.
+    a, z, y, delta (M, N_L). Serial: O(M K) work is smaller than a parallel region.
+    """
+    M, K = a.shape
+    for m in range(M):
+        for k in range(K):
+            delta[m, k] = a[m, k] - y[m, k]
+        canonical = ((loss == CROSS_ENTROPY) or act == IDENTITY)
+        if not canonical:
+            if act == SOFTMAX:
+                s = delta.dtype.type(0.0)
+                for k in range(K):
+                    s += a[m, k] * delta[m, k]
+                for k in range(K):
+                    delta[m, k] = a[m, k] * (delta[m, k] - s)
+            else:
+                mul_fprime(delta[m], z[m], a[m], act)
+
+
+@njit(**_OPTS)
+def sample_loss(out, a, z, y, act, loss):
+    """Per-sample cost C_m into out (M,); returns max_m,k |a - y| (the stop criterion's error).
+
+    squared error C = 1/2 sum_k (a_k - y_k)^2 (the lecture's cost); cross-entropy
+    -sum_k y_k log a_k for softmax, the binary form for sigmoid, both from z so they stay
+    finite when a rounds to 0 or 1.
+    """
+    M, K = a.shape
+    half = a.dtype.type(0.5)
+    zero = a.dtype.type(0.0)
+    emax = zero
+    for m in range(M):
+        c = zero
+        if loss == SQUARED_ERROR:
+            for k in range(K):
+                e = a[m, k] - y[m, k]
+                c += half * e * e
+        elif act == SOFTMAX:              # log a_k = z_k - zmax - log sum exp(z - zmax)
+            zmax = z[m, 0]
+            for k in range(1, K):
+                zmax = max(zmax, z[m, k])
+            se = zero
+            for k in range(K):
+                se += math.exp(z[m, k] - zmax)
+            lse = zmax + math.log(se)
+            for k in range(K):
+                c -= y[m, k] * (z[m, k] - lse)
+        else:                             # sigmoid: log(1+e^z) - y z, written stably
+            for k in range(K):
+                zk = z[m, k]
+                c += max(zk, zero) - zk * y[m, k] + math.log1p(math.exp(-abs(zk)))
+        out[m] = c
+        for k in range(K):
+            emax = max(emax, abs(a[m, k] - y[m, k]))
+    return emax
+
+
+# ---------------------------------------------------------------- the whole network
+@njit(**_OPTS)
+def _params(theta, shape, l):
+    """Views W^(l) (N_l, N_{l-1}) and b^(l) (N_l,) into a flat parameter buffer."""
+    sizes, w_off, b_off = shape[0], shape[1], shape[2]
+    n_out, n_in = sizes[l], sizes[l - 1]
+    W = theta[w_off[l - 1]:w_off[l - 1] + n_out * n_in].reshape((n_out, n_in))
+    b = theta[b_off[l - 1]:b_off[l - 1] + n_out]
+    return W, b
+
+
+@njit(**_OPTS)
+def _rows(buf, shape, l, mb):
+    """Layer l's (mb, N_l) block of a batch buffer laid out by shape's a_off."""
+    sizes, a_off = shape[0], shape[4]
+    cap = buf.shape[0] // a_off[-1]
+    off = a_off[l] * cap
+    return buf[off:off + mb * sizes[l]].reshape((mb, sizes[l]))
+
+
+@njit(**_OPTS)
+def forward(theta, shape, bufs, mb, par):
+    """Feed-forward through all L layers for the mb samples already in layer 0 of bufs."""
+    acts = shape[3]
+    L = shape[0].shape[0] - 1
+    for l in range(1, L + 1):
+        W, b = _params(theta, shape, l)
+        a_prev = _rows(bufs[0], shape, l - 1, mb)
+        z, a = _rows(bufs[1], shape, l, mb), _rows(bufs[0], shape, l, mb)
+        if par:
+            forward_layer(z, a, a_prev, W, b, acts[l - 1])
+        else:
+            _forward_layer_s(z, a, a_prev, W, b, acts[l - 1])
+
+
+@njit(**_OPTS)
+def backprop(theta, grad, shape, bufs, mb, loss):
+    """Mean gradient over the batch into grad, after forward(): output error, then for
+    l = L..1 the corrections of layer l and the error recursion to layer l-1."""
+    acts = shape[3]
+    L = shape[0].shape[0] - 1
+    y = bufs[3][:mb * shape[0][L]].reshape((mb, shape[0][L]))
+    output_error(_rows(bufs[2], shape, L, mb), _rows(bufs[0], shape, L, mb),
+                 _rows(bufs[1], shape, L, mb), y, acts[L - 1], loss)
+    for l in range(L, 0, -1):
+        W, b = _params(theta, shape, l)
+        dW, db = _params(grad, shape, l)
+        delta, a_prev = _rows(bufs[2], shape, l, mb), _rows(bufs[0], shape, l - 1, mb)
+        corrections(dW, db, delta, a_prev, 1.0 / mb)
+        if l > 1:
+            backward_layer(_rows(bufs[2], shape, l - 1, mb), delta, W,
+                           _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
+
+
+@njit(**_OPTS)
+def load_batch(bufs, shape, X, Y, order, start, mb):
+    """Copy samples order[start:start+mb] into layer 0 and the target block of bufs."""
+    D = X.shape[1]
+    K = Y.shape[1]
+    a0 = _rows(bufs[0], shape, 0, mb)
+    y = bufs[3][:mb * K].reshape((mb, K))
+    for m in range(mb):
+        r = order[start + m]
+        for i in range(D):
+            a0[m, i] = X[r, i]
+        for k in range(K):
+            y[m, k] = Y[r, k]
+
+
+@njit(**_OPTS)
+def train_epoch(theta, vel, grad, shape, bufs, X, Y, order, batch_size, eta, mu, loss,
+                par_min, par_work):
+    """One epoch of the lecture's algorithm, every batch inside compiled code: for each
+    batch, feed-forward, output error, then from l = L down to 1 the error recursion to
+    layer l-1 (with W^(l) before its update) and the fused correction + momentum update
+    of layer l. Returns (sum of per-sample costs, max |a - y|) seen during the epoch.
+
+    par_min: batches of fewer samples run the per-sample kernels serially; par_work: a
+    layer's correction runs in parallel anyway once N_l N_{l-1} mb reaches it."""
+    acts = shape[3]
+    L = shape[0].shape[0] - 1
+    K = shape[0][L]
+    n = order.shape[0]
+    total = 0.0
+    emax = 0.0
+    for start in range(0, n, batch_size):
+        mb = min(batch_size, n - start)
+        par = mb >= par_min
+        load_batch(bufs, shape, X, Y, order, start, mb)
+        forward(theta, shape, bufs, mb, par)
+        aL, zL = _rows(bufs[0], shape, L, mb), _rows(bufs[1], shape, L, mb)
+        y = bufs[3][:mb * K].reshape((mb, K))
+        lossrow = bufs[4][:mb]
+        emax = max(emax, sample_loss(lossrow, aL, zL, y, acts[L - 1], loss))
+        for m in range(mb):
+            total += lossrow[m]
+        output_error(_rows(bufs[2], shape, L, mb), aL, zL, y, acts[L - 1], loss)
+        for l in range(L, 0, -1):
+            W, b = _params(theta, shape, l)
+            vW, vb = _params(vel, shape, l)
+            dW, db = _params(grad, shape, l)
+            delta, a_prev = _rows(bufs[2], shape, l, mb), _rows(bufs[0], shape, l - 1, mb)
+            if l > 1:       # error recursion first: it needs W^(l) before the update
+                if par:
+                    backward_layer(_rows(bufs[2], shape, l - 1, mb), delta, W,
+                                   _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
+                else:
+                    _backward_layer_s(_rows(bufs[2], shape, l - 1, mb), delta, W,
+                                      _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
+            if par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
+                corrections_update(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
+            else:
+                _corrections_update_s(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
+    return total, emax
