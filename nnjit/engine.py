@@ -112,9 +112,10 @@ class CPUEngine:
 
     def train_epoch(self, order, batch_size, eta, mu, loss):
         X, Y, bufs = self._fit
-        return self.k.train_epoch(self.theta, self.vel, self.grad, self.shape, bufs, X, Y,
-                                  order, batch_size, float(eta), float(mu), loss,
-                                  config.PARALLEL_MIN_SAMPLES, config.PARALLEL_MIN_WORK)
+        with np.errstate(over="ignore", invalid="ignore"):   # divergence is the wrapper's to report
+            return self.k.train_epoch(self.theta, self.vel, self.grad, self.shape, bufs, X, Y,
+                                      order, batch_size, float(eta), float(mu), loss,
+                                      config.PARALLEL_MIN_SAMPLES, config.PARALLEL_MIN_WORK)
 
     def end_fit(self):
         self._fit = None

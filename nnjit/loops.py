@@ -114,7 +114,8 @@ def _corrections_update(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
             for i in range(n_in):
                 row[i] += d * a_prev[m, i]
         for i in range(n_in):
-            vW[j, i] = mu_ * vW[j, i] - eta_ * (row[i] * s)
+            row[i] *= s
+            vW[j, i] = mu_ * vW[j, i] - eta_ * row[i]
             W[j, i] += vW[j, i]
         db[j] = sb * s
         vb[j] = mu_ * vb[j] - eta_ * db[j]
