@@ -22,3 +22,7 @@ CUDA_THREADS = 128
 #: A layer's fused correction + update runs in parallel once N_l * N_{l-1} * batch reaches
 #: this, even for a batch too small for the per-sample kernels.
 PARALLEL_MIN_WORK = 4096
+
+#: Out-of-core data (numpy.memmap, zarr, Dask arrays) is read this many bytes of X at a
+#: time (rounded to whole mini-batches), so fit/forward hold O(chunk) memory, not O(data).
+STREAM_CHUNK_BYTES = 32 * 2**20

@@ -106,6 +106,22 @@ class CPUEngine:
         self.k.backprop(self.theta, grad, self.shape, bufs, M, loss)
         return grad
 
+    def sums(self, X, Y, loss):
+        """(sum_m Delta w_m as a flat vector, sum_m C_m, max |a - y|) over the M samples in
+        one forward pass: the per-shard pieces of the lecture's batch mean, which
+        nnjit.data and nnjit.distributed add up across chunks and workers."""
+        M = X.shape[0]
+        bufs = self._buffers(M)
+        self.k.load_batch(bufs, self.shape, X, Y, np.arange(M, dtype=np.int64), 0, M)
+        self.k.forward(self.theta, self.shape, bufs, M, M >= config.PARALLEL_MIN_SAMPLES)
+        a, z = self._out(bufs, M)
+        emax = self.k.sample_loss(bufs[4][:M], a, z, bufs[3][:a.size].reshape(a.shape),
+                                  int(self.shape[3][-1]), loss)
+        grad = np.zeros_like(self.theta)
+        self.k.backprop(self.theta, grad, self.shape, bufs, M, loss)
+        grad *= M                   # backprop averages over the M samples; undo it for a sum
+        return grad, float(bufs[4][:M].astype(np.float64).sum()), float(emax)
+
     # -- training
     def begin_fit(self, X, Y, batch_size):
         self._fit = (X, Y, self._buffers(batch_size))

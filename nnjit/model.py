@@ -6,6 +6,7 @@ import numbers
 import numpy as np
 
 from . import activations as A
+from . import data as _data
 from .engine import CPUEngine, make_shape
 
 BACKENDS = ("loops", "vectorised", "cuda")
@@ -255,6 +256,8 @@ class MLP:
     # ------------------------------------------------------------------ forward, gradients
     def forward(self, X):
         """Output activations a^(L), shape (M, K)."""
+        if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
+            return _data.forward(self, X)
         return self._engine.forward(self._check_X(X))
 
     def gradients(self, X, Y):
@@ -284,8 +287,9 @@ class MLP:
         epochs. ``callbacks`` are called as cb(net, epoch, history) after each epoch; one
         that returns True stops training. Returns self.
         """
-        X = self._check_X(X)
-        Y = self._check_y(y, X.shape[0], fit=True)
+        stream = _data.Stream(self, X, y) if _data.is_out_of_core(X) else None   # nnjit.data
+        X = X if stream else self._check_X(X)
+        Y = None if stream else self._check_y(y, X.shape[0], fit=True)
         epochs = _check_positive_int("epochs", epochs)
         M = X.shape[0]
         batch_size = M if batch_size is None else min(_check_positive_int("batch_size", batch_size), M)
@@ -315,16 +319,19 @@ class MLP:
             bar = tqdm(total=epochs, desc="fit", unit="epoch", leave=False)
 
         best, stall = math.inf, 0
-        self._engine.begin_fit(X, Y, batch_size)
+        if stream is None:
+            self._engine.begin_fit(X, Y, batch_size)
         try:
             for _ in range(epochs):
                 epoch = self.n_epochs_
                 eta = lr(epoch) if callable(lr) else lr
                 if not (isinstance(eta, numbers.Real) and eta > 0 and math.isfinite(eta)):
                     raise ValueError(f"lr({epoch}) returned {eta!r}; it must be a positive number")
-                order = (self._rng.permutation(M) if shuffle else np.arange(M)).astype(np.int64)
+                order = None if stream else (self._rng.permutation(M) if shuffle else np.arange(M)).astype(np.int64)
                 saved = (self._engine.get_params(), self._engine.get_velocity())
-                total, emax = self._engine.train_epoch(order, batch_size, eta, momentum, self._loss)
+                total, emax = (stream.train_epoch(self._engine, batch_size, eta, momentum, self._loss,
+                                                  shuffle, self._rng) if stream else
+                               self._engine.train_epoch(order, batch_size, eta, momentum, self._loss))
                 loss = total / M
                 if not math.isfinite(loss) or not np.isfinite(self._engine.get_params()).all():
                     self._engine.set_params(saved[0])
@@ -387,7 +394,7 @@ class MLP:
 
     def score(self, X, y):
         """Accuracy for classifiers; R^2 (averaged over outputs) for other outputs."""
-        X = self._check_X(X)
+        X = X if _data.is_out_of_core(X) else self._check_X(X)
         y = np.asarray(y)
         if y.shape[:1] != (X.shape[0],):
             raise ValueError(f"X has {X.shape[0]} samples but y has shape {y.shape}")
