@@ -26,3 +26,11 @@ PARALLEL_MIN_WORK = 4096
 #: Out-of-core data (numpy.memmap, zarr, Dask arrays) is read this many bytes of X at a
 #: time (rounded to whole mini-batches), so fit/forward hold O(chunk) memory, not O(data).
 STREAM_CHUNK_BYTES = 32 * 2**20
+
+#: Tile edge of the CUDA backend's shared-memory kernels (a block is CUDA_TILE x CUDA_TILE
+#: threads); tests patch it small.
+CUDA_TILE = 16
+
+#: Which CUDA kernels compute the matrix products: "tiled" (shared-memory tiles, the fast
+#: version) or "simple" (one thread per output, the loop body indexed by thread).
+CUDA_KERNELS = "tiled"
