@@ -275,7 +275,7 @@ class MLP:
     # ------------------------------------------------------------------ training
     def fit(self, X, y, epochs=10, lr=0.1, momentum=0.0, batch_size=32, shuffle=True, tol=None,
             n_iter_no_change=10, error_threshold=None, validation_data=None, progress=False,
-            callbacks=None):
+            callbacks=None, checkpoint=None, checkpoint_every=1, resume=False):
         """Train by backpropagation; continues from the current weights and velocities.
 
         batch_size=1 is the lecture's online learning, None full batch mode, otherwise
@@ -286,6 +286,14 @@ class MLP:
         ``validation_data`` is given) has not improved by ``tol`` for ``n_iter_no_change``
         epochs. ``callbacks`` are called as cb(net, epoch, history) after each epoch; one
         that returns True stops training. Returns self.
+
+        ``checkpoint="path"`` saves the whole training state (nnjit.io format) every
+        ``checkpoint_every`` epochs of this call, at its end and on Ctrl-C. ``resume=True``
+        first loads that checkpoint (if the file exists; else trains from the start) and trains
+        until the interrupted call has done ``epochs`` epochs in all: rerunning the same call
+        with resume=True continues it exactly, bit for bit. Ctrl-C (KeyboardInterrupt) during an
+        epoch restores the weights, velocities, shuffling state and history of the epoch's start
+        before re-raising, so the model is left at its last completed epoch.
         """
         stream = _data.Stream(self, X, y) if _data.is_out_of_core(X) else None   # nnjit.data
         X = X if stream else self._check_X(X)
@@ -309,6 +317,13 @@ class MLP:
             Xv = self._check_X(validation_data[0], "X_val")
             val = (Xv, self._check_y(validation_data[1], Xv.shape[0]), validation_data[1])
         callbacks = list(callbacks or [])
+        best, stall, ckpt, saved = math.inf, 0, None, None
+        if checkpoint is not None or resume:            # nnjit.io: checkpoints and resume
+            from .io import Checkpoint
+            ckpt = Checkpoint(self, checkpoint, checkpoint_every, X, Y, epochs, lr, momentum=momentum,
+                              batch_size=batch_size, shuffle=shuffle, tol=tol,
+                              n_iter_no_change=n_iter_no_change, error_threshold=error_threshold)
+            epochs, best, stall = ckpt.start(resume)     # epochs left; may load the checkpoint
 
         bar = None
         if progress:
@@ -318,7 +333,6 @@ class MLP:
                 raise ImportError("progress=True needs tqdm: pip install 'nnjit[progress]'") from e
             bar = tqdm(total=epochs, desc="fit", unit="epoch", leave=False)
 
-        best, stall = math.inf, 0
         if stream is None:
             self._engine.begin_fit(X, Y, batch_size)
         try:
@@ -327,8 +341,11 @@ class MLP:
                 eta = lr(epoch) if callable(lr) else lr
                 if not (isinstance(eta, numbers.Real) and eta > 0 and math.isfinite(eta)):
                     raise ValueError(f"lr({epoch}) returned {eta!r}; it must be a positive number")
+                # the state at the epoch's start, restored on divergence or on Ctrl-C mid-epoch
+                saved = (self._engine.get_params(), self._engine.get_velocity(),
+                         self._rng.bit_generator.state, self.n_epochs_,
+                         {k: len(v) for k, v in self.history_.items()})
                 order = None if stream else (self._rng.permutation(M) if shuffle else np.arange(M)).astype(np.int64)
-                saved = (self._engine.get_params(), self._engine.get_velocity())
                 total, emax = (stream.train_epoch(self._engine, batch_size, eta, momentum, self._loss,
                                                   shuffle, self._rng) if stream else
                                self._engine.train_epoch(order, batch_size, eta, momentum, self._loss))
@@ -339,7 +356,6 @@ class MLP:
                     raise DivergenceError(
                         f"training diverged in epoch {epoch} (loss {loss}); the weights were "
                         "restored to the last finite values; try a smaller lr or momentum")
-                self.n_epochs_ += 1
                 self.history_["loss"].append(loss)
                 metric = loss
                 if val is not None:
@@ -347,6 +363,7 @@ class MLP:
                     self.history_["val_loss"].append(vloss)
                     self.history_["val_score"].append(self.score(val[0], val[2]))
                     metric = vloss
+                self.n_epochs_ += 1     # the commit point: from here on the epoch is complete
                 if bar is not None:
                     post = {"loss": f"{loss:.4g}"}
                     if val is not None:
@@ -361,8 +378,20 @@ class MLP:
                     best = min(best, metric)
                     if stall >= n_iter_no_change:
                         stop = True
+                if ckpt is not None:
+                    ckpt.after_epoch(best, stall, stop)
                 if stop:
                     break
+        except KeyboardInterrupt:
+            if saved is not None and self.n_epochs_ == saved[3]:    # interrupted mid-epoch
+                self._engine.set_params(saved[0])
+                self._engine.set_velocity(saved[1])
+                self._rng.bit_generator.state = saved[2]
+                for k, n in saved[4].items():
+                    del self.history_[k][n:]
+                if ckpt is not None:
+                    ckpt.save(best, stall)
+            raise
         finally:
             self._engine.end_fit()
             if bar is not None:
@@ -416,3 +445,33 @@ class MLP:
     def __repr__(self):
         return (f"MLP({self.layers}, activation={self.activation!r}, output={self.output!r}, "
                 f"loss={self.loss!r}, backend={self.backend!r}, dtype={self.dtype!r})")
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path):
+        """Write the model (architecture, weights, biases, velocities, classes_, history_,
+        n_epochs_ and the shuffling state) to path atomically; format in :mod:`nnjit.io`."""
+        from . import io
+        io.save(self, path)
+
+    @classmethod
+    def load(cls, path, backend=None):
+        """The model saved at path (never executes code from the file); ``backend``
+        overrides the stored backend. Raises nnjit.io.ModelFileError for a bad file."""
+        from . import io
+        return io.load(path, backend=backend)
+
+    def __getstate__(self):
+        # pickle/deepcopy (joblib, sklearn's clone of fitted nets): the engine holds kernel
+        # modules or device arrays, so it travels as its parameter and velocity vectors
+        state = self.__dict__.copy()
+        engine = state.pop("_engine")
+        state["_theta"], state["_vel"] = engine.get_params(), engine.get_velocity()
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        theta, vel = state.pop("_theta"), state.pop("_vel")
+        self.__dict__.update(state)
+        self._engine = _engine(self.backend, self._shape, self._n_params, self.dtype)
+        self._engine.set_params(theta)
+        self._engine.set_velocity(vel)

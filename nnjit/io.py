@@ -1,0 +1,346 @@
+"""Saving, loading and checkpointing MLPs: the nnjit model file format.
+
+What it is for: keeping a trained (or half-trained) network safe on disk and bringing it back
+exactly, so that a loaded model predicts bit-identically and continues training exactly as the
+original would have. What it is not for: exchanging models with other frameworks (the arrays are
+plain NumPy, so that is easy, but nothing here converts).
+
+The format (version 1)
+----------------------
+A NumPy ``.npz`` archive (a zip of ``.npy`` files) holding only numeric and fixed-width string
+arrays, so it is read with ``np.load(path, allow_pickle=False)`` and loading never executes code:
+
+===============  ======================  ==================================================
+name             dtype, shape            content
+===============  ======================  ==================================================
+``header``       uint8 (n,)              UTF-8 JSON, see below
+``W1``..``WL``   float32/64 (N_l, N_l-1) weights W^(l)[j, i], the lecture's layout
+``b1``..``bL``   float32/64 (N_l,)       biases b^(l)
+``vW1``..        float32/64 (N_l, N_l-1) momentum velocities of W^(l) (optimizer state)
+``vb1``..        float32/64 (N_l,)       momentum velocities of b^(l)
+``classes``      numbers or ``<U``/``S`` class labels (only for a classifier fitted on labels)
+===============  ======================  ==================================================
+
+The JSON header: ``format`` ("nnjit-mlp"), ``version`` (1), ``nnjit_version``, ``architecture``
+(the ``MLP(...)`` arguments: layers, activation, output, loss, init, init_scale, backend, dtype,
+seed), ``n_epochs``, ``history`` (the ``history_`` lists), ``rng`` (the shuffling generator's
+``bit_generator.state``, so the next epoch's order is the one the original would have drawn),
+``classes`` (null, or how the ``classes`` array is to be read back), ``fit`` (optional, the
+hyperparameters of the training run, for ``nnjit info``), ``checkpoint`` (only in checkpoints:
+the state of the interrupted ``fit`` call) and ``sha256``, a digest of every other array (name,
+dtype, shape and bytes) that catches corruption the zip CRCs would miss.
+
+Writes are atomic: the archive goes to a temporary file in the target's directory, is flushed
+and fsync'ed, then ``os.replace``'d over the target, so a crash or Ctrl-C during a save leaves
+the previous file intact. The path is used exactly as given (no ``.npz`` is appended).
+"""
+import hashlib
+import json
+import math
+import os
+import tempfile
+import zipfile
+import zlib
+
+import numpy as np
+
+FORMAT = "nnjit-mlp"
+VERSION = 1
+
+_ARCH = ("layers", "activation", "output", "loss", "init", "init_scale", "backend", "dtype", "seed")
+
+
+class ModelFileError(ValueError):
+    """The file is not a readable nnjit model: foreign, truncated, corrupted or too new."""
+
+
+# ---------------------------------------------------------------- writing
+def _digest(arrays):
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _classes_arrays(classes):
+    """(header entry, arrays) for classes_; numbers and strings only, never object arrays."""
+    if classes is None:
+        return None, {}
+    c = np.asarray(classes)
+    obj = c.dtype == object
+    if obj:
+        vals = c.tolist()
+        if all(isinstance(v, str) for v in vals):
+            c = np.array(vals, dtype=str)
+        elif all(isinstance(v, (bool, int, float, np.number)) for v in vals):
+            c = np.array(vals)
+        else:
+            raise TypeError("cannot save classes_ holding objects other than str or numbers: "
+                            f"{sorted({type(v).__name__ for v in vals})}")
+    if c.dtype.kind not in "biufUS" or c.ndim != 1:
+        raise TypeError(f"cannot save classes_ of dtype {c.dtype} and shape {c.shape}")
+    return {"object": bool(obj)}, {"classes": c}
+
+
+def _seed(seed):
+    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
+        return None if seed is None else int(seed)
+    return None     # a Generator/SeedSequence seed: the saved rng state carries it
+
+
+def _state(net, fit=None, checkpoint=None):
+    """(header dict, arrays dict) describing net completely."""
+    L = len(net.layers) - 1
+    Ws, bs = net._split(net._engine.get_params())
+    vWs, vbs = net._split(net._engine.get_velocity())
+    arrays = {}
+    for l in range(1, L + 1):
+        arrays[f"W{l}"], arrays[f"b{l}"] = Ws[l - 1], bs[l - 1]
+        arrays[f"vW{l}"], arrays[f"vb{l}"] = vWs[l - 1], vbs[l - 1]
+    cls_entry, cls_arrays = _classes_arrays(net.classes_)
+    arrays.update(cls_arrays)
+    arch = {k: getattr(net, k) for k in _ARCH}
+    arch["seed"] = _seed(arch["seed"])
+    from . import __version__
+    header = {"format": FORMAT, "version": VERSION, "nnjit_version": __version__,
+              "architecture": arch, "n_epochs": int(net.n_epochs_),
+              "history": {k: [float(v) for v in vs] for k, vs in net.history_.items()},
+              "rng": net._rng.bit_generator.state, "classes": cls_entry,
+              "fit": fit, "checkpoint": checkpoint, "sha256": _digest(arrays)}
+    return header, arrays
+
+
+def _atomic_savez(path, arrays):
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:       # Ctrl-C too: never leave a half-written temporary behind
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:                        # make the rename itself durable; not possible everywhere
+        dfd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:
+        pass
+
+
+def save(net, path, fit=None, checkpoint=None):
+    """Write net to path atomically in the format above. ``fit``: optional JSON-able dict of
+    training hyperparameters to record; ``checkpoint``: the fit state (used by MLP.fit)."""
+    header, arrays = _state(net, fit, checkpoint)
+    text = json.dumps(header, allow_nan=False, sort_keys=True)
+    arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
+    _atomic_savez(path, arrays)
+
+
+# ---------------------------------------------------------------- reading
+def read(path):
+    """(header, arrays) of an nnjit file, checked; raises ModelFileError for anything else."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such model file: {path!r}")
+    if os.path.isdir(path):
+        raise ModelFileError(f"{path!r} is a directory, not an nnjit model file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        what = "it is empty" if not magic else "it is not a NumPy .npz archive"
+        raise ModelFileError(f"{path!r} is not an nnjit model file: {what}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "header" not in z.files:
+                raise ModelFileError(f"{path!r} is a .npz archive but not an nnjit model file "
+                                     "(it has no 'header' array)")
+            arrays = {name: z[name] for name in z.files}
+    except ModelFileError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
+        raise ModelFileError(f"{path!r} is truncated or corrupted ({type(e).__name__}: {e})") from e
+    raw = arrays.pop("header")
+    try:
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise ValueError("header is not a byte string")
+        header = json.loads(raw.tobytes().decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+    except ValueError as e:
+        raise ModelFileError(f"{path!r} has a corrupted header ({e})") from e
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path!r} is not an nnjit model file (format {header.get('format')!r})")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise ModelFileError(f"{path!r} has an invalid format version {version!r}")
+    if version > VERSION:
+        raise ModelFileError(f"{path!r} uses format version {version}, written by a newer nnjit "
+                             f"({header.get('nnjit_version')}); this nnjit reads version {VERSION}")
+    if header.get("sha256") != _digest(arrays):
+        raise ModelFileError(f"{path!r} is corrupted: its arrays do not match the checksum "
+                             "recorded when it was written")
+    for key in ("architecture", "n_epochs", "history", "rng"):
+        if key not in header:
+            raise ModelFileError(f"{path!r} lacks the header entry {key!r}")
+    return header, arrays
+
+
+def _params_from(net, arrays, prefix, path):
+    L = len(net.layers) - 1
+    Ws, bs = [], []
+    for l in range(1, L + 1):
+        for name, want, out in ((f"{prefix}W{l}", (net.layers[l], net.layers[l - 1]), Ws),
+                                (f"{prefix}b{l}", (net.layers[l],), bs)):
+            if name not in arrays:
+                raise ModelFileError(f"{path!r} lacks the array {name!r}")
+            a = arrays[name]
+            if a.shape != want or a.dtype != np.dtype(net.dtype):
+                raise ModelFileError(f"{path!r}: array {name!r} is {a.dtype}{a.shape}, the "
+                                     f"architecture needs {net.dtype}{want}")
+            out.append(a)
+    return net._join(Ws, bs)
+
+
+def _apply(net, header, arrays, path):
+    """Set every piece of learned and training state of net from a read file."""
+    net._engine.set_params(_params_from(net, arrays, "", path))
+    net._engine.set_velocity(_params_from(net, arrays, "v", path))
+    try:
+        state = header["rng"]
+        bitgen = getattr(np.random, state["bit_generator"])()
+        bitgen.state = state
+        net._rng = np.random.Generator(bitgen)
+        net.n_epochs_ = int(header["n_epochs"])
+        net.history_ = {k: [float(v) for v in vs] for k, vs in header["history"].items()}
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
+    entry = header.get("classes")
+    if entry is None:
+        net.classes_ = None
+    else:
+        if "classes" not in arrays:
+            raise ModelFileError(f"{path!r} lacks the array 'classes'")
+        c = arrays["classes"]
+        net.classes_ = np.array(c.tolist(), dtype=object) if entry.get("object") else c
+
+
+def load(path, backend=None):
+    """The MLP stored at path. ``backend`` overrides the stored one (e.g. load a model trained
+    with "cuda" on a machine without a GPU); predictions are bit-identical on the same backend."""
+    from .model import MLP
+    header, arrays = read(path)
+    arch = dict(header["architecture"])
+    if set(arch) != set(_ARCH):
+        raise ModelFileError(f"{path!r} has a malformed architecture entry: {sorted(arch)}")
+    if backend is not None:
+        arch["backend"] = backend
+    net = MLP(**arch)
+    _apply(net, header, arrays, path)
+    return net
+
+
+def info(path):
+    """A summary dict of the file at path (header facts and parameter count), for ``nnjit info``."""
+    header, arrays = read(path)
+    arch = header["architecture"]
+    layers = arch["layers"]
+    n_params = sum(layers[l] * layers[l - 1] + layers[l] for l in range(1, len(layers)))
+    hist = header["history"]
+    out = {"file": os.fspath(path), "format_version": header["version"],
+           "nnjit_version": header.get("nnjit_version"), "architecture": arch,
+           "n_params": int(n_params), "n_epochs": header["n_epochs"],
+           "final_loss": hist.get("loss", [None])[-1] if hist.get("loss") else None,
+           "final_val_loss": hist.get("val_loss", [None])[-1] if hist.get("val_loss") else None,
+           "final_val_score": hist.get("val_score", [None])[-1] if hist.get("val_score") else None,
+           "classes": arrays["classes"].tolist() if "classes" in arrays else None,
+           "fit": header.get("fit"), "checkpoint": header.get("checkpoint")}
+    return out
+
+
+# ---------------------------------------------------------------- checkpoints
+def _data_crc(*arrays):
+    crc = 0
+    for a in arrays:
+        if not isinstance(a, np.ndarray):
+            return None         # e.g. streamed data: not fingerprinted
+        crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc)
+    return crc
+
+
+class Checkpoint:
+    """The checkpoint and resume bookkeeping of one ``MLP.fit`` call.
+
+    The checkpoint records the fit's settings, where it started (``start_epoch``), the early
+    stopping counters and whether a stopping criterion ended it. Resuming requires the same data
+    and settings (else the continuation could not equal an uninterrupted run) and trains until
+    ``n_epochs_`` reaches ``start_epoch + epochs``, or not at all if the fit had stopped early.
+    """
+
+    def __init__(self, net, path, every, X, Y, epochs, lr, **settings):
+        from .model import _check_positive_int
+        if path is None:
+            raise ValueError("resume=True needs checkpoint='path' to resume from")
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"checkpoint must be a file path, got {type(path).__name__}")
+        self.net, self.path = net, os.fspath(path)
+        self.every = _check_positive_int("checkpoint_every", every)
+        self.epochs = epochs
+        self.start_epoch = net.n_epochs_
+        settings["lr"] = None if callable(lr) else float(lr)
+        settings["n_samples"] = int(X.shape[0])
+        settings["data_crc32"] = _data_crc(X, Y)
+        self.settings = {k: (float(v) if isinstance(v, float) else v) for k, v in settings.items()}
+
+    def start(self, resume):
+        """(epochs left to run, best, stall); loads the checkpoint into net when resuming."""
+        if not resume or not os.path.exists(self.path):
+            return self.epochs, math.inf, 0
+        header, arrays = read(self.path)
+        ck = header.get("checkpoint")
+        if not ck:
+            raise ValueError(f"{self.path!r} is a saved model, not a checkpoint written by "
+                             "fit(checkpoint=...); load it with MLP.load and call fit instead")
+        net = self.net
+        arch = header["architecture"]
+        mine = {k: getattr(net, k) for k in _ARCH if k not in ("backend", "seed")}
+        theirs = {k: arch.get(k) for k in mine}
+        if mine != theirs:
+            diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
+            raise ValueError(f"checkpoint {self.path!r} is of a different network: "
+                             + ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in diff.items()))
+        old = ck.get("settings", {})
+        diff = [k for k in self.settings if old.get(k) != self.settings[k]
+                and not (k == "data_crc32" and None in (old.get(k), self.settings[k]))]
+        if diff:
+            raise ValueError(f"cannot resume from {self.path!r}: it was written by a fit with other "
+                             + ", ".join(f"{k} ({old.get(k)!r} there, {self.settings[k]!r} here)"
+                                         for k in diff)
+                             + "; resuming continues that run exactly, so these must match")
+        _apply(net, header, arrays, self.path)
+        self.start_epoch = int(ck["start_epoch"])
+        best = math.inf if ck.get("best") is None else float(ck["best"])
+        left = 0 if ck.get("stopped") else max(0, self.start_epoch + self.epochs - net.n_epochs_)
+        return left, best, int(ck.get("stall", 0))
+
+    def save(self, best, stall, stopped=False):
+        ck = {"start_epoch": self.start_epoch, "epochs": self.epochs, "stopped": bool(stopped),
+              "best": None if not math.isfinite(best) else float(best), "stall": int(stall),
+              "settings": self.settings}
+        save(self.net, self.path, fit=self.settings, checkpoint=ck)
+
+    def after_epoch(self, best, stall, stopped):
+        """Save every ``every`` epochs of this fit, at its last epoch and when it stops."""
+        done = self.net.n_epochs_ - self.start_epoch
+        if stopped or done % self.every == 0 or self.net.n_epochs_ >= self.start_epoch + self.epochs:
+            self.save(best, stall, stopped)
