@@ -1,0 +1,749 @@
+"""The CUDA form: the lecture's per-unit equations as Numba CUDA kernels, one thread per output.
+
+Each kernel is the loop kernel's body (:mod:`nnjit.loops`) indexed by a thread, with the
+parallel axis chosen per output so no two threads write the same memory (no atomics, and
+every sum runs in the loop form's order, so results are deterministic):
+
+=================  ===========================================  ===================
+kernel             equation                                     a thread owns
+=================  ===========================================  ===================
+forward_layer      z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j)    (m, j)
+softmax            a_k = e^(z_k - zmax) / sum_k' e^(z_k'-zmax)  sample m
+output_error       delta^L = dC/dz^L (see loops.output_error)   (m, k)
+sample_loss        C_m and max_k |a_k - y_k|                    sample m
+backward_layer     delta_j = f'(z_j) sum_k w_jk delta_k         (m, j)
+corrections        dw_ij = scale sum_m a_i delta_j ; db_j       (j, i), i = N_{l-1} is the bias
+corrections_update the same, then v <- mu v - eta dw ; w <- w + v (j, i)
+update             v <- mu v - eta g ; w <- w + v               flat index, grid-stride
+load_batch         a^(0), y <- rows order[start:start+mb]       (m, column)
+=================  ===========================================  ===================
+
+The public names are launchers with the loop form's signatures (device arrays in place of
+NumPy arrays), so one parametrised test covers all three forms; departures: ``sample_loss``
+writes max_k |a - y| per sample into an ``err`` array instead of returning the maximum (a
+kernel returns nothing, and the engine reduces once per epoch), and ``load_batch`` takes the
+two destination blocks instead of the flat buffers. The ``*_tiled`` launchers are the fast
+second version of the three matrix products (feed-forward, error recursion, corrections):
+the same equations, each thread still owning one output, with operands staged through
+shared-memory tiles of ``config.CUDA_TILE``; they are tested against the simple kernels.
+
+Kernels are built per dtype (and tile size) by a factory, so every constant is of the
+array's dtype and a float32 kernel does no float64 arithmetic (checked on the PTX by
+tests/test_cuda_ptx.py). All CUDA imports of nnjit live in this module.
+
+Not for: multi-GPU, streams, or half precision. Without a GPU, set NUMBA_ENABLE_CUDASIM=1 to
+run these kernels in Numba's simulator (slow, for tests).
+"""
+import functools
+import math
+
+import numpy as np
+
+try:
+    import numba
+    from numba import cuda
+except ImportError as e:  # pragma: no cover - depends on the environment
+    raise ImportError("backend='cuda' needs numba-cuda: pip install 'nnjit[cuda]'") from e
+
+from . import config
+from .activations import (CROSS_ENTROPY, GELU, IDENTITY, RELU, SIGMOID, SOFTMAX,
+                          SQUARED_ERROR, TANH)
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+class CUDAUnavailableError(OSError):
+    """backend='cuda' was asked for where neither a CUDA GPU nor the simulator is usable."""
+
+
+def check_available():
+    """Raise CUDAUnavailableError, naming the fix, unless a GPU or the simulator is usable."""
+    if not cuda.is_available():
+        raise CUDAUnavailableError(
+            "backend='cuda' found no usable CUDA GPU (numba.cuda.is_available() is False). "
+            "On a machine with an NVIDIA GPU, install the NVIDIA driver (libcuda) and "
+            "numba-cuda (pip install 'nnjit[cuda]'); without a GPU, set "
+            "NUMBA_ENABLE_CUDASIM=1 in the environment before starting Python to run the "
+            "kernels in Numba's CUDA simulator (slow; meant for tests), or use "
+            "backend='loops'.")
+
+
+def simulated():
+    """True when the kernels run in Numba's CUDA simulator rather than on a GPU."""
+    from numba.cuda import config as cuda_config   # numba-cuda's own settings
+    return bool(getattr(cuda_config, "ENABLE_CUDASIM", False))
+
+
+# ================================================================ the kernels, per dtype
+@functools.lru_cache(maxsize=None)
+def _device(dtype):
+    """Scalar device twins of the activation table (nnjit.activations) for one dtype."""
+    dtype = np.dtype(dtype)
+    ONE, ZERO, HALF = dtype.type(1.0), dtype.type(0.0), dtype.type(0.5)
+    R2, R2PI = dtype.type(_INV_SQRT2), dtype.type(_INV_SQRT_2PI)
+
+    @cuda.jit(device=True)
+    def f(z, act):
+        """a = f(z) for the elementwise activations (softmax is a row kernel)."""
+        if act == SIGMOID:
+            return ONE / (ONE + math.exp(-z))
+        if act == TANH:
+            return math.tanh(z)
+        if act == RELU:
+            return z if z > ZERO else ZERO
+        if act == GELU:
+            return HALF * z * (ONE + math.erf(z * R2))
+        return z
+
+    @cuda.jit(device=True)
+    def fprime(z, a, act):
+        """f'(z), from z or a = f(z) as the lecture writes it (elementwise f only)."""
+        if act == SIGMOID:
+            return a * (ONE - a)
+        if act == TANH:
+            return ONE - a * a
+        if act == RELU:
+            return ONE if z > ZERO else ZERO
+        if act == GELU:
+            return HALF * (ONE + math.erf(z * R2)) + z * R2PI * math.exp(-HALF * z * z)
+        return ONE
+
+    return f, fprime
+
+
+class _Kernels:
+    """A namespace of compiled kernels (attribute per kernel)."""
+
+
+@functools.lru_cache(maxsize=None)
+def simple_kernels(dtype):
+    """The simple kernels for one dtype: each is a loop body of nnjit.loops, indexed by thread."""
+    dtype = np.dtype(dtype)
+    f, fprime = _device(dtype)
+    ZERO = dtype.type(0.0)
+    HALF = dtype.type(0.5)
+    k = _Kernels()
+
+    @cuda.jit
+    def forward_layer(z, a, a_prev, W, b, act):
+        """Feed-forward: z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j) (f elementwise; softmax
+        rows follow in their own kernel). a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,);
+        z, a (M, N_l). Thread t owns (m, j) = divmod(t, N_l)."""
+        M, n_in = a_prev.shape
+        n_out = W.shape[0]
+        t = cuda.grid(1)
+        if t < M * n_out:
+            m = t // n_out
+            j = t - m * n_out
+            s = b[j]
+            for i in range(n_in):
+                s += W[j, i] * a_prev[m, i]
+            z[m, j] = s
+            if act != SOFTMAX:
+                a[m, j] = f(s, act)
+    k.forward_layer = forward_layer
+
+    @cuda.jit
+    def softmax(a, z):
+        """a_k = e^(z_k - zmax) / sum_k' e^(z_k' - zmax): the max subtracted so exp never
+        overflows. z, a (M, K). Thread m owns row m (the row's sum couples its units)."""
+        M, K = z.shape
+        m = cuda.grid(1)
+        if m < M:
+            zmax = z[m, 0]
+            for j in range(1, K):
+                zmax = max(zmax, z[m, j])
+            s = ZERO
+            for j in range(K):
+                a[m, j] = math.exp(z[m, j] - zmax)
+                s += a[m, j]
+            for j in range(K):
+                a[m, j] = a[m, j] / s
+    k.softmax = softmax
+
+    @cuda.jit
+    def output_error(delta, a, z, y, act, loss):
+        """delta^L = dC/dz^L: delta_out = a - y for the canonical pairs, f'(z) delta_out for
+        squared error with an elementwise f, a_k (delta_out_k - sum_k' a_k' delta_out_k') for
+        softmax with squared error. a, z, y, delta (M, K). Thread t owns (m, k)."""
+        M, K = a.shape
+        t = cuda.grid(1)
+        if t < M * K:
+            m = t // K
+            kk = t - m * K
+            d = a[m, kk] - y[m, kk]
+            if not (loss == CROSS_ENTROPY or act == IDENTITY):
+                if act == SOFTMAX:
+                    s = ZERO
+                    for q in range(K):
+                        s += a[m, q] * (a[m, q] - y[m, q])
+                    d = a[m, kk] * (d - s)
+                else:
+                    d *= fprime(z[m, kk], a[m, kk], act)
+            delta[m, kk] = d
+    k.output_error = output_error
+
+    @cuda.jit
+    def sample_loss(out, err, a, z, y, act, loss):
+        """Per-sample cost C_m into out (M,) and max_k |a_k - y_k| into err (M,): squared
+        error 1/2 sum_k (a_k - y_k)^2; cross-entropy from z (log-sum-exp for softmax, the
+        stable binary form for sigmoid) so it stays finite where a rounds to 0 or 1.
+        a, z, y (M, K). Thread m owns sample m."""
+        M, K = a.shape
+        m = cuda.grid(1)
+        if m < M:
+            c = ZERO
+            if loss == SQUARED_ERROR:
+                for q in range(K):
+                    e = a[m, q] - y[m, q]
+                    c += HALF * e * e
+            elif act == SOFTMAX:          # log a_k = z_k - zmax - log sum exp(z - zmax)
+                zmax = z[m, 0]
+                for q in range(1, K):
+                    zmax = max(zmax, z[m, q])
+                se = ZERO
+                for q in range(K):
+                    se += math.exp(z[m, q] - zmax)
+                lse = zmax + math.log(se)
+                for q in range(K):
+                    c -= y[m, q] * (z[m, q] - lse)
+            else:                         # sigmoid: log(1+e^z) - y z, written stably
+                for q in range(K):
+                    zq = z[m, q]
+                    c += max(zq, ZERO) - zq * y[m, q] + math.log1p(math.exp(-abs(zq)))
+            out[m] = c
+            e = ZERO
+            for q in range(K):
+                e = max(e, abs(a[m, q] - y[m, q]))
+            err[m] = e
+    k.sample_loss = sample_loss
+
+    @cuda.jit
+    def backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
+        """Error recursion: delta_j = f'(z_j) sum_k w_jk delta_k. delta (M, N_{l+1}); W
+        (N_{l+1}, N_l) is W^(l+1), so W[k, j] = w_jk; z_prev, a_prev, delta_prev (M, N_l).
+        Thread t owns (m, j) = divmod(t, N_l)."""
+        M, n_out = delta.shape
+        n_in = W.shape[1]
+        t = cuda.grid(1)
+        if t < M * n_in:
+            m = t // n_in
+            j = t - m * n_in
+            s = ZERO
+            for kk in range(n_out):
+                s += W[kk, j] * delta[m, kk]
+            delta_prev[m, j] = s * fprime(z_prev[m, j], a_prev[m, j], act_prev)
+    k.backward_layer = backward_layer
+
+    @cuda.jit
+    def corrections_update(W, b, vW, vb, dW, db, delta, a_prev, scale, eta, mu, upd):
+        """Corrections dw_ij = scale sum_m a_i delta_j ; db_j = scale sum_m delta_j, then if
+        upd: v <- mu v - eta dw ; w <- w + v (same for b). W, vW, dW (N_l, N_{l-1}); b, vb,
+        db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}). Thread t owns (j, i) =
+        divmod(t, N_{l-1} + 1); i = N_{l-1} is the bias, the weight of an input always 1."""
+        M, n_in = a_prev.shape
+        n_out = delta.shape[1]
+        t = cuda.grid(1)
+        if t < n_out * (n_in + 1):
+            j = t // (n_in + 1)
+            i = t - j * (n_in + 1)
+            s = ZERO
+            if i < n_in:
+                for m in range(M):
+                    s += delta[m, j] * a_prev[m, i]
+                g = s * scale
+                dW[j, i] = g
+                if upd:
+                    v = mu * vW[j, i] - eta * g
+                    vW[j, i] = v
+                    W[j, i] += v
+            else:
+                for m in range(M):
+                    s += delta[m, j]
+                g = s * scale
+                db[j] = g
+                if upd:
+                    v = mu * vb[j] - eta * g
+                    vb[j] = v
+                    b[j] += v
+    k.corrections_update = corrections_update
+
+    @cuda.jit
+    def update(theta, vel, grad, eta, mu):
+        """Update with momentum: v <- mu v - eta g ; w <- w + v. theta, vel, grad flat (P,).
+        Grid-stride: thread t owns p = t, t + stride, ..."""
+        start, stride = cuda.grid(1), cuda.gridsize(1)
+        for p in range(start, theta.shape[0], stride):
+            v = mu * vel[p] - eta * grad[p]
+            vel[p] = v
+            theta[p] += v
+    k.update = update
+
+    @cuda.jit
+    def load_batch(a0, y, X, Y, order, start):
+        """Gather a^(0)[m] = X[order[start + m]] and y[m] = Y[order[start + m]] on the device.
+        a0 (mb, D); y (mb, K); X (n, D); Y (n, K); order (n,). Thread t owns (m, column)."""
+        mb, D = a0.shape
+        K = y.shape[1]
+        t = cuda.grid(1)
+        if t < mb * (D + K):
+            m = t // (D + K)
+            c = t - m * (D + K)
+            r = order[start + m]
+            if c < D:
+                a0[m, c] = X[r, c]
+            else:
+                y[m, c - D] = Y[r, c - D]
+    k.load_batch = load_batch
+    return k
+
+
+@functools.lru_cache(maxsize=None)
+def tiled_kernels(dtype, tile):
+    """The fast second version of the three matrix products, for one dtype and tile size:
+    a block of tile x tile threads computes a tile x tile block of outputs (each thread still
+    owns one), staging both operands through shared memory one tile of the summed index at a
+    time, so each global element is read once per block instead of once per thread."""
+    dtype = np.dtype(dtype)
+    f, fprime = _device(dtype)
+    T = numba.from_dtype(dtype)
+    ZERO = dtype.type(0.0)
+    ONE = dtype.type(1.0)
+    TL = tile
+    TL1 = tile + 1          # shared shapes must be compile-time constants: no TL + 1 inline
+    k = _Kernels()
+
+    @cuda.jit
+    def forward_layer(z, a, a_prev, W, b, act):
+        """Feed-forward, tiled: z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j). Shapes as
+        forward_layer; thread (ty, tx) of block (bx, by) owns m = bx TL + ty, j = by TL + tx."""
+        As = cuda.shared.array((TL, TL), T)          # As[r, t] = a_prev[m0 + r, i0 + t]
+        Bs = cuda.shared.array((TL, TL1), T)      # Bs[c, t] = W[j0 + c, i0 + t]; +1: no bank conflict
+        M, n_in = a_prev.shape
+        n_out = W.shape[0]
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        m0, j0 = cuda.blockIdx.x * TL, cuda.blockIdx.y * TL
+        s = ZERO
+        for i0 in range(0, n_in, TL):
+            i = i0 + tx                                # loads run along i: coalesced
+            As[ty, tx] = a_prev[m0 + ty, i] if (m0 + ty < M and i < n_in) else ZERO
+            Bs[ty, tx] = W[j0 + ty, i] if (j0 + ty < n_out and i < n_in) else ZERO
+            cuda.syncthreads()
+            for t in range(TL):
+                s += As[ty, t] * Bs[tx, t]
+            cuda.syncthreads()
+        m, j = m0 + ty, j0 + tx
+        if m < M and j < n_out:
+            zz = s + b[j]
+            z[m, j] = zz
+            if act != SOFTMAX:
+                a[m, j] = f(zz, act)
+    k.forward_layer = forward_layer
+
+    @cuda.jit
+    def backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
+        """Error recursion, tiled: delta_j = f'(z_j) sum_k w_jk delta_k. Shapes as
+        backward_layer; thread (ty, tx) owns m = bx TL + ty, j = by TL + tx."""
+        As = cuda.shared.array((TL, TL), T)          # As[r, t] = delta[m0 + r, k0 + t]
+        Bs = cuda.shared.array((TL, TL), T)          # Bs[t, c] = W[k0 + t, j0 + c]
+        M, n_out = delta.shape
+        n_in = W.shape[1]
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        m0, j0 = cuda.blockIdx.x * TL, cuda.blockIdx.y * TL
+        s = ZERO
+        for k0 in range(0, n_out, TL):
+            kx, ky = k0 + tx, k0 + ty
+            As[ty, tx] = delta[m0 + ty, kx] if (m0 + ty < M and kx < n_out) else ZERO
+            Bs[ty, tx] = W[ky, j0 + tx] if (ky < n_out and j0 + tx < n_in) else ZERO
+            cuda.syncthreads()
+            for t in range(TL):
+                s += As[ty, t] * Bs[t, tx]
+            cuda.syncthreads()
+        m, j = m0 + ty, j0 + tx
+        if m < M and j < n_in:
+            delta_prev[m, j] = s * fprime(z_prev[m, j], a_prev[m, j], act_prev)
+    k.backward_layer = backward_layer
+
+    @cuda.jit
+    def corrections_update(W, b, vW, vb, dW, db, delta, a_prev, scale, eta, mu, upd):
+        """Corrections (+ momentum update if upd), tiled: dw_ij = scale sum_m a_i delta_j,
+        db_j likewise with a_i = 1 at i = N_{l-1}. Shapes as corrections_update; thread
+        (ty, tx) owns j = bx TL + ty, i = by TL + tx, i in [0, N_{l-1}]."""
+        Ds = cuda.shared.array((TL, TL1), T)      # Ds[t, r] = delta[m0 + t, j0 + r]
+        As = cuda.shared.array((TL, TL), T)          # As[t, c] = a_prev[m0 + t, i0 + c], 1 for the bias
+        M, n_in = a_prev.shape
+        n_out = delta.shape[1]
+        tx, ty = cuda.threadIdx.x, cuda.threadIdx.y
+        j0, i0 = cuda.blockIdx.x * TL, cuda.blockIdx.y * TL
+        s = ZERO
+        for m0 in range(0, M, TL):
+            mm = m0 + ty
+            Ds[ty, tx] = delta[mm, j0 + tx] if (mm < M and j0 + tx < n_out) else ZERO
+            ic = i0 + tx
+            if mm < M and ic < n_in:
+                As[ty, tx] = a_prev[mm, ic]
+            elif mm < M and ic == n_in:
+                As[ty, tx] = ONE
+            else:
+                As[ty, tx] = ZERO
+            cuda.syncthreads()
+            for t in range(TL):
+                s += Ds[t, ty] * As[t, tx]
+            cuda.syncthreads()
+        j, i = j0 + ty, i0 + tx
+        if j < n_out and i < n_in:
+            g = s * scale
+            dW[j, i] = g
+            if upd:
+                v = mu * vW[j, i] - eta * g
+                vW[j, i] = v
+                W[j, i] += v
+        elif j < n_out and i == n_in:
+            g = s * scale
+            db[j] = g
+            if upd:
+                v = mu * vb[j] - eta * g
+                vb[j] = v
+                b[j] += v
+    k.corrections_update = corrections_update
+    return k
+
+
+# ================================================================ launchers (loops' signatures)
+def _blocks(n, threads):
+    return max(1, -(-n // threads))
+
+
+def _simple(x):
+    return simple_kernels(x.dtype)
+
+
+def _tiled(x):
+    return tiled_kernels(x.dtype, int(config.CUDA_TILE))
+
+
+def _launch1(kernel, n):
+    threads = int(config.CUDA_THREADS)
+    return kernel[_blocks(n, threads), threads]
+
+
+def _launch2(kernel, rows, cols):
+    tl = int(config.CUDA_TILE)
+    return kernel[(_blocks(rows, tl), _blocks(cols, tl)), (tl, tl)]
+
+
+def forward_layer(z, a, a_prev, W, b, act):
+    """Feed-forward of one layer (see simple_kernels' forward_layer), softmax rows after."""
+    M, n_out = z.shape
+    if M == 0:
+        return
+    _launch1(_simple(z).forward_layer, M * n_out)(z, a, a_prev, W, b, act)
+    if act == SOFTMAX:
+        softmax(a, z)
+
+
+def forward_layer_tiled(z, a, a_prev, W, b, act):
+    """Feed-forward of one layer with shared-memory tiles; softmax rows after."""
+    M, n_out = z.shape
+    if M == 0:
+        return
+    _launch2(_tiled(z).forward_layer, M, n_out)(z, a, a_prev, W, b, act)
+    if act == SOFTMAX:
+        softmax(a, z)
+
+
+def softmax(a, z):
+    """a = softmax(z) row by row; z, a (M, K)."""
+    if z.shape[0]:
+        _launch1(_simple(z).softmax, z.shape[0])(a, z)
+
+
+def backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
+    """Error recursion to layer l (see simple_kernels' backward_layer)."""
+    M, n = delta_prev.shape
+    if M:
+        _launch1(_simple(delta).backward_layer, M * n)(delta_prev, delta, W, z_prev, a_prev, act_prev)
+
+
+def backward_layer_tiled(delta_prev, delta, W, z_prev, a_prev, act_prev):
+    """Error recursion to layer l with shared-memory tiles."""
+    M, n = delta_prev.shape
+    if M:
+        _launch2(_tiled(delta).backward_layer, M, n)(delta_prev, delta, W, z_prev, a_prev, act_prev)
+
+
+def _corr(kernels, launch, W, b, vW, vb, dW, db, delta, a_prev, scale, eta, mu, upd):
+    t = dW.dtype.type
+    n_out, n_in = dW.shape
+    launch(kernels.corrections_update, n_out, n_in + 1)(
+        W, b, vW, vb, dW, db, delta, a_prev, t(scale), t(eta), t(mu), upd)
+
+
+def corrections(dW, db, delta, a_prev, scale):
+    """Corrections dW = scale delta^T a_prev ; db = scale sum_m delta (scale = 1/M: the mean)."""
+    _corr(_simple(dW), lambda k, r, c: _launch1(k, r * c), dW, db, dW, db, dW, db,
+          delta, a_prev, scale, 0.0, 0.0, 0)
+
+
+def corrections_update(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
+    """Corrections (batch mean) fused with the momentum update v <- mu v - eta dw ; w <- w + v."""
+    _corr(_simple(W), lambda k, r, c: _launch1(k, r * c), W, b, vW, vb, dW, db,
+          delta, a_prev, 1.0 / delta.shape[0], eta, mu, 1)
+
+
+def corrections_tiled(dW, db, delta, a_prev, scale):
+    """corrections with shared-memory tiles."""
+    _corr(_tiled(dW), _launch2, dW, db, dW, db, dW, db, delta, a_prev, scale, 0.0, 0.0, 0)
+
+
+def corrections_update_tiled(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
+    """corrections_update with shared-memory tiles."""
+    _corr(_tiled(W), _launch2, W, b, vW, vb, dW, db, delta, a_prev,
+          1.0 / delta.shape[0], eta, mu, 1)
+
+
+def update(theta, vel, grad, eta, mu, blocks=None):
+    """v <- mu v - eta grad ; theta <- theta + v on flat vectors (grid-stride; blocks caps
+    the grid, so fewer threads than elements each take several)."""
+    threads = int(config.CUDA_THREADS)
+    n = _blocks(theta.shape[0], threads) if blocks is None else int(blocks)
+    t = theta.dtype.type
+    _simple(theta).update[n, threads](theta, vel, grad, t(eta), t(mu))
+
+
+def output_error(delta, a, z, y, act, loss):
+    """Output error delta^L (see simple_kernels' output_error)."""
+    M, K = a.shape
+    if M:
+        _launch1(_simple(a).output_error, M * K)(delta, a, z, y, act, loss)
+
+
+def sample_loss(out, err, a, z, y, act, loss):
+    """Per-sample cost into out (M,) and max_k |a - y| into err (M,)."""
+    if a.shape[0]:
+        _launch1(_simple(a).sample_loss, a.shape[0])(out, err, a, z, y, act, loss)
+
+
+def load_batch(a0, y, X, Y, order, start):
+    """a0[m] = X[order[start + m]], y[m] = Y[order[start + m]] for m < a0.shape[0]."""
+    mb = a0.shape[0]
+    if mb:
+        _launch1(_simple(a0).load_batch, mb * (a0.shape[1] + y.shape[1]))(a0, y, X, Y, order, start)
+
+
+#: The kernel sets the engine chooses between by config.CUDA_KERNELS.
+KERNEL_SETS = {
+    "simple": dict(forward_layer=forward_layer, backward_layer=backward_layer,
+                   corrections=corrections, corrections_update=corrections_update),
+    "tiled": dict(forward_layer=forward_layer_tiled, backward_layer=backward_layer_tiled,
+                  corrections=corrections_tiled, corrections_update=corrections_update_tiled),
+}
+
+
+def kernel_signatures(dtype, tile=None):
+    """Every kernel's Python function with an explicit Numba signature, for compiling to PTX
+    without a GPU: a list of (name, py_func, signature)."""
+    dtype = np.dtype(dtype)
+    T = numba.from_dtype(dtype)
+    m2, v1 = T[:, ::1], T[::1]
+    i8 = numba.int64
+    s, t = simple_kernels(dtype), tiled_kernels(dtype, int(tile or config.CUDA_TILE))
+    fwd = (m2, m2, m2, m2, v1, i8)
+    bwd = (m2, m2, m2, m2, m2, i8)
+    corr = (m2, v1, m2, v1, m2, v1, m2, m2, T, T, T, i8)
+    sigs = [
+        ("forward_layer", s.forward_layer, fwd),
+        ("softmax", s.softmax, (m2, m2)),
+        ("output_error", s.output_error, (m2, m2, m2, m2, i8, i8)),
+        ("sample_loss", s.sample_loss, (v1, v1, m2, m2, m2, i8, i8)),
+        ("backward_layer", s.backward_layer, bwd),
+        ("corrections_update", s.corrections_update, corr),
+        ("update", s.update, (v1, v1, v1, T, T)),
+        ("load_batch", s.load_batch, (m2, m2, m2, m2, numba.int64[::1], i8)),
+        ("forward_layer_tiled", t.forward_layer, fwd),
+        ("backward_layer_tiled", t.backward_layer, bwd),
+        ("corrections_update_tiled", t.corrections_update, corr),
+    ]
+    return [(name, k.py_func, numba.void(*args)) for name, k, args in sigs]
+
+
+# ================================================================ the engine
+class _Batch:
+    """One batch's device buffers: a^(l), z^(l), delta^(l) per layer (M, N_l), targets y
+    (M, K), per-sample cost and error (M,). ``rows(mb)`` gives views of the first mb rows."""
+
+    def __init__(self, sizes, cap, dtype):
+        self.cap = cap
+        self.a = [cuda.device_array((cap, n), dtype) for n in sizes]
+        self.z = [None] + [cuda.device_array((cap, n), dtype) for n in sizes[1:]]
+        self.delta = [None] + [cuda.device_array((cap, n), dtype) for n in sizes[1:]]
+        self.y = cuda.device_array((cap, sizes[-1]), dtype)
+        self.cost = cuda.device_array(cap, dtype)
+        self.err = cuda.device_array(cap, dtype)
+        self._views = {cap: self}
+
+    def rows(self, mb):
+        if mb not in self._views:
+            v = _Kernels()
+            v.a = [x[:mb] for x in self.a]
+            v.z = [None] + [x[:mb] for x in self.z[1:]]
+            v.delta = [None] + [x[:mb] for x in self.delta[1:]]
+            v.y, v.cost, v.err = self.y[:mb], self.cost[:mb], self.err[:mb]
+            self._views[mb] = v
+        return self._views[mb]
+
+
+class CUDAEngine:
+    """Parameters, velocities, batch buffers and (during fit) the training data on the device.
+
+    The methods are those of nnjit.engine.CPUEngine; only get_params/get_velocity and the
+    per-epoch order, costs and errors cross to the host during a fit. config.CUDA_KERNELS
+    ("tiled" or "simple") picks the matrix-product kernels at each call.
+    """
+
+    def __init__(self, shape, n_params, dtype):
+        check_available()
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+        self.sizes = [int(n) for n in shape[0]]
+        self.acts = [int(a) for a in shape[3]]
+        self.theta = cuda.to_device(np.zeros(n_params, self.dtype))
+        self.vel = cuda.to_device(np.zeros(n_params, self.dtype))
+        self.grad = cuda.to_device(np.zeros(n_params, self.dtype))
+        # per-layer (W, b) views into the flat vectors, made once: they stay valid because
+        # set_params copies into the same device memory
+        self._p = [self._layers(x) for x in (self.theta, self.vel, self.grad)]
+        self._fit = None
+
+    def _layers(self, flat):
+        sizes, w_off, b_off = self.shape[0], self.shape[1], self.shape[2]
+        out = [None]
+        for l in range(1, len(sizes)):
+            n_out, n_in, w, b = int(sizes[l]), int(sizes[l - 1]), int(w_off[l - 1]), int(b_off[l - 1])
+            out.append((flat[w:w + n_out * n_in].reshape(n_out, n_in), flat[b:b + n_out]))
+        return out
+
+    def _k(self):
+        name = config.CUDA_KERNELS
+        if name not in KERNEL_SETS:
+            raise ValueError(f"config.CUDA_KERNELS must be one of {sorted(KERNEL_SETS)}, got {name!r}")
+        return KERNEL_SETS[name]
+
+    # -- state the wrapper reads and writes
+    def get_params(self):
+        return self.theta.copy_to_host()
+
+    def set_params(self, theta):
+        self.theta.copy_to_device(np.ascontiguousarray(theta, self.dtype))
+
+    def get_velocity(self):
+        return self.vel.copy_to_host()
+
+    def set_velocity(self, vel):
+        self.vel.copy_to_device(np.ascontiguousarray(vel, self.dtype))
+
+    # -- the passes over one batch already in v.a[0] (and v.y)
+    def _forward(self, k, v):
+        for l in range(1, len(self.sizes)):
+            W, b = self._p[0][l]
+            k["forward_layer"](v.z[l], v.a[l], v.a[l - 1], W, b, self.acts[l - 1])
+
+    def _output(self, v, loss, cost=None, err=None):
+        L = len(self.sizes) - 1
+        sample_loss(v.cost if cost is None else cost, v.err if err is None else err,
+                    v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+        output_error(v.delta[L], v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+
+    # -- whole-data calls, chunked so device memory stays O(chunk x width)
+    def _chunks(self, X, Y, fn):
+        M = X.shape[0]
+        cap = min(M, int(config.PREDICT_CHUNK))
+        buf = _Batch(self.sizes, cap, self.dtype)
+        k = self._k()
+        for start in range(0, M, cap):
+            mb = min(cap, M - start)
+            v = buf.rows(mb)
+            v.a[0].copy_to_device(np.ascontiguousarray(X[start:start + mb]))
+            if Y is not None:
+                v.y.copy_to_device(np.ascontiguousarray(Y[start:start + mb]))
+            self._forward(k, v)
+            fn(v, start, mb)
+
+    def forward(self, X):
+        """Output activations a^(L) (M, K), copied to the host."""
+        out = np.empty((X.shape[0], self.sizes[-1]), self.dtype)
+
+        def take(v, start, mb):
+            out[start:start + mb] = v.a[-1].copy_to_host()
+        self._chunks(X, None, take)
+        return out
+
+    def loss(self, X, Y, loss):
+        """(mean cost over the samples, max |a - y|)."""
+        total = [0.0, 0.0]
+        L = len(self.sizes) - 1
+
+        def take(v, start, mb):
+            sample_loss(v.cost, v.err, v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+            total[0] += float(v.cost.copy_to_host().astype(np.float64).sum())
+            total[1] = max(total[1], float(v.err.copy_to_host().max()))
+        self._chunks(X, Y, take)
+        return total[0] / X.shape[0], total[1]
+
+    def gradients(self, X, Y, loss):
+        """Flat gradient of the mean cost over all M samples (one batch: the lecture's mean)."""
+        M = X.shape[0]
+        k = self._k()
+        v = _Batch(self.sizes, M, self.dtype)
+        v.a[0].copy_to_device(X)
+        v.y.copy_to_device(Y)
+        self._forward(k, v)
+        L = len(self.sizes) - 1
+        output_error(v.delta[L], v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+        for l in range(L, 0, -1):
+            W, _ = self._p[0][l]
+            dW, db = self._p[2][l]
+            k["corrections"](dW, db, v.delta[l], v.a[l - 1], 1.0 / M)
+            if l > 1:
+                k["backward_layer"](v.delta[l - 1], v.delta[l], W, v.z[l - 1], v.a[l - 1],
+                                    self.acts[l - 2])
+        return self.grad.copy_to_host()
+
+    # -- training: data on the device for the whole fit
+    def begin_fit(self, X, Y, batch_size):
+        n = X.shape[0]
+        self._fit = _Kernels()
+        f = self._fit
+        f.X, f.Y = cuda.to_device(X), cuda.to_device(Y)
+        f.order = cuda.device_array(n, np.int64)
+        f.cost, f.err = cuda.device_array(n, self.dtype), cuda.device_array(n, self.dtype)
+        f.buf = _Batch(self.sizes, min(batch_size, n), self.dtype)
+
+    def train_epoch(self, order, batch_size, eta, mu, loss):
+        """One epoch of the lecture's algorithm with every batch on the device (see
+        nnjit.loops.train_epoch): returns (sum of per-sample costs, max |a - y|)."""
+        f = self._fit
+        k = self._k()
+        n = order.shape[0]
+        f.order.copy_to_device(np.ascontiguousarray(order, np.int64))   # once per epoch
+        L = len(self.sizes) - 1
+        for start in range(0, n, batch_size):
+            mb = min(batch_size, n - start)
+            v = f.buf.rows(mb)
+            load_batch(v.a[0], v.y, f.X, f.Y, f.order, start)
+            self._forward(k, v)
+            self._output(v, loss, f.cost[start:start + mb], f.err[start:start + mb])
+            for l in range(L, 0, -1):
+                W, b = self._p[0][l]
+                vW, vb = self._p[1][l]
+                dW, db = self._p[2][l]
+                if l > 1:       # error recursion first: it needs W^(l) before the update
+                    k["backward_layer"](v.delta[l - 1], v.delta[l], W, v.z[l - 1], v.a[l - 1],
+                                        self.acts[l - 2])
+                k["corrections_update"](W, b, vW, vb, dW, db, v.delta[l], v.a[l - 1], eta, mu)
+        cost = f.cost.copy_to_host()          # one copy per epoch, after the last batch
+        return float(cost.astype(np.float64).sum()), float(f.err.copy_to_host().max())
+
+    def end_fit(self):
+        self._fit = None

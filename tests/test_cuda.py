@@ -1,0 +1,318 @@
+"""The CUDA form equals the vectorised form: every kernel on tiny odd shapes (7 samples,
+5 -> 3 units), and the whole model on backend="cuda" against "loops" and "vectorised".
+
+Without a GPU these run in Numba's CUDA simulator (tests/conftest.py sets
+NUMBA_ENABLE_CUDASIM=1 before numba.cuda is imported). Threads per block and the tile edge
+are patched small so tiny arrays span several blocks and several tiles of the summed index.
+Outputs are poisoned with NaN first: an element a kernel forgets to write fails. The
+simulator runs each thread as Python (about a millisecond a thread), so shapes stay tiny.
+"""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nnjit import MLP, activations as A, config, vectorised
+from helpers import assert_close
+
+nc = pytest.importorskip("nnjit.cuda", reason="numba-cuda is not installed")
+from numba import cuda  # noqa: E402  (after the skip: numba-cuda may be missing)
+
+if not cuda.is_available():
+    pytest.skip("neither a CUDA GPU nor the simulator is usable", allow_module_level=True)
+
+M, N_IN, N_OUT = 7, 5, 3
+DTYPES = ["float64", "float32"]
+CODES = [A.IDENTITY, A.SIGMOID, A.TANH, A.RELU, A.GELU]
+VERSIONS = ["simple", "tiled"]
+ON_GPU = not nc.simulated()
+
+
+@pytest.fixture(autouse=True)
+def small_blocks(monkeypatch):
+    monkeypatch.setattr(config, "CUDA_THREADS", 4)
+    monkeypatch.setattr(config, "CUDA_TILE", 4)
+
+
+def data(dtype, *shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.normal(size=s).astype(dtype) for s in shapes]
+
+
+def nan(*shapes, dtype):
+    return [np.full(s, np.nan, dtype) for s in shapes]
+
+
+def run_cuda(fn, args, n_out):
+    """fn(*args) on device copies of args; returns the first n_out arguments back on the host."""
+    d = [cuda.to_device(np.ascontiguousarray(a)) if isinstance(a, np.ndarray) else a for a in args]
+    fn(*d)
+    return [x.copy_to_host() for x in d[:n_out]]
+
+
+def run_vec(name, args, n_out):
+    args = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    getattr(vectorised, name)(*args)
+    return args[:n_out]
+
+
+def launcher(name, version):
+    return getattr(nc, name + ("_tiled" if version == "tiled" else ""))
+
+
+# ---------------------------------------------------------------- kernel by kernel
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", CODES + [A.SOFTMAX])
+def test_forward_layer(version, dtype, act):
+    a_prev, W, b = data(dtype, (M, N_IN), (N_OUT, N_IN), (N_OUT,))
+    args = nan((M, N_OUT), (M, N_OUT), dtype=dtype) + [a_prev, W, b, act]
+    got = run_cuda(launcher("forward_layer", version), args, 2)
+    want = run_vec("forward_layer", args, 2)
+    for x, y in zip(got, want):
+        assert np.isfinite(x).all()
+        assert_close(x, y, dtype)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act", CODES)
+def test_backward_layer(version, dtype, act):
+    delta, W, z_prev = data(dtype, (M, N_OUT), (N_OUT, N_IN), (M, N_IN))
+    a_prev = vectorised.F[act](z_prev).astype(dtype)
+    args = nan((M, N_IN), dtype=dtype) + [delta, W, z_prev, a_prev, act]
+    got = run_cuda(launcher("backward_layer", version), args, 1)
+    want = run_vec("backward_layer", args, 1)
+    assert np.isfinite(got[0]).all()
+    assert_close(got[0], want[0], dtype)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_corrections(version, dtype):
+    delta, a_prev = data(dtype, (M, N_OUT), (M, N_IN))
+    args = nan((N_OUT, N_IN), (N_OUT,), dtype=dtype) + [delta, a_prev, 1.0 / M]
+    got = run_cuda(launcher("corrections", version), args, 2)
+    for x, y in zip(got, run_vec("corrections", args, 2)):
+        assert_close(x, y, dtype)
+    dw = sum(np.outer(delta[m], a_prev[m]) for m in range(M)) / M   # mean_m a_i delta_j
+    assert_close(got[0], dw, dtype)
+    assert_close(got[1], delta.mean(axis=0), dtype)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_corrections_update(version, dtype):
+    W, b, vW, vb, delta, a_prev = data(dtype, (N_OUT, N_IN), (N_OUT,), (N_OUT, N_IN), (N_OUT,),
+                                       (M, N_OUT), (M, N_IN))
+    args = [W, b, vW, vb] + nan((N_OUT, N_IN), (N_OUT,), dtype=dtype) + [delta, a_prev, 0.3, 0.9]
+    got = run_cuda(launcher("corrections_update", version), args, 6)
+    for x, y in zip(got, run_vec("corrections_update", args, 6)):
+        assert_close(x, y, dtype)
+    v = 0.9 * vW - 0.3 * (delta.T @ a_prev / M)
+    assert_close(got[2], v, dtype)
+    assert_close(got[0], W + v, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("blocks", [None, 1])
+def test_update(dtype, blocks):
+    # blocks=1: 4 threads for 11 parameters, so each thread strides over several
+    theta, vel, grad = data(dtype, (11,), (11,), (11,))
+    got = run_cuda(lambda *a: nc.update(*a, blocks=blocks), [theta, vel, grad, 0.1, 0.5], 2)
+    for x, y in zip(got, run_vec("update", [theta, vel, grad, 0.1, 0.5], 2)):
+        assert_close(x, y, dtype)
+    assert_close(got[1], 0.5 * vel - 0.1 * grad, dtype)
+
+
+PAIRS = [(A.SOFTMAX, A.CROSS_ENTROPY), (A.SOFTMAX, A.SQUARED_ERROR),
+         (A.SIGMOID, A.CROSS_ENTROPY), (A.SIGMOID, A.SQUARED_ERROR),
+         (A.IDENTITY, A.SQUARED_ERROR), (A.TANH, A.SQUARED_ERROR),
+         (A.RELU, A.SQUARED_ERROR), (A.GELU, A.SQUARED_ERROR)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,loss", PAIRS)
+def test_output_error_and_loss(dtype, act, loss):
+    z, y = data(dtype, (M, N_OUT), (M, N_OUT), seed=3)
+    if loss == A.CROSS_ENTROPY:
+        y = (y > 0).astype(dtype)
+    a = vectorised.F[act](z).astype(dtype)
+    args = nan((M, N_OUT), dtype=dtype) + [a, z, y, act, loss]
+    got = run_cuda(nc.output_error, args, 1)
+    assert_close(got[0], run_vec("output_error", args, 1)[0], dtype)
+    cost, err = run_cuda(nc.sample_loss, nan((M,), (M,), dtype=dtype) + [a, z, y, act, loss], 2)
+    want = np.full(M, np.nan, dtype)
+    emax = vectorised.sample_loss(want, a, z, y, act, loss)
+    assert_close(cost, want, dtype)
+    assert_close(err, np.abs(a - y).max(axis=1), dtype)   # per sample; the max is the engine's
+    assert_close(err.max(), emax, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_sample_loss_is_finite_where_a_saturates(dtype):
+    z = np.array([[200.0, -200.0], [-200.0, 200.0]], dtype)
+    y = np.array([[0.0, 1.0], [0.0, 1.0]], dtype)
+    # softmax: -log a_1 = 400; sigmoid: -log(1 - a_0) - log a_1 = 200 + 200; a is 0 or 1 there
+    for act, want in ((A.SOFTMAX, [400.0, 0.0]), (A.SIGMOID, [400.0, 0.0])):
+        a = vectorised.F[act](z).astype(dtype)
+        cost, _ = run_cuda(nc.sample_loss, nan((2,), (2,), dtype=dtype) + [a, z, y, act, A.CROSS_ENTROPY], 2)
+        assert_close(cost, want, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_softmax_is_stable(dtype):
+    z = np.array([[1000.0, 999.0, -1000.0]], dtype)
+    a, _ = run_cuda(nc.softmax, nan((1, 3), dtype=dtype) + [z], 2)
+    assert_close(a, vectorised.F[A.SOFTMAX](z), dtype)
+
+
+def test_load_batch():
+    X, Y = data("float64", (M, N_IN), (M, N_OUT))
+    order = np.array([6, 2, 0, 5, 1, 3, 4], np.int64)
+    a0, y = run_cuda(nc.load_batch, nan((3, N_IN), (3, N_OUT), dtype="float64")
+                     + [X, Y, order, 2], 2)
+    np.testing.assert_array_equal(a0, X[order[2:5]])
+    np.testing.assert_array_equal(y, Y[order[2:5]])
+
+
+# ---------------------------------------------------------------- the whole model
+NETS = [  # (layers, hidden, output, loss)
+    ([5, 4, 3], "tanh", "softmax", "cross_entropy"),
+    ([5, 6, 4, 3], ["gelu", "relu"], "softmax", "squared_error"),
+    ([5, 4, 2], "sigmoid", "sigmoid", "cross_entropy"),
+    ([5, 3, 2], "relu", "identity", "squared_error"),
+]
+
+
+def problem(layers, output, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(M, layers[0]))
+    K = layers[-1]
+    if output == "softmax":
+        Y = np.eye(K)[rng.integers(0, K, M)]
+    elif output == "sigmoid":
+        Y = rng.integers(0, 2, (M, K)).astype(float)
+    else:
+        Y = rng.normal(size=(M, K))
+    return X, Y
+
+
+def nets(layers, hidden, output, loss, dtype, backends=("loops", "vectorised", "cuda")):
+    return [MLP(layers, activation=hidden, output=output, loss=loss, backend=bk, dtype=dtype,
+                init="normal", init_scale=0.5, seed=3) for bk in backends]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("net", NETS, ids=lambda n: f"{n[1]}-{n[2]}-{n[3]}")
+def test_model_outputs_and_gradients(monkeypatch, version, dtype, net):
+    monkeypatch.setattr(config, "CUDA_KERNELS", version)
+    layers, hidden, output, loss = net
+    X, Y = problem(layers, output)
+    lo, ve, cu = nets(layers, hidden, output, loss, dtype)
+    out = cu.forward(X)
+    assert isinstance(out, np.ndarray) and out.shape == (M, layers[-1])
+    assert_close(out, lo.forward(X), dtype, "forward")
+    assert_close(out, ve.forward(X), dtype, "forward")
+    assert_close(cu.loss_value(X, Y), lo.loss_value(X, Y), dtype, "loss")
+    gl, gc = lo.gradients(X, Y), cu.gradients(X, Y)
+    for l, (x, y) in enumerate(zip(gl[0] + gl[1], gc[0] + gc[1])):
+        assert np.abs(x).max() > 0      # a gradient of zeros would compare equal to anything
+        assert_close(y, x, dtype, f"gradient array {l}")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_size", [1, 3, None])
+def test_model_weights_after_training(monkeypatch, version, dtype, batch_size):
+    """Two epochs with momentum and shuffling: batch sizes 1 (7 steps), 3 (3 + 3 + 1) and
+    full batch; the same weights, velocities, loss history as loops and vectorised."""
+    monkeypatch.setattr(config, "CUDA_KERNELS", version)
+    layers, hidden, output, loss = NETS[1] if batch_size == 3 else NETS[0]
+    X, Y = problem(layers, output, seed=1)
+    trained = [n.fit(X, Y, epochs=2, lr=0.2, momentum=0.9, batch_size=batch_size)
+               for n in nets(layers, hidden, output, loss, dtype)]
+    lo, ve, cu = trained
+    assert not np.allclose(lo.weights[0], nets(layers, hidden, output, loss, dtype, ("loops",))[0].weights[0])
+    for ref in (lo, ve):
+        for x, y in zip(ref.weights + ref.biases, cu.weights + cu.biases):
+            assert isinstance(y, np.ndarray) and y.dtype == np.dtype(dtype)
+            assert_close(y, x, dtype, f"parameters after training vs {ref.backend}")
+        assert_close(cu._engine.get_velocity(), ref._engine.get_velocity(), dtype, "velocity")
+        assert_close(cu.history_["loss"], ref.history_["loss"], dtype, "loss history")
+
+
+def test_weights_round_trip_and_error_threshold():
+    X, y = problem([5, 4, 3], "softmax")
+    net = MLP([5, 4, 3], activation="tanh", backend="cuda", dtype="float64", seed=0)
+    Ws = [w * 2 for w in net.weights]
+    net.weights = Ws
+    for a, b in zip(net.weights, Ws):
+        np.testing.assert_array_equal(a, b)
+    ref = MLP([5, 4, 3], activation="tanh", backend="loops", dtype="float64", seed=0)
+    ref.weights = Ws
+    # huge threshold: both stop after the first epoch, on the same max |a - y|
+    for n in (net, ref):
+        n.fit(X, y, epochs=5, batch_size=4, error_threshold=10.0)
+        assert n.n_epochs_ == 1
+    np.testing.assert_array_equal(net.predict(X), ref.predict(X))
+
+
+def test_unknown_kernel_set_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(config, "CUDA_KERNELS", "warp-speed")
+    net = MLP([5, 4, 3], backend="cuda", seed=0)
+    with pytest.raises(ValueError, match="CUDA_KERNELS"):
+        net.forward(np.zeros((2, 5)))
+
+
+@pytest.mark.skipif(ON_GPU, reason="a CUDA driver is present, so backend='cuda' works here")
+def test_no_gpu_and_no_simulator_is_a_clear_error():
+    code = ("from nnjit import MLP\n"
+            "try:\n    MLP([3, 2], backend='cuda')\n"
+            "except OSError as e:\n    print(type(e).__name__, e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    env["NUMBA_ENABLE_CUDASIM"] = "0"
+    r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    if "CUDAUnavailableError" not in r.stdout:
+        pytest.skip("numba found a usable CUDA device without the simulator")
+    assert "NUMBA_ENABLE_CUDASIM=1" in r.stdout and "driver" in r.stdout
+
+
+# ---------------------------------------------------------------- real hardware only
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs a real CUDA GPU (runs under the simulator here)")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("version", VERSIONS)
+def test_gpu_mnist_sized_epoch_matches_float64_loops(monkeypatch, version):
+    monkeypatch.setattr(config, "CUDA_KERNELS", version)
+    rng = np.random.default_rng(0)
+    X = rng.random((2048, 784))
+    y = rng.integers(0, 10, 2048)
+    nets_ = [MLP([784, 128, 10], activation="relu", backend=bk, dtype=dt, seed=0)
+             for bk, dt in (("loops", "float64"), ("cuda", "float64"), ("cuda", "float32"))]
+    for n in nets_:
+        n.fit(X, y, epochs=1, lr=0.05, momentum=0.9, batch_size=256)
+    ref = nets_[0].weights
+    for n, rtol in ((nets_[1], 1e-9), (nets_[2], 1e-3)):
+        for a, b in zip(n.weights, ref):
+            np.testing.assert_allclose(a, b, rtol=rtol, atol=rtol * np.abs(b).max())
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_tiled_matches_simple_on_wide_layers():
+    rng = np.random.default_rng(1)
+    a_prev, W, b = (rng.normal(size=s).astype(np.float32) for s in ((1000, 513), (257, 513), (257,)))
+    out = []
+    for fn in (nc.forward_layer, nc.forward_layer_tiled):
+        out.append(run_cuda(fn, nan((1000, 257), (1000, 257), dtype="float32")
+                            + [a_prev, W, b, A.TANH], 2))
+    for x, y in zip(*out):
+        np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
