@@ -134,15 +134,191 @@ def _update(theta, vel, grad, eta, mu):
         theta[p] += vel[p]
 
 
+# ---------------------------------------------------------------- register-blocked kernels
+# The same equations, reorganised for speed: each weight load serves 4 samples and each
+# sample load serves 4 units (a 4 x 4 block of sums held in registers), so the inner loops
+# do 16 multiply-adds per 8 loads instead of 1 per 2. These are what train_epoch runs; the
+# plain kernels above stay as the readable reference, and tests hold both to the NumPy twin.
+
+@njit(**_OPTS)
+def _dot_rows(z, a_prev, W, b, m0, nm):
+    """z[m0:m0+nm, :] = a_prev[m0:m0+nm] W^T + b for nm <= 4 samples, 4 units at a time."""
+    n_out, n_in = W.shape
+    j = 0
+    if nm == 4:
+        x0, x1, x2, x3 = a_prev[m0], a_prev[m0 + 1], a_prev[m0 + 2], a_prev[m0 + 3]
+        while j + 4 <= n_out:
+            w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
+            s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z.dtype.type(0.0)
+            s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z.dtype.type(0.0)
+            for i in range(n_in):
+                a0, a1, a2, a3 = x0[i], x1[i], x2[i], x3[i]
+                u = w0[i]
+                s00 += u * a0; s01 += u * a1; s02 += u * a2; s03 += u * a3  # noqa: E702
+                u = w1[i]
+                s10 += u * a0; s11 += u * a1; s12 += u * a2; s13 += u * a3  # noqa: E702
+                u = w2[i]
+                s20 += u * a0; s21 += u * a1; s22 += u * a2; s23 += u * a3  # noqa: E702
+                u = w3[i]
+                s30 += u * a0; s31 += u * a1; s32 += u * a2; s33 += u * a3  # noqa: E702
+            z[m0, j], z[m0 + 1, j], z[m0 + 2, j], z[m0 + 3, j] = s00, s01, s02, s03
+            z[m0, j + 1], z[m0 + 1, j + 1], z[m0 + 2, j + 1], z[m0 + 3, j + 1] = s10, s11, s12, s13
+            z[m0, j + 2], z[m0 + 1, j + 2], z[m0 + 2, j + 2], z[m0 + 3, j + 2] = s20, s21, s22, s23
+            z[m0, j + 3], z[m0 + 1, j + 3], z[m0 + 2, j + 3], z[m0 + 3, j + 3] = s30, s31, s32, s33
+            j += 4
+    for m in range(m0, m0 + nm):
+        x = a_prev[m]
+        jj = j
+        while jj + 4 <= n_out:
+            w0, w1, w2, w3 = W[jj], W[jj + 1], W[jj + 2], W[jj + 3]
+            s0 = s1 = s2 = s3 = z.dtype.type(0.0)
+            for i in range(n_in):
+                xi = x[i]
+                s0 += w0[i] * xi; s1 += w1[i] * xi; s2 += w2[i] * xi; s3 += w3[i] * xi  # noqa: E702
+            z[m, jj], z[m, jj + 1], z[m, jj + 2], z[m, jj + 3] = s0, s1, s2, s3
+            jj += 4
+        while jj < n_out:
+            s = z.dtype.type(0.0)
+            for i in range(n_in):
+                s += W[jj, i] * x[i]
+            z[m, jj] = s
+            jj += 1
+    for m in range(m0, m0 + nm):
+        for jj in range(n_out):
+            z[m, jj] += b[jj]
+
+
+def _forward_layer_blocked(z, a, a_prev, W, b, act):
+    """Feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j), 4 samples per prange step.
+
+    a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l). Each step owns 4 rows.
+    """
+    M = a_prev.shape[0]
+    for blk in prange((M + 3) // 4):
+        m0 = 4 * blk
+        nm = min(4, M - m0)
+        _dot_rows(z, a_prev, W, b, m0, nm)
+        for m in range(m0, m0 + nm):
+            apply_f(a[m], z[m], act)
+
+
+def _backward_layer_blocked(delta_prev, delta, W, z_prev, a_prev, act_prev):
+    """Error recursion delta_j = f'(z_j) sum_k w_jk delta_k, 4 units k per pass over row j.
+
+    delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l).
+    prange over samples m.
+    """
+    M, n_out = delta.shape
+    n_in = W.shape[1]
+    zero = delta.dtype.type(0.0)
+    for m in prange(M):
+        row = delta_prev[m]
+        for j in range(n_in):
+            row[j] = zero
+        k = 0
+        while k + 4 <= n_out:
+            d0, d1, d2, d3 = delta[m, k], delta[m, k + 1], delta[m, k + 2], delta[m, k + 3]
+            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
+            for j in range(n_in):
+                row[j] += w0[j] * d0 + w1[j] * d1 + w2[j] * d2 + w3[j] * d3
+            k += 4
+        while k < n_out:
+            dk = delta[m, k]
+            wk = W[k]
+            for j in range(n_in):
+                row[j] += wk[j] * dk
+            k += 1
+        mul_fprime(row, z_prev[m], a_prev[m], act_prev)
+
+
+@njit(**_OPTS)
+def _update_row(w, v, row, g, mu_):
+    """v <- mu v - g row ; w <- w + v for one row (g = eta / M folds the mean into eta)."""
+    for i in range(w.shape[0]):
+        v[i] = mu_ * v[i] - g * row[i]
+        w[i] += v[i]
+
+
+def _corrections_update_blocked(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
+    """Corrections dw_ij = mean_m a_i delta_j fused with v <- mu v - eta dw ; w <- w + v.
+
+    W, vW, dW (N_l, N_{l-1}); b, vb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}).
+    prange over blocks of 4 output units j: a step owns 4 rows of W, vW, dW, so each load of
+    a sample row a_prev[m] serves 4 units, and 4 samples are added per pass over a row.
+    With one sample the correction a_i delta_j goes straight into the update: dW is scratch
+    here and its contents afterwards are unspecified (db holds the bias correction).
+    """
+    M, n_in = a_prev.shape
+    n_out = delta.shape[1]
+    zero = W.dtype.type(0.0)
+    s = W.dtype.type(1.0 / M)
+    eta_ = W.dtype.type(eta)
+    mu_ = W.dtype.type(mu)
+    for jb in prange((n_out + 3) // 4):
+        j0 = 4 * jb
+        nj = min(4, n_out - j0)
+        if M == 1:
+            x = a_prev[0]
+            for j in range(j0, j0 + nj):
+                w, v, g = W[j], vW[j], eta_ * delta[0, j]
+                for i in range(n_in):
+                    v[i] = mu_ * v[i] - g * x[i]
+                    w[i] += v[i]
+                db[j] = delta[0, j]
+        else:
+            for j in range(j0, j0 + nj):
+                row = dW[j]
+                for i in range(n_in):
+                    row[i] = zero
+                db[j] = zero
+            m = 0
+            if nj == 4:
+                r0, r1, r2, r3 = dW[j0], dW[j0 + 1], dW[j0 + 2], dW[j0 + 3]
+                while m + 4 <= M:
+                    x0, x1, x2, x3 = a_prev[m], a_prev[m + 1], a_prev[m + 2], a_prev[m + 3]
+                    c00, c01, c02, c03 = delta[m, j0], delta[m + 1, j0], delta[m + 2, j0], delta[m + 3, j0]
+                    c10, c11, c12, c13 = (delta[m, j0 + 1], delta[m + 1, j0 + 1],
+                                          delta[m + 2, j0 + 1], delta[m + 3, j0 + 1])
+                    c20, c21, c22, c23 = (delta[m, j0 + 2], delta[m + 1, j0 + 2],
+                                          delta[m + 2, j0 + 2], delta[m + 3, j0 + 2])
+                    c30, c31, c32, c33 = (delta[m, j0 + 3], delta[m + 1, j0 + 3],
+                                          delta[m + 2, j0 + 3], delta[m + 3, j0 + 3])
+                    for i in range(n_in):
+                        a0, a1, a2, a3 = x0[i], x1[i], x2[i], x3[i]
+                        r0[i] += c00 * a0 + c01 * a1 + c02 * a2 + c03 * a3
+                        r1[i] += c10 * a0 + c11 * a1 + c12 * a2 + c13 * a3
+                        r2[i] += c20 * a0 + c21 * a1 + c22 * a2 + c23 * a3
+                        r3[i] += c30 * a0 + c31 * a1 + c32 * a2 + c33 * a3
+                    for j in range(j0, j0 + 4):
+                        db[j] += delta[m, j] + delta[m + 1, j] + delta[m + 2, j] + delta[m + 3, j]
+                    m += 4
+            for mm in range(m, M):           # the samples (or units) left over from the blocks
+                x = a_prev[mm]
+                for j in range(j0, j0 + nj):
+                    row, d = dW[j], delta[mm, j]
+                    for i in range(n_in):
+                        row[i] += d * x[i]
+                    db[j] += d
+            for j in range(j0, j0 + nj):
+                _update_row(W[j], vW[j], dW[j], eta_ * s, mu_)
+                db[j] *= s
+        for j in range(j0, j0 + nj):
+            vb[j] = mu_ * vb[j] - eta_ * db[j]
+            b[j] += vb[j]
+
+
 # Each kernel twice: parallel, and serial for batches too small to pay for a parallel region.
 forward_layer = njit(parallel=True, **_OPTS)(_forward_layer)
 backward_layer = njit(parallel=True, **_OPTS)(_backward_layer)
 corrections = njit(parallel=True, **_OPTS)(_corrections)
 corrections_update = njit(parallel=True, **_OPTS)(_corrections_update)
 update = njit(parallel=True, **_OPTS)(_update)
-_forward_layer_s = njit(**_OPTS)(_forward_layer)
-_backward_layer_s = njit(**_OPTS)(_backward_layer)
-_corrections_update_s = njit(**_OPTS)(_corrections_update)
+forward_layer_blocked = njit(parallel=True, **_OPTS)(_forward_layer_blocked)
+backward_layer_blocked = njit(parallel=True, **_OPTS)(_backward_layer_blocked)
+corrections_update_blocked = njit(parallel=True, **_OPTS)(_corrections_update_blocked)
+_forward_layer_s = njit(**_OPTS)(_forward_layer_blocked)
+_backward_layer_s = njit(**_OPTS)(_backward_layer_blocked)
+_corrections_update_s = njit(**_OPTS)(_corrections_update_blocked)
 
 
 # ---------------------------------------------------------------- the output layer
@@ -240,7 +416,7 @@ def forward(theta, shape, bufs, mb, par):
         a_prev = _rows(bufs[0], shape, l - 1, mb)
         z, a = _rows(bufs[1], shape, l, mb), _rows(bufs[0], shape, l, mb)
         if par:
-            forward_layer(z, a, a_prev, W, b, acts[l - 1])
+            forward_layer_blocked(z, a, a_prev, W, b, acts[l - 1])
         else:
             _forward_layer_s(z, a, a_prev, W, b, acts[l - 1])
 
@@ -314,13 +490,13 @@ def train_epoch(theta, vel, grad, shape, bufs, X, Y, order, batch_size, eta, mu,
             delta, a_prev = _rows(bufs[2], shape, l, mb), _rows(bufs[0], shape, l - 1, mb)
             if l > 1:       # error recursion first: it needs W^(l) before the update
                 if par:
-                    backward_layer(_rows(bufs[2], shape, l - 1, mb), delta, W,
+                    backward_layer_blocked(_rows(bufs[2], shape, l - 1, mb), delta, W,
                                    _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
                 else:
                     _backward_layer_s(_rows(bufs[2], shape, l - 1, mb), delta, W,
                                       _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
             if par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
-                corrections_update(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
+                corrections_update_blocked(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
             else:
                 _corrections_update_s(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
     return total, emax

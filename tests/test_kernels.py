@@ -146,3 +146,48 @@ def test_train_epoch(dtype, batch_size):
         outs.append((th, vel, tot, emax))
     for x, y in zip(*outs):
         assert_close(x, y, dtype)
+
+
+# ---------------------------------------------------------------- the register-blocked kernels
+# train_epoch runs these; shapes cover full 4 x 4 blocks and every remainder (9 = 4+4+1
+# samples, 7 = 4+3 units, 6 = 4+2 units).
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (1, 5, 6), (4, 3, 4)])
+@pytest.mark.parametrize("kernel", ["forward_layer_blocked", "_forward_layer_s"])
+def test_blocked_forward(dtype, M_, n_in, n_out, kernel):
+    a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
+    z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
+    getattr(loops, kernel)(z, a, a_prev, W, b, A.TANH)
+    z2, a2 = np.empty_like(z), np.empty_like(a)
+    vectorised.forward_layer(z2, a2, a_prev, W, b, A.TANH)
+    assert_close(z, z2, dtype)
+    assert_close(a, a2, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (2, 5, 6)])
+@pytest.mark.parametrize("kernel", ["backward_layer_blocked", "_backward_layer_s"])
+def test_blocked_backward(dtype, M_, n_in, n_out, kernel):
+    delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
+    a_prev = vectorised.F[A.GELU](z_prev).astype(dtype)
+    d, = poisoned((M_, n_in), dtype=dtype)
+    getattr(loops, kernel)(d, delta, W, z_prev, a_prev, A.GELU)
+    d2 = np.empty_like(d)
+    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, A.GELU)
+    assert_close(d, d2, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (1, 5, 6), (8, 3, 8)])
+@pytest.mark.parametrize("kernel", ["corrections_update_blocked", "_corrections_update_s"])
+def test_blocked_corrections_update(dtype, M_, n_in, n_out, kernel):
+    W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
+                                       (M_, n_out), (M_, n_in))
+    outs = []
+    for fn in (getattr(loops, kernel), vectorised.corrections_update):
+        args = [W.copy(), b.copy(), vW.copy(), vb.copy()] + poisoned((n_out, n_in), (n_out,), dtype=dtype)
+        fn(*args, delta, a_prev, 0.3, 0.9)
+        outs.append([args[0], args[1], args[2], args[3], args[5]])   # dW is scratch
+    for x, y in zip(*outs):
+        assert np.isfinite(x).all()
+        assert_close(x, y, dtype)
