@@ -1,0 +1,291 @@
+"""Data-parallel training on a Dask cluster (``pip install 'nnjit[distributed]'``).
+
+The lecture's batch mode makes this possible: the correction is a mean over the M samples,
+Δw_ij = (1/M) Σ_m a_i δ_j,m, so it splits into per-shard sums Σ_{m in shard} Δw_m that can be
+computed anywhere and added. :func:`fit` cuts X, y into one shard per worker (rows), keeps
+each shard in its worker's memory for the whole run (validated and converted once, on the
+worker), and per step sends only the weights out and the sums back:
+
+``mode="sync"``
+    Each worker computes Σ Δw, Σ Δb and Σ C_m over its shard with the compiled loops
+    (one forward pass, :meth:`nnjit.engine.CPUEngine.sums`); the driver adds the shards'
+    sums in a fixed order, divides by the number of samples, applies the momentum update
+    v <- mu v - eta Δw ; w <- w + v and sends the new weights. With ``batch_size=None`` one
+    step per epoch: exactly single-machine full-batch training, ``MLP.fit(batch_size=None)``,
+    to float rounding. With ``batch_size=B`` every shard contributes its next B rows per step
+    (a global batch of about B x shards): large-batch training, one round trip per step.
+    Rows are taken in their stored order (no shuffling: shuffle the data once beforehand).
+``mode="average"``
+    Each worker runs a whole local epoch of mini-batch SGD (``batch_size``, default 32) on its
+    shard from the same weights and velocities; the driver averages the returned weights
+    and velocities, weighted by shard size (periodic model averaging, "local SGD"). One
+    round trip per epoch instead of one per step, so it communicates far less; but it is an
+    approximation: the workers' trajectories drift apart within an epoch, so the average is
+    not the step single-machine SGD would take and it usually needs more epochs (the drift
+    grows with the learning rate and the number of workers). With ``batch_size=None`` each
+    local epoch is one full-batch step and averaging gives exactly the sync update.
+
+What travels per step: the weights to every shard, a flat vector of P parameters (P x
+itemsize bytes each), and one P-vector of sums back: 2 x P x shards x itemsize bytes, where
+P = ``net.n_params``. The data never moves after the shards are built.
+
+Faults: shards are Dask futures with lineage (a slice of the caller's array, or a block of
+its Dask graph), so when a worker dies Dask recomputes the shards it held and reruns the
+step's lost tasks on the remaining (or restarted) workers. The shards' sums are added in
+shard order, not arrival order, and every loop kernel sums in a fixed order, so a run with
+a worker killed mid-training gives the same weights as one without.
+
+Not for one machine's worth of data (``MLP.fit`` is faster, and streams data larger than
+memory by itself, see :mod:`nnjit.data`).
+"""
+import math
+import numbers
+import time
+
+import numpy as np
+
+from . import data as _data
+from .model import DivergenceError, MLP, _check_positive_int
+
+MODES = ("sync", "average")
+
+
+# ---------------------------------------------------------------- on the workers
+def _worker_net(spec):
+    """An MLP with the driver's architecture, for its input checks (cheap to build)."""
+    net = MLP(spec["layers"], activation=spec["activation"], output=spec["output"],
+              loss=spec["loss"], backend=spec["backend"], dtype=spec["dtype"])
+    net.classes_ = spec["classes"]
+    return net
+
+
+def _prepare(spec, X, y):
+    """A shard as the engine wants it: X contiguous in the model's dtype, y as (M, K)."""
+    net = _worker_net(spec)
+    X = net._check_X(X)
+    return X, net._check_y(y, X.shape[0], fit=True)
+
+
+def _engine(spec, theta, vel=None):
+    net = _worker_net(spec)
+    net._engine.set_params(theta)
+    if vel is not None:
+        net._engine.set_velocity(vel)
+    return net._engine, net._loss
+
+
+def _shard_sums(spec, theta, shard, lo, hi):
+    """(Σ Δw flat, Σ C_m, max |a - y|, rows, seconds) over rows lo:hi of one shard."""
+    t0 = time.perf_counter()
+    X, Y = shard
+    engine, loss = _engine(spec, theta)
+    g, c, e = engine.sums(X[lo:hi], Y[lo:hi], loss)
+    return g, c, e, hi - lo, time.perf_counter() - t0
+
+
+def _shard_epoch(spec, theta, vel, shard, batch_size, eta, mu, seed):
+    """One local epoch of SGD on a shard: (theta, vel, Σ C_m, max |a - y|, rows, seconds)."""
+    t0 = time.perf_counter()
+    X, Y = shard
+    engine, loss = _engine(spec, theta, vel)
+    M = X.shape[0]
+    order = (np.arange(M) if seed is None else np.random.default_rng(seed).permutation(M))
+    engine.begin_fit(X, Y, min(batch_size, M))
+    total, emax = engine.train_epoch(order.astype(np.int64), min(batch_size, M), eta, mu, loss)
+    engine.end_fit()
+    return engine.get_params(), engine.get_velocity(), total, emax, M, time.perf_counter() - t0
+
+
+# ---------------------------------------------------------------- on the driver
+def _connect(client, timeout):
+    """(Client, whether we opened it) with clear errors for the ways this goes wrong."""
+    try:
+        from distributed import Client, default_client
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise ImportError("nnjit.distributed needs Dask: pip install 'nnjit[distributed]'") from e
+    if client is None:
+        try:
+            return default_client(), False
+        except ValueError as e:
+            raise ValueError("nnjit.distributed.fit needs a Dask cluster: pass client=Client(...) "
+                             "or a scheduler address such as 'tcp://host:8786'") from e
+    if isinstance(client, str):
+        try:
+            return Client(client, timeout=timeout, set_as_default=False), True
+        except (OSError, TimeoutError) as e:
+            raise ConnectionError(
+                f"cannot reach the Dask scheduler at {client!r} within {timeout} ({e}); is "
+                "`dask scheduler` running there, and reachable through the firewall?") from e
+    if isinstance(client, Client):
+        if client.status != "running":
+            raise ConnectionError(f"the Dask client is not connected (status {client.status!r})")
+        return client, False
+    raise TypeError(f"client must be a distributed.Client, a scheduler address or None, "
+                    f"got {type(client).__name__}")
+
+
+def _blocks(A, rows):
+    """Row blocks of A (lengths ``rows``) as Dask delayed objects with lineage."""
+    import dask
+    import dask.array as da
+    if hasattr(A, "__dask_graph__"):
+        return list(A.rechunk({0: rows}).to_delayed().ravel())
+    if _data.is_out_of_core(A):           # memmap, zarr, h5py: workers read their block
+        return list(da.from_array(A, chunks=(rows,) + tuple(A.shape[1:])).to_delayed().ravel())
+    A = np.asarray(A)                     # in memory: each shard's slice is its own literal
+    bounds = np.cumsum((0,) + rows)
+    return [dask.delayed(A[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _labels(net, y):
+    """Set net.classes_ from all of y (1-D labels of a classifier), as MLP.fit does."""
+    if not (net._is_classifier and len(y.shape) == 1 and net.classes_ is None):
+        return
+    if hasattr(y, "__dask_graph__"):
+        import dask.array as da
+        labels = da.unique(y).compute()
+    else:
+        labels = np.unique(np.asarray(y))
+    net._check_y(labels, labels.shape[0], fit=True)
+
+
+def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
+        batch_size="auto", n_shards=None, shuffle=True, callbacks=None, timeout="10s",
+        timings=None):
+    """Train ``net`` (an :class:`nnjit.MLP`) data-parallel on a Dask cluster; returns ``net``.
+
+    X, y: Dask arrays, or anything MLP.fit takes (NumPy, memmap, zarr), cut into shards here.
+    client: a ``distributed.Client``, a scheduler address ("tcp://host:8786", connected with
+    ``timeout`` and closed afterwards), or None for the current default client.
+    mode: "sync" (exact: the sum of the shards' corrections) or "average" (local SGD epochs,
+    weights averaged); see the module docstring. batch_size: "auto" is None (full batch) for
+    sync and 32 for average; an int is the rows each shard contributes per step (sync) or
+    the local mini-batch (average). n_shards: default one per worker. shuffle: "average"
+    shuffles each shard's rows every epoch (seeded from the net's generator, so a rerun
+    gives the same weights); "sync" keeps stored order. lr, momentum, epochs, callbacks as
+    in MLP.fit; net.history_["loss"] and net.n_epochs_ are updated the same way.
+    timings: a list to which a dict per epoch is appended (wall seconds, the slowest
+    worker's compute seconds per step summed, bytes of weights and sums moved); for
+    benchmarks.
+    """
+    if not isinstance(net, MLP):
+        raise TypeError(f"net must be an nnjit.MLP, got {type(net).__name__}")
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(map(repr, MODES))}")
+    epochs = _check_positive_int("epochs", epochs)
+    if not callable(lr) and not (isinstance(lr, numbers.Real) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number or a callable lr(epoch), got {lr!r}")
+    if not (isinstance(momentum, numbers.Real) and 0 <= momentum < 1):
+        raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+    if batch_size == "auto":
+        batch_size = None if mode == "sync" else 32
+    batch_size = _check_positive_int("batch_size", batch_size, allow_none=True)
+    if not hasattr(X, "shape"):
+        X = np.asarray(X)
+    if not hasattr(y, "shape"):
+        y = np.asarray(y)
+    if len(X.shape) != 2 or X.shape[0] == 0:
+        raise ValueError(f"X must be 2-D (samples, features) with samples, got shape {tuple(X.shape)}")
+    if len(y.shape) not in (1, 2) or y.shape[0] != X.shape[0]:
+        raise ValueError(f"X has {X.shape[0]} samples but y has shape {tuple(y.shape)}")
+    callbacks = list(callbacks or [])
+
+    client, opened = _connect(client, timeout)
+    try:
+        with client.as_current():     # dask.compute and distributed.wait use this client
+            _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, shuffle,
+                 callbacks, timings)
+    finally:
+        if opened:
+            client.close()
+    return net
+
+
+def _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, shuffle,
+         callbacks, timings):
+    """Build the shards on the workers (one per worker unless n_shards says otherwise), then train."""
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        raise ConnectionError("the Dask cluster has no workers; start some with "
+                              "`dask worker <scheduler address>`")
+    M = int(X.shape[0])
+    n = _check_positive_int("n_shards", n_shards) if n_shards is not None else len(workers)
+    n = min(n, M)
+    rows = tuple(int(r) for r in np.diff(np.linspace(0, M, n + 1).round().astype(np.int64)))
+    _labels(net, y)
+    spec = dict(layers=net.layers, activation=net.activation, output=net.output,
+                loss=net.loss, dtype=net.dtype, classes=net.classes_,
+                backend=net.backend if net.backend in ("loops", "vectorised") else "loops")
+    import dask
+    import distributed
+    shards = [client.compute(dask.delayed(_prepare, pure=False)(spec, xb, yb),
+                             workers=[workers[s % len(workers)]], allow_other_workers=True)
+              for s, (xb, yb) in enumerate(zip(_blocks(X, rows), _blocks(y, rows)))]
+    distributed.wait(shards)
+    for f in shards:
+        if f.status == "error":
+            raise f.exception()
+    seed0 = int(net._rng.integers(2**63)) if (mode == "average" and shuffle) else None
+    _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_size,
+           seed0, callbacks, timings)
+
+
+def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_size, seed0,
+           callbacks, timings):
+    M = sum(rows)
+    dtype = np.dtype(net.dtype)
+    steps = 1 if (mode == "average" or batch_size is None) else -(-max(rows) // batch_size)
+    for _ in range(epochs):
+        epoch = net.n_epochs_
+        eta = lr(epoch) if callable(lr) else lr
+        if not (isinstance(eta, numbers.Real) and eta > 0 and math.isfinite(eta)):
+            raise ValueError(f"lr({epoch}) returned {eta!r}; it must be a positive number")
+        theta, vel = net._engine.get_params(), net._engine.get_velocity()
+        saved = (theta.copy(), vel.copy())
+        total, emax, compute, moved = 0.0, 0.0, 0.0, 0
+        t0 = time.perf_counter()
+        if mode == "sync":
+            for t in range(steps):
+                b = max(rows) if batch_size is None else batch_size
+                parts = [(s, min(t * b, r), min((t + 1) * b, r)) for s, r in enumerate(rows)]
+                futs = [client.submit(_shard_sums, spec, theta, shards[s], lo, hi, pure=False)
+                        for s, lo, hi in parts if hi > lo]
+                res = client.gather(futs)
+                g = np.zeros(theta.shape, np.float64)
+                for r in res:                     # in shard order: the same sum every run
+                    g += r[0]
+                count = sum(r[3] for r in res)
+                total += sum(r[1] for r in res)
+                emax = max([emax] + [r[2] for r in res])
+                compute += max(r[4] for r in res)
+                moved += 2 * len(res) * theta.nbytes
+                vel = dtype.type(momentum) * vel - dtype.type(eta) * (g / count).astype(dtype)
+                theta = theta + vel
+        else:
+            futs = [client.submit(_shard_epoch, spec, theta, vel, shards[s], batch_size or rows[s],
+                                  eta, momentum, None if seed0 is None else (seed0, epoch, s),
+                                  pure=False) for s in range(len(shards))]
+            res = client.gather(futs)
+            w = np.array([r[4] for r in res], np.float64) / M
+            theta = sum(wi * r[0].astype(np.float64) for wi, r in zip(w, res)).astype(dtype)
+            vel = sum(wi * r[1].astype(np.float64) for wi, r in zip(w, res)).astype(dtype)
+            total = sum(r[2] for r in res)
+            emax = max(r[3] for r in res)
+            compute = max(r[5] for r in res)
+            moved = 2 * len(res) * 2 * theta.nbytes      # weights and velocities, both ways
+        wall = time.perf_counter() - t0
+        loss = total / M
+        if not math.isfinite(loss) or not np.isfinite(theta).all():
+            net._engine.set_params(saved[0])
+            net._engine.set_velocity(saved[1])
+            raise DivergenceError(
+                f"training diverged in epoch {epoch} (loss {loss}); the weights were "
+                "restored to the last finite values; try a smaller lr or momentum")
+        net._engine.set_params(theta)
+        net._engine.set_velocity(vel)
+        net.n_epochs_ += 1
+        net.history_["loss"].append(loss)
+        if timings is not None:
+            timings.append({"wall_s": wall, "compute_s": compute, "bytes": moved, "steps": steps})
+        if any([bool(cb(net, epoch, net.history_)) for cb in callbacks]):
+            break

@@ -1,0 +1,187 @@
+"""Data-parallel training on a local Dask cluster (nnjit.distributed).
+
+One LocalCluster of 2 worker processes is shared by the module. The core check: sync mode
+is the lecture's batch mean split into per-shard sums, so it must equal single-machine
+full-batch training, and a worker killed mid-training must not change the result."""
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from nnjit import MLP
+
+dask = pytest.importorskip("dask")
+distributed = pytest.importorskip("distributed")
+da = pytest.importorskip("dask.array")
+nd = pytest.importorskip("nnjit.distributed")
+
+M, DIM, K = 301, 7, 3
+
+
+@pytest.fixture(scope="module")
+def client():
+    with dask.config.set({"distributed.logging.distributed": "error",
+                          "distributed.worker.daemon": False,
+                          "distributed.admin.tick.limit": "10s"}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=50,
+                                           env={"NUMBA_NUM_THREADS": "1"})   # 1 core each
+        c = distributed.Client(cluster, set_as_default=False)
+        try:
+            yield c
+        finally:
+            c.close()
+            cluster.close()
+
+
+@pytest.fixture(scope="module")
+def xy():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(M, DIM))
+    y = (X[:, 0] + X[:, 1] > 0).astype(np.int64) + (X[:, 2] > 0.8)
+    return X, y
+
+
+def _net(dtype="float64", **kw):
+    return MLP([DIM, 6, K], activation="tanh", seed=4, dtype=dtype, **kw)
+
+
+def _assert_same(a, b, rtol=1e-10):
+    for p, q in zip(a.weights + a.biases, b.weights + b.biases):
+        np.testing.assert_allclose(q, p, rtol=rtol, atol=rtol * 1e-2)
+
+
+@pytest.mark.parametrize("as_dask", [False, True])
+def test_sync_equals_single_machine_full_batch(client, xy, as_dask):
+    X, y = xy
+    ref = _net().fit(X, y, epochs=6, lr=0.5, momentum=0.7, batch_size=None)
+    if as_dask:     # uneven chunks, rechunked into one shard per worker
+        X, y = da.from_array(X, chunks=(97, DIM)), da.from_array(y, chunks=60)
+    net = nd.fit(_net(), X, y, client=client, mode="sync", epochs=6, lr=0.5, momentum=0.7)
+    _assert_same(ref, net)
+    np.testing.assert_allclose(net.history_["loss"], ref.history_["loss"], rtol=1e-12)
+    assert net.n_epochs_ == 6 and list(net.classes_) == [0, 1, 2]
+    assert net.history_["loss"][-1] < net.history_["loss"][0]
+
+
+def test_sync_large_batch_equals_the_same_steps_by_hand(client, xy):
+    # 3 shards of 100/101/100 rows, 40 rows each per step: steps take rows [0:40], [40:80],
+    # [80:] of every shard; the reference adds the same rows' mean gradient on one machine
+    X, y = xy
+    net = nd.fit(_net(), X, y, client=client, epochs=2, lr=0.4, momentum=0.5, batch_size=40,
+                 n_shards=3)
+    ref = _net()
+    bounds = np.cumsum([0, 100, 101, 100])
+    vel = [np.zeros_like(p) for p in ref.weights + ref.biases]
+    for _ in range(2):
+        for t in range(3):
+            rows = np.concatenate([np.arange(lo + 40 * t, min(lo + 40 * (t + 1), hi))
+                                   for lo, hi in zip(bounds[:-1], bounds[1:])])
+            dW, db = ref.gradients(X[rows], y[rows])
+            params = ref.weights + ref.biases
+            vel = [0.5 * v - 0.4 * g for v, g in zip(vel, dW + db)]
+            params = [p + v for p, v in zip(params, vel)]
+            ref.weights, ref.biases = params[:2], params[2:]
+    _assert_same(ref, net)
+
+
+def test_average_learns_and_is_sync_for_full_batches(client, xy):
+    X, y = xy
+    net = nd.fit(_net(), X, y, client=client, mode="average", epochs=15, lr=0.2, batch_size=8)
+    h = net.history_["loss"]
+    assert net.n_epochs_ == 15 and h[-1] < 0.6 * h[0]
+    assert net.score(X, y) > 0.85
+    again = nd.fit(_net(), X, y, client=client, mode="average", epochs=15, lr=0.2, batch_size=8)
+    _assert_same(net, again, rtol=0)     # seeded local shuffles: reproducible
+    # one full-batch local step per worker, averaged by shard size, is the sync update
+    avg = nd.fit(_net(), X, y, client=client, mode="average", epochs=3, lr=0.5, momentum=0.3,
+                 batch_size=None)
+    sync = nd.fit(_net(), X, y, client=client, mode="sync", epochs=3, lr=0.5, momentum=0.3)
+    _assert_same(sync, avg, rtol=1e-9)
+
+
+def test_float32_and_callbacks(client, xy):
+    X, y = xy
+    seen = []
+    ref = _net("float32").fit(X, y, epochs=4, lr=0.5, batch_size=None)
+    net = nd.fit(_net("float32"), X, y, client=client, epochs=10, lr=0.5,
+                 callbacks=[lambda n, e, h: seen.append(e) or e == 3])
+    assert seen == [0, 1, 2, 3] and net.n_epochs_ == 4
+    _assert_same(ref, net, rtol=2e-5)
+
+
+def test_bad_arguments(client, xy):
+    X, y = xy
+    with pytest.raises(ValueError, match="mode"):
+        nd.fit(_net(), X, y, client=client, mode="async")
+    with pytest.raises(TypeError, match="client"):
+        nd.fit(_net(), X, y, client=42)
+    with pytest.raises(TypeError, match="MLP"):
+        nd.fit("net", X, y, client=client)
+    with pytest.raises(ValueError, match="samples"):
+        nd.fit(_net(), X, y[:-1], client=client)
+    with pytest.raises(ValueError, match="Dask cluster"):
+        nd.fit(_net(), X, y, client=None)     # the module's client is not the default
+    Xbad = X.copy()
+    Xbad[250, 1] = np.inf                      # validated on the worker that holds it
+    with pytest.raises(ValueError, match="NaN or inf"):
+        nd.fit(_net(), Xbad, y, client=client)
+
+
+def test_unreachable_scheduler_is_a_clear_error(xy):
+    X, y = xy
+    t0 = time.perf_counter()
+    with pytest.raises(ConnectionError, match=r"cannot reach the Dask scheduler at 'tcp://127.0.0.1:1'"):
+        nd.fit(_net(), X, y, client="tcp://127.0.0.1:1", timeout="1s")
+    assert time.perf_counter() - t0 < 30
+
+
+@pytest.mark.parametrize("mode", ["sync", "average"])
+def test_worker_killed_mid_training_gives_the_same_result(client, mode):
+    # bigger shards so a step lasts long enough to kill a worker while it computes
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(6000, 40))
+    y = (X[:, :3].sum(axis=1) > 0).astype(np.int64)
+    kw = dict(client=client, mode=mode, epochs=12, lr=0.3, momentum=0.5,
+              batch_size=None if mode == "sync" else 4)
+
+    def net():
+        return MLP([40, 48, 2], seed=2, dtype="float64")
+
+    snapshots = []                             # the undisturbed run's weights after each epoch
+    ref = nd.fit(net(), X, y, callbacks=[lambda n, e, h: snapshots.append(n.weights + n.biases)], **kw)
+    client.wait_for_workers(2)
+    pids = client.run(os.getpid)
+    go, killed = threading.Event(), {}
+
+    def killer():
+        go.wait(60)
+        deadline = time.time() + 30
+        while time.time() < deadline:          # wait until a worker is running a shard's task
+            busy = [w for w, tasks in client.processing().items()
+                    if w in pids and any("shard" in str(t) for t in tasks)]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed["pid"] = pids[busy[0]]
+                return
+            time.sleep(0.001)
+
+    def callback(n, epoch, h):                 # stop two epochs after the kill
+        go.set()
+        if "pid" in killed:
+            killed.setdefault("epoch", epoch)
+            return epoch >= killed["epoch"] + 2
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    out = nd.fit(net(), X, y, callbacks=[callback], **kw)
+    thread.join(30)
+    assert "pid" in killed and "epoch" in killed, "no worker was killed during training"
+    client.wait_for_workers(2, timeout=60)
+    assert killed["pid"] not in client.run(os.getpid).values()     # it really died
+    for a, b in zip(snapshots[out.n_epochs_ - 1], out.weights + out.biases):
+        np.testing.assert_array_equal(a, b)
+    assert out.history_["loss"] == ref.history_["loss"][:out.n_epochs_]
