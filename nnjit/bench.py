@@ -1,0 +1,385 @@
+"""``nnjit bench``: one side-by-side timing of an MLP training epoch, in one process.
+
+Times the loop form against the vectorised form (float32 and float64) and, when they are
+installed, PyTorch CPU (nn.Sequential + optim.SGD) and scikit-learn's MLPClassifier (solver
+"sgd"), all with the same network, learning rate and heavy-ball momentum, on the same
+synthetic MNIST-shaped data (a fixed random teacher labels it, so it is learnable). Prints
+per-epoch medians, microseconds per sample and the ratio to ``loops``; also the machine's
+SGEMM/DGEMM rate through NumPy in the same run, the loop form's GFLOP/s as a fraction of it,
+which BLAS kernel NumPy used, and (separately from the timed region) compile and cache-load
+time in fresh processes. ``--scaling`` shows epoch time against samples and parameters and
+peak memory. Not a test: nothing here asserts a speed.
+
+    python -m nnjit.bench                       # 784-128-10, batch sizes 1, 32, 256
+    nnjit bench --batch-sizes 32 --threads 2 --json out.json --plot out.png
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import numpy as np
+
+
+# ------------------------------------------------------------------ data and bookkeeping
+def make_data(n, d, k, dtype, seed=0):
+    """MNIST-shaped synthetic data: pixels in [0, 1), labels from a random linear teacher."""
+    rng = np.random.default_rng(seed)
+    X = rng.random((n, d), dtype=np.float32)
+    X[X < 0.5] = 0.0                                     # sparse-ish, like handwriting
+    teacher = rng.normal(size=(d, k)).astype(np.float32)
+    y = (X @ teacher).argmax(axis=1)
+    return X.astype(dtype), y
+
+
+def train_flops(layers):
+    """Multiply-adds x 2 per sample for one training step: feed-forward and corrections of
+    every layer, the error recursion of every layer but the first (no delta for inputs)."""
+    f = 0
+    for l in range(1, len(layers)):
+        wl = layers[l] * layers[l - 1]
+        f += 2 * wl * (2 if l == 1 else 3)
+    return f
+
+
+def blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "unknown (pip install threadpoolctl to see which BLAS kernel NumPy uses)"
+    rows = [i for i in threadpool_info() if i.get("user_api") == "blas"]
+    if not rows:
+        return "no BLAS found by threadpoolctl"
+    i = rows[0]
+    return (f"{i.get('internal_api')} {i.get('version')}, kernel {i.get('architecture')}, "
+            f"{i.get('num_threads')} threads")
+
+
+def gemm_rate(dtype, threads, n=1536, repeats=5):
+    """GFLOP/s of an n x n x n NumPy matrix product (the machine's BLAS peak, measured)."""
+    a = np.random.default_rng(0).random((n, n)).astype(dtype)
+    b = a.T.copy()
+    with _blas_threads(threads):
+        a @ b
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            ts.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(ts) / 1e9
+
+
+class _blas_threads:
+    def __init__(self, n):
+        self.n, self.ctl = n, None
+
+    def __enter__(self):
+        try:
+            from threadpoolctl import threadpool_limits
+            self.ctl = threadpool_limits(self.n)
+        except ImportError:
+            pass
+
+    def __exit__(self, *exc):
+        if self.ctl is not None:
+            self.ctl.restore_original_limits()
+
+
+# ------------------------------------------------------------------ the contenders
+def time_nnjit(backend, dtype, layers, X, y, bs, lr, mu, repeats):
+    """Per-epoch wall times of MLP.fit: the gaps between the end-of-epoch callbacks, so the
+    once-per-fit input checks are outside and every per-epoch cost is inside."""
+    from . import MLP
+    def make():
+        return MLP(layers, activation="sigmoid", output="softmax", backend=backend, dtype=dtype, seed=0)
+    make().fit(X[:64], y[:64], epochs=1, lr=lr, momentum=mu, batch_size=bs)   # compile / warm up
+    net = make()
+    stamps = []
+    net.fit(X, y, epochs=repeats + 1, lr=lr, momentum=mu, batch_size=bs, shuffle=True,
+            callbacks=[lambda *a: stamps.append(time.perf_counter())])
+    return list(np.diff(stamps)), net
+
+
+def time_torch(dtype, layers, X, y, bs, lr, mu, repeats, threads):
+    import torch
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    tdt = torch.float32 if dtype == "float32" else torch.float64
+    mods = []
+    for l in range(1, len(layers)):
+        mods.append(torch.nn.Linear(layers[l - 1], layers[l]))
+        if l < len(layers) - 1:
+            mods.append(torch.nn.Sigmoid())
+    model = torch.nn.Sequential(*mods).to(tdt)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=mu)
+    lossf = torch.nn.CrossEntropyLoss()                   # softmax + cross-entropy, as nnjit
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    n = len(X)
+
+    def epoch():
+        perm = torch.randperm(n)
+        for s in range(0, n, bs):
+            idx = perm[s:s + bs]
+            opt.zero_grad(set_to_none=True)
+            lossf(model(Xt[idx]), yt[idx]).backward()
+            opt.step()
+    epoch()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        epoch()
+        ts.append(time.perf_counter() - t)
+    return ts
+
+
+def time_sklearn(dtype, layers, X, y, bs, lr, mu, repeats):
+    import warnings
+    from sklearn.neural_network import MLPClassifier
+    clf = MLPClassifier(hidden_layer_sizes=tuple(layers[1:-1]), activation="logistic",
+                        solver="sgd", batch_size=bs, learning_rate_init=lr, momentum=mu,
+                        nesterovs_momentum=False, alpha=0.0, shuffle=True, random_state=0)
+    classes = np.unique(y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clf.partial_fit(X[:64], y[:64], classes=classes)
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            clf.partial_fit(X, y)                         # one pass over the data: one epoch
+            ts.append(time.perf_counter() - t)
+    return ts
+
+
+# ------------------------------------------------------------------ compile and cache time
+_COLD = textwrap.dedent("""
+    import time, numpy as np
+    t0 = time.perf_counter()
+    from nnjit import MLP
+    X = np.random.default_rng(0).random((64, 8)); y = np.arange(64) % 3
+    net = MLP([8, 16, 3], backend="loops", dtype="{dtype}", seed=0)
+    t1 = time.perf_counter(); net.fit(X, y, epochs=1, batch_size={bs}); net.predict(X)
+    t2 = time.perf_counter(); net.fit(X, y, epochs=1, batch_size={bs}); net.predict(X)
+    t3 = time.perf_counter()
+    print((t2 - t1) - (t3 - t2), t1 - t0)
+""")
+
+
+def compile_times(dtype="float32", bs=32):
+    """(compile s, cache-load s, import s) of a small fit in fresh processes: the first with
+    an empty Numba cache, the second reusing it. Each is the first fit's time minus a second,
+    warm fit's time in the same process."""
+    out = []
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+        for _ in range(2):
+            r = subprocess.run([sys.executable, "-c", _COLD.format(dtype=dtype, bs=bs)], env=env,
+                               capture_output=True, text=True, check=True)
+            out.append([float(v) for v in r.stdout.split()])
+    return out[0][0], out[1][0], out[1][1]
+
+
+_RSS = textwrap.dedent("""
+    import resource, numpy as np
+    from nnjit import MLP
+    from nnjit.bench import make_data
+    X, y = make_data({n}, {d}, 10, "float32")
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    MLP([{d}, {h}, 10], backend="{backend}", seed=0).fit(X, y, epochs=1, batch_size={bs})
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(base / 1024, peak / 1024)
+""")
+
+
+def peak_rss(backend, n, d, h, bs):
+    """(MiB before fit with data loaded, MiB peak after one epoch) in a fresh process."""
+    r = subprocess.run([sys.executable, "-c", _RSS.format(n=n, d=d, h=h, bs=bs, backend=backend)],
+                       capture_output=True, text=True, check=True)
+    return tuple(float(v) for v in r.stdout.split())
+
+
+# ------------------------------------------------------------------ the run
+def run(args):
+    import numba
+    from . import __version__
+    layers = args.layers
+    threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(threads)
+    rows = []
+    print(f"nnjit {__version__} bench: network {'-'.join(map(str, layers))} sigmoid/softmax, "
+          f"momentum {args.momentum}, lr {args.lr}, {threads} threads, {platform.processor() or platform.machine()}")
+    print(f"NumPy BLAS: {blas_info()}")
+    env_blas = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    if env_blas:
+        print(f"  note: {env_blas} is set, which slows NumPy's BLAS; unset both for a full-speed comparison")
+    gemm = {dt: gemm_rate(dt, threads) for dt in args.dtypes}
+    print("GEMM (NumPy, same run): " + ", ".join(f"{dt} {g:.1f} GFLOP/s" for dt, g in gemm.items()))
+    fl = train_flops(layers)
+    Xall, yall = make_data(args.samples, layers[0], layers[-1], "float32")
+    have = {}
+    for lib in ("torch", "sklearn"):
+        if lib in args.skip:
+            continue
+        try:
+            __import__(lib)
+            have[lib] = True
+        except ImportError:
+            print(f"  {lib} not installed: skipped (pip install 'nnjit[compare]')")
+    for bs in args.batch_sizes:
+        n = min(args.samples, args.online_samples) if bs == 1 else args.samples
+        for dt in args.dtypes:
+            X, y = Xall[:n].astype(dt), yall[:n]
+            res = {}
+            for backend in ("loops", "vectorised"):
+                with _blas_threads(threads):
+                    ts, _ = time_nnjit(backend, dt, layers, X, y, bs, args.lr, args.momentum, args.repeats)
+                res[f"nnjit {backend}"] = ts
+            if "torch" in have:
+                res["pytorch"] = time_torch(dt, layers, X, y, bs, args.lr, args.momentum, args.repeats, threads)
+            if "sklearn" in have and dt in ("float32", "float64"):
+                with _blas_threads(threads):
+                    res["sklearn"] = time_sklearn(dt, layers, X, y, bs, args.lr, args.momentum, args.repeats)
+            base = statistics.median(res["nnjit loops"])
+            for name, ts in res.items():
+                med = statistics.median(ts)
+                row = dict(batch_size=bs, dtype=dt, impl=name, samples=n, epoch_s=med,
+                           us_per_sample=med / n * 1e6, ratio_to_loops=med / base,
+                           runs=len(ts), gflops=fl * n / med / 1e9)
+                row["fraction_of_gemm"] = row["gflops"] / gemm[dt]
+                rows.append(row)
+            _print_block(rows[-len(res):])
+    extra = {}
+    if not args.no_compile:
+        c, l, imp = compile_times()
+        extra["compile"] = dict(compile_s=c, cache_load_s=l, import_s=imp)
+        print(f"\ncompilation (fresh process, empty cache): {c:.2f} s; cache load (second fresh "
+              f"process): {l:.3f} s; import nnjit: {imp:.2f} s")
+    if args.scaling:
+        extra["scaling"] = scaling(args, layers, threads)
+    out = dict(layers=layers, threads=threads, blas=blas_info(), gemm_gflops=gemm, rows=rows,
+               env_blas=env_blas, **extra)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    if args.csv:
+        import csv
+        with open(args.csv, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if args.plot:
+        plot(rows, args.plot)
+    return out
+
+
+def _print_block(rows):
+    r0 = rows[0]
+    print(f"\nbatch {r0['batch_size']}, {r0['dtype']}, {r0['samples']} samples, median of {r0['runs']} epochs")
+    print(f"  {'implementation':18s} {'epoch s':>9s} {'us/sample':>10s} {'x loops':>8s} {'GFLOP/s':>8s} {'of GEMM':>8s}")
+    for r in rows:
+        print(f"  {r['impl']:18s} {r['epoch_s']:9.3f} {r['us_per_sample']:10.2f} "
+              f"{r['ratio_to_loops']:8.2f} {r['gflops']:8.1f} {r['fraction_of_gemm']:8.1%}")
+
+
+def scaling(args, layers, threads):
+    """Epoch time against samples (3 sizes) and hidden width (3 sizes), loops backend, and
+    peak RSS of a fit against samples: memory should follow parameters + batch x width."""
+    bs = 32 if 32 in args.batch_sizes else args.batch_sizes[-1]
+    res = dict(samples=[], width=[], rss=[])
+    base_n = max(args.samples // 4, 1000)
+    X, y = make_data(4 * base_n, layers[0], layers[-1], "float32")
+    print(f"\nscaling (loops, float32, batch {bs}):")
+    for n in (base_n, 2 * base_n, 4 * base_n):
+        ts, _ = time_nnjit("loops", "float32", layers, X[:n], y[:n], bs, args.lr, args.momentum, args.repeats)
+        res["samples"].append((n, statistics.median(ts)))
+    t0 = res["samples"][0][1]
+    print("  samples: " + ", ".join(f"{n}: {t:.3f} s ({t / t0:.2f}x)" for n, t in res["samples"]))
+    for h in (layers[1] // 2, layers[1], layers[1] * 2):
+        ls = [layers[0], h] + layers[2:]
+        ts, net = time_nnjit("loops", "float32", ls, X[:2 * base_n], y[:2 * base_n], bs, args.lr,
+                             args.momentum, args.repeats)
+        res["width"].append((net.n_params, statistics.median(ts)))
+    p0, t0 = res["width"][0]
+    print("  parameters: " + ", ".join(f"{p}: {t:.3f} s ({t / t0:.2f}x for {p / p0:.2f}x)" for p, t in res["width"]))
+    for n in (base_n, 4 * base_n):
+        before, peak = peak_rss("loops", n, layers[0], layers[1], bs)
+        res["rss"].append((n, before, peak))
+    print("  peak RSS of a one-epoch fit (fresh process; data already loaded): " + ", ".join(
+        f"{n} samples: {b:.0f} -> {p:.0f} MiB (+{p - b:.1f})" for n, b, p in res["rss"]))
+    return res
+
+
+def plot(rows, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--plot needs matplotlib: pip install 'nnjit[plot]'")
+        return
+    dts = sorted({r["dtype"] for r in rows})
+    impls = [i for i in ("nnjit loops", "nnjit vectorised", "pytorch", "sklearn") if any(r["impl"] == i for r in rows)]
+    bss = sorted({r["batch_size"] for r in rows})
+    fig, axes = plt.subplots(1, len(dts), figsize=(5 * len(dts), 3.6), squeeze=False)
+    for ax, dt in zip(axes[0], dts):
+        width = 0.8 / len(impls)
+        for k, impl in enumerate(impls):
+            vals = [next((r["us_per_sample"] for r in rows if r["dtype"] == dt and r["batch_size"] == b
+                          and r["impl"] == impl), np.nan) for b in bss]
+            ax.bar(np.arange(len(bss)) + k * width, vals, width, label=impl)
+        ax.set_xticks(np.arange(len(bss)) + 0.4 - width / 2, [str(b) for b in bss])
+        ax.set_yscale("log")
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("µs per sample (log)")
+        ax.set_title(f"one training epoch, {dt}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    print(f"wrote {path}")
+
+
+def build_parser(p=None):
+    p = p or argparse.ArgumentParser(prog="nnjit bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    ints = lambda s: [int(v) for v in s.split(",") if v]          # noqa: E731
+    p.add_argument("--layers", type=ints, default=[784, 128, 10], help="sizes, e.g. 784,128,10")
+    p.add_argument("--batch-sizes", type=ints, default=[1, 32, 256])
+    p.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "float64"])
+    p.add_argument("--samples", type=int, default=60000)
+    p.add_argument("--online-samples", type=int, default=6000,
+                   help="samples per epoch at batch size 1 (the slow peers take minutes on 60000)")
+    p.add_argument("--threads", type=int, default=None, help="threads for every library (default: all)")
+    p.add_argument("--repeats", type=int, default=3, help="timed epochs per contender (median)")
+    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--skip", type=lambda s: s.split(","), default=[], help="e.g. torch,sklearn")
+    p.add_argument("--no-compile", action="store_true", help="skip the compile/cache-load measurement")
+    p.add_argument("--scaling", action="store_true", help="also time 3 sample counts and 3 widths, and peak RSS")
+    p.add_argument("--json"), p.add_argument("--csv"), p.add_argument("--plot", help="bar chart PNG")
+    return p
+
+
+def main(argv=None):
+    return cmd(build_parser().parse_args(argv))
+
+
+def cmd(args):
+    for name in ("samples", "online_samples", "repeats"):
+        if getattr(args, name) <= 0:
+            raise SystemExit(f"nnjit bench: --{name.replace('_', '-')} must be positive")
+    if len(args.layers) < 2 or min(args.layers) <= 0 or min(args.batch_sizes) <= 0:
+        raise SystemExit("nnjit bench: --layers and --batch-sizes need positive sizes")
+    bad = set(args.dtypes) - {"float32", "float64"}
+    if bad:
+        raise SystemExit(f"nnjit bench: unknown dtype(s) {sorted(bad)}")
+    run(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
