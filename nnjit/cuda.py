@@ -36,6 +36,7 @@ run these kernels in Numba's simulator (slow, for tests).
 """
 import functools
 import math
+import time
 
 import numpy as np
 
@@ -73,6 +74,24 @@ def simulated():
     """True when the kernels run in Numba's CUDA simulator rather than on a GPU."""
     from numba.cuda import config as cuda_config   # numba-cuda's own settings
     return bool(getattr(cuda_config, "ENABLE_CUDASIM", False))
+
+
+def device_name():
+    """The current device's name ("SIMULATOR" under the simulator)."""
+    name = getattr(cuda.get_current_device(), "name", "SIMULATOR")
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def timed(fn):
+    """Run fn() between two CUDA events on the default stream: returns (fn's result, device
+    milliseconds between the events, host milliseconds), after synchronising."""
+    start, end = cuda.event(), cuda.event()
+    t = time.perf_counter()
+    start.record()
+    out = fn()
+    end.record()
+    end.synchronize()
+    return out, start.elapsed_time(end), (time.perf_counter() - t) * 1e3
 
 
 # ================================================================ the kernels, per dtype
