@@ -202,6 +202,36 @@ def _forward_layer_blocked(z, a, a_prev, W, b, act):
             apply_f(a[m], z[m], act)
 
 
+def _forward_layer_units(z, a, a_prev, W, b, act):
+    """Feed-forward for a batch too small to split by samples (online learning): prange over
+    blocks of 4 units j instead; a step owns z[:, j:j+4]. Then a_j = f(z_j) row by row.
+
+    a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l).
+    """
+    M, n_in = a_prev.shape
+    n_out = W.shape[0]
+    for jb in prange((n_out + 3) // 4):
+        j0 = 4 * jb
+        for m in range(M):
+            x = a_prev[m]
+            if j0 + 4 <= n_out:
+                w0, w1, w2, w3 = W[j0], W[j0 + 1], W[j0 + 2], W[j0 + 3]
+                s0 = s1 = s2 = s3 = z.dtype.type(0.0)
+                for i in range(n_in):
+                    xi = x[i]
+                    s0 += w0[i] * xi; s1 += w1[i] * xi; s2 += w2[i] * xi; s3 += w3[i] * xi  # noqa: E702
+                z[m, j0], z[m, j0 + 1], z[m, j0 + 2], z[m, j0 + 3] = (
+                    s0 + b[j0], s1 + b[j0 + 1], s2 + b[j0 + 2], s3 + b[j0 + 3])
+            else:
+                for j in range(j0, n_out):
+                    s = b[j]
+                    for i in range(n_in):
+                        s += W[j, i] * x[i]
+                    z[m, j] = s
+    for m in range(M):
+        apply_f(a[m], z[m], act)
+
+
 def _backward_layer_blocked(delta_prev, delta, W, z_prev, a_prev, act_prev):
     """Error recursion delta_j = f'(z_j) sum_k w_jk delta_k, 4 units k per pass over row j.
 
@@ -307,6 +337,30 @@ def _corrections_update_blocked(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
             b[j] += vb[j]
 
 
+def _update_forward_next(W, b, vW, vb, delta, x, x_next, z_next, eta, mu):
+    """Online learning, first layer: the update w_ij <- w_ij + (mu v_ij - eta x_i delta_j)
+    fused with the next sample's feed-forward sum z'_j = sum_i w_ij x'_i + b_j, computed
+    from each row right after its update, while the row is still in cache: the weights are
+    read once per sample instead of twice. Same numbers as update-then-forward.
+
+    W, vW (N_1, D); b, vb, delta, z_next (N_1,); x, x_next (D,). prange over units j.
+    """
+    n_out, n_in = W.shape
+    eta_ = W.dtype.type(eta)
+    mu_ = W.dtype.type(mu)
+    for j in prange(n_out):
+        w, v = W[j], vW[j]
+        g = eta_ * delta[j]
+        s = W.dtype.type(0.0)
+        for i in range(n_in):
+            v[i] = mu_ * v[i] - g * x[i]
+            w[i] += v[i]
+            s += w[i] * x_next[i]
+        vb[j] = mu_ * vb[j] - eta_ * delta[j]
+        b[j] += vb[j]
+        z_next[j] = s + b[j]
+
+
 # Each kernel twice: parallel, and serial for batches too small to pay for a parallel region.
 forward_layer = njit(parallel=True, **_OPTS)(_forward_layer)
 backward_layer = njit(parallel=True, **_OPTS)(_backward_layer)
@@ -314,6 +368,9 @@ corrections = njit(parallel=True, **_OPTS)(_corrections)
 corrections_update = njit(parallel=True, **_OPTS)(_corrections_update)
 update = njit(parallel=True, **_OPTS)(_update)
 forward_layer_blocked = njit(parallel=True, **_OPTS)(_forward_layer_blocked)
+forward_layer_units = njit(parallel=True, **_OPTS)(_forward_layer_units)
+update_forward_next = njit(parallel=True, **_OPTS)(_update_forward_next)
+_update_forward_next_s = njit(**_OPTS)(_update_forward_next)
 backward_layer_blocked = njit(parallel=True, **_OPTS)(_backward_layer_blocked)
 corrections_update_blocked = njit(parallel=True, **_OPTS)(_corrections_update_blocked)
 _forward_layer_s = njit(**_OPTS)(_forward_layer_blocked)
@@ -407,16 +464,19 @@ def _rows(buf, shape, l, mb):
 
 
 @njit(**_OPTS)
-def forward(theta, shape, bufs, mb, par):
-    """Feed-forward through all L layers for the mb samples already in layer 0 of bufs."""
+def forward(theta, shape, bufs, mb, par, par_work=1 << 62, l0=1):
+    """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
+    par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units."""
     acts = shape[3]
     L = shape[0].shape[0] - 1
-    for l in range(1, L + 1):
+    for l in range(l0, L + 1):
         W, b = _params(theta, shape, l)
         a_prev = _rows(bufs[0], shape, l - 1, mb)
         z, a = _rows(bufs[1], shape, l, mb), _rows(bufs[0], shape, l, mb)
         if par:
             forward_layer_blocked(z, a, a_prev, W, b, acts[l - 1])
+        elif W.size * mb >= par_work:
+            forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
         else:
             _forward_layer_s(z, a, a_prev, W, b, acts[l - 1])
 
@@ -471,11 +531,16 @@ def train_epoch(theta, vel, grad, shape, bufs, X, Y, order, batch_size, eta, mu,
     n = order.shape[0]
     total = 0.0
     emax = 0.0
+    ahead = False          # online: is z^(1) of this sample already computed (fused)?
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
         par = mb >= par_min
         load_batch(bufs, shape, X, Y, order, start, mb)
-        forward(theta, shape, bufs, mb, par)
+        if ahead:
+            apply_f(_rows(bufs[0], shape, 1, 1)[0], _rows(bufs[1], shape, 1, 1)[0], acts[0])
+            forward(theta, shape, bufs, mb, par, par_work, 2)
+        else:
+            forward(theta, shape, bufs, mb, par, par_work)
         aL, zL = _rows(bufs[0], shape, L, mb), _rows(bufs[1], shape, L, mb)
         y = bufs[3][:mb * K].reshape((mb, K))
         lossrow = bufs[4][:mb]
@@ -495,7 +560,14 @@ def train_epoch(theta, vel, grad, shape, bufs, X, Y, order, batch_size, eta, mu,
                 else:
                     _backward_layer_s(_rows(bufs[2], shape, l - 1, mb), delta, W,
                                       _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
-            if par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
+            ahead = l == 1 and batch_size == 1 and start + 1 < n
+            if ahead:       # online: fuse the next sample's z^(1) into this update
+                x_next, z_next = X[order[start + 1]], _rows(bufs[1], shape, 1, 1)[0]
+                if W.size >= par_work:
+                    update_forward_next(W, b, vW, vb, delta[0], a_prev[0], x_next, z_next, eta, mu)
+                else:
+                    _update_forward_next_s(W, b, vW, vb, delta[0], a_prev[0], x_next, z_next, eta, mu)
+            elif par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
                 corrections_update_blocked(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
             else:
                 _corrections_update_s(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)

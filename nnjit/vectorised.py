@@ -83,9 +83,9 @@ def _rows(buf, shape, l, mb):
     return buf[off:off + mb * sizes[l]].reshape((mb, sizes[l]))
 
 
-def forward(theta, shape, bufs, mb, par):
+def forward(theta, shape, bufs, mb, par, par_work=1 << 62, l0=1):
     """Feed-forward through all L layers for the mb samples already in layer 0 of bufs."""
-    for l in range(1, len(shape[0])):
+    for l in range(l0, len(shape[0])):
         W, b = _params(theta, shape, l)
         forward_layer(_rows(bufs[1], shape, l, mb), _rows(bufs[0], shape, l, mb),
                       _rows(bufs[0], shape, l - 1, mb), W, b, shape[3][l - 1])

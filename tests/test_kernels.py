@@ -127,7 +127,8 @@ def test_sample_loss_is_finite_where_a_saturates(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
-def test_train_epoch(dtype, batch_size):
+@pytest.mark.parametrize("par_min,par_work", [(2, 10**9), (1, 1)])   # serial and parallel paths
+def test_train_epoch(dtype, batch_size, par_min, par_work):
     """The whole compiled epoch equals the vectorised one, batch by batch (7 = 3 + 3 + 1)."""
     from nnjit.engine import make_shape
     shape, P = make_shape([5, 4, 3], [A.TANH, A.SOFTMAX])
@@ -142,7 +143,7 @@ def test_train_epoch(dtype, batch_size):
         bufs = tuple(np.zeros(n, dtype) for n in (batch_size * 12,) * 3 + (batch_size * 3, batch_size))
         for _ in range(2):
             tot, emax = mod.train_epoch(th, vel, grad, shape, bufs, X, Y, order, batch_size,
-                                        0.2, 0.9, A.CROSS_ENTROPY, 2, 10**9)
+                                        0.2, 0.9, A.CROSS_ENTROPY, par_min, par_work)
         outs.append((th, vel, tot, emax))
     for x, y in zip(*outs):
         assert_close(x, y, dtype)
@@ -153,7 +154,7 @@ def test_train_epoch(dtype, batch_size):
 # samples, 7 = 4+3 units, 6 = 4+2 units).
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (1, 5, 6), (4, 3, 4)])
-@pytest.mark.parametrize("kernel", ["forward_layer_blocked", "_forward_layer_s"])
+@pytest.mark.parametrize("kernel", ["forward_layer_blocked", "_forward_layer_s", "forward_layer_units"])
 def test_blocked_forward(dtype, M_, n_in, n_out, kernel):
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
@@ -191,3 +192,20 @@ def test_blocked_corrections_update(dtype, M_, n_in, n_out, kernel):
     for x, y in zip(*outs):
         assert np.isfinite(x).all()
         assert_close(x, y, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", ["update_forward_next", "_update_forward_next_s"])
+def test_update_forward_next(dtype, kernel):
+    """The online step fused with the next sample's z equals update, then feed-forward."""
+    W, b, vW, vb, delta, x, x_next = data(dtype, (N_OUT, N_IN), (N_OUT,), (N_OUT, N_IN), (N_OUT,),
+                                          (N_OUT,), (N_IN,), (N_IN,))
+    got = [W.copy(), b.copy(), vW.copy(), vb.copy()]
+    z_next, = poisoned((N_OUT,), dtype=dtype)
+    getattr(loops, kernel)(*got, delta, x, x_next, z_next, 0.3, 0.9)
+    want = [W.copy(), b.copy(), vW.copy(), vb.copy()]
+    vectorised.corrections_update(*want, np.empty_like(W), np.empty_like(b), delta[None], x[None], 0.3, 0.9)
+    z2, a2 = np.empty((1, N_OUT), dtype), np.empty((1, N_OUT), dtype)
+    vectorised.forward_layer(z2, a2, x_next[None], want[0], want[1], A.IDENTITY)
+    for g, w in zip(got + [z_next], want + [z2[0]]):
+        assert_close(g, w, dtype)
