@@ -307,6 +307,11 @@ def build_parser():
     i.add_argument("model", metavar="MODEL.npz")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
+    from . import bench
+    bench.build_parser(sub.add_parser(
+        "bench", help="time an epoch: loops vs vectorised vs PyTorch / scikit-learn",
+        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+    sub.choices["bench"].set_defaults(func=bench.cmd)
     return p
 
 
