@@ -1,0 +1,27 @@
+"""The benchmark tool runs end to end on a tiny problem and writes what it promises.
+(No speed is asserted: performance lives in benchmarks, not tests.)"""
+import json
+
+from nnjit import bench
+
+
+def test_train_flops_counts_the_lecture_steps():
+    # 784-128-10: feed-forward and corrections of both layers, error recursion into layer 1 only
+    w1, w2 = 784 * 128, 128 * 10
+    assert bench.train_flops([784, 128, 10]) == 2 * (2 * w1 + 3 * w2)
+
+
+def test_bench_runs_and_writes_json_csv(tmp_path):
+    out, csv = tmp_path / "b.json", tmp_path / "b.csv"
+    rc = bench.main(["--layers", "8,5,3", "--samples", "64", "--online-samples", "16", "--repeats", "1",
+                     "--batch-sizes", "1,8", "--dtypes", "float64", "--skip", "torch,sklearn",
+                     "--no-compile", "--json", str(out), "--csv", str(csv)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    rows = res["rows"]
+    assert {(r["batch_size"], r["impl"]) for r in rows} == {
+        (b, i) for b in (1, 8) for i in ("nnjit loops", "nnjit vectorised")}
+    assert all(r["ratio_to_loops"] == 1.0 for r in rows if r["impl"] == "nnjit loops")
+    assert [r["samples"] for r in rows if r["batch_size"] == 1] == [16, 16]
+    assert res["gemm_gflops"]["float64"] > 0
+    assert csv.read_text().splitlines()[0].startswith("batch_size,dtype,impl")
