@@ -294,6 +294,9 @@ class Checkpoint:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"checkpoint must be a file path, got {type(path).__name__}")
         self.net, self.path = net, os.fspath(path)
+        folder = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(folder):       # fail now, not after the first epoch's work
+            raise FileNotFoundError(f"the checkpoint's directory {folder!r} does not exist")
         self.every = _check_positive_int("checkpoint_every", every)
         self.epochs = epochs
         self.start_epoch = net.n_epochs_

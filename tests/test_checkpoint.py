@@ -185,6 +185,8 @@ def test_resume_refuses_a_different_run(tmp_path):
         MLP([5, 4, 3], seed=1).fit(X, y, epochs=4, checkpoint=path, resume=True, **FIT)
     with pytest.raises(ValueError, match="needs checkpoint="):
         _net().fit(X, y, epochs=4, resume=True, **FIT)
+    with pytest.raises(FileNotFoundError, match="directory"):
+        _net().fit(X, y, epochs=4, checkpoint=tmp_path / "no" / "ck.npz", **FIT)
     with pytest.raises(ValueError, match="checkpoint_every"):
         _net().fit(X, y, epochs=4, checkpoint=path, checkpoint_every=0, **FIT)
     _net().save(tmp_path / "plain.npz")
