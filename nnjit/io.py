@@ -37,7 +37,9 @@ the previous file intact. The path is used exactly as given (no ``.npz`` is appe
 import hashlib
 import json
 import math
+import numbers
 import os
+import stat
 import tempfile
 import zipfile
 import zlib
@@ -84,6 +86,17 @@ def _classes_arrays(classes):
     return {"object": bool(obj)}, {"classes": c}
 
 
+def _plain(v):
+    """A JSON-able Python scalar for numpy scalars too."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, numbers.Integral):
+        return int(v)
+    if isinstance(v, numbers.Real):
+        return float(v)
+    return v
+
+
 def _seed(seed):
     if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
         return None if seed is None else int(seed)
@@ -106,7 +119,7 @@ def _state(net, fit=None, checkpoint=None):
     from . import __version__
     header = {"format": FORMAT, "version": VERSION, "nnjit_version": __version__,
               "architecture": arch, "n_epochs": int(net.n_epochs_),
-              "history": {k: [float(v) for v in vs] for k, vs in net.history_.items()},
+              "history": {k: [_plain(v) for v in vs] for k, vs in net.history_.items()},
               "rng": net._rng.bit_generator.state, "classes": cls_entry,
               "fit": fit, "checkpoint": checkpoint, "sha256": _digest(arrays)}
     return header, arrays
@@ -117,7 +130,14 @@ def _atomic_savez(path, arrays):
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
     try:
+        try:                    # mkstemp makes the file 0600; give it the mode a plain open would
+            mode = stat.S_IMODE(os.stat(path).st_mode)
+        except FileNotFoundError:
+            umask = os.umask(0o022)
+            os.umask(umask)
+            mode = 0o666 & ~umask
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), mode)
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
@@ -222,7 +242,7 @@ def _apply(net, header, arrays, path):
         bitgen.state = state
         net._rng = np.random.Generator(bitgen)
         net.n_epochs_ = int(header["n_epochs"])
-        net.history_ = {k: [float(v) for v in vs] for k, vs in header["history"].items()}
+        net.history_ = {k: list(vs) for k, vs in header["history"].items()}
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
     entry = header.get("classes")
@@ -303,7 +323,7 @@ class Checkpoint:
         settings["lr"] = None if callable(lr) else float(lr)
         settings["n_samples"] = int(X.shape[0])
         settings["data_crc32"] = _data_crc(X, Y)
-        self.settings = {k: (float(v) if isinstance(v, float) else v) for k, v in settings.items()}
+        self.settings = {k: _plain(v) for k, v in settings.items()}
 
     def start(self, resume):
         """(epochs left to run, best, stall); loads the checkpoint into net when resuming."""

@@ -142,6 +142,13 @@ def test_interrupted_save_keeps_the_previous_file(exc, tmp_path, monkeypatch):
     np.testing.assert_array_equal(MLP.load(path).forward(X), old.forward(X))
 
 
+def test_saved_file_gets_the_usual_permissions(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    _net().save(tmp_path / "m.npz")
+    assert os.stat(tmp_path / "m.npz").st_mode & 0o777 == 0o666 & ~umask
+
+
 def test_save_path_is_used_exactly_and_overwrites(tmp_path):
     X, y = _data()
     path = tmp_path / "model.bin"
