@@ -163,9 +163,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
 
     hidden_layer_sizes : tuple of int, default (100,)
     activation : {"relu", "tanh", "sigmoid", "gelu", "identity"}, default "relu"
-    output : None
-        Chosen from the number of classes (sigmoid for 2, softmax for more); kept for symmetry
-        with MLPRegressor.
+    output : {None, "softmax", "sigmoid"}, default None
+        None: one sigmoid unit for 2 classes, softmax for more; "softmax" also for 2 classes
+        (two output units).
     init : {"xavier", "he", "normal"}; backend : {"loops", "vectorised", "cuda"};
     dtype : {"float64", "float32"}
     batch_size : int or "auto" (min(200, n_samples)), default 32
@@ -213,7 +213,12 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                 raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes; "
                                  f"y has {len(labels)} class ({labels.tolist()})")
             self.classes_ = labels
-            binary = len(labels) == 2
+            if self.output not in (None, "softmax", "sigmoid"):
+                raise ValueError(f"MLPClassifier's output must be None, 'softmax' or 'sigmoid', "
+                                 f"got {self.output!r}")
+            if self.output == "sigmoid" and len(labels) > 2:
+                raise ValueError(f"output='sigmoid' is for 2 classes; y has {len(labels)}")
+            binary = len(labels) == 2 and self.output != "softmax"
             self.net_ = self._new_net(X.shape[1], 1 if binary else len(labels),
                                       "sigmoid" if binary else "softmax")
             self.net_.classes_ = self.classes_

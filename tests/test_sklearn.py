@@ -76,6 +76,10 @@ def test_string_labels_and_binary_uses_one_sigmoid_unit(iris):
     assert set(clf.predict(X)) <= set(clf.classes_)
     binary = _clf().fit(X[50:], names[50:])
     assert binary.net_.layers[-1] == 1 and binary.net_.output == "sigmoid"
+    two = _clf(output="softmax").fit(X[50:], names[50:])
+    assert two.net_.layers[-1] == 2 and two.predict_proba(X[50:]).shape == (100, 2)
+    with pytest.raises(ValueError, match="'sigmoid' is for 2 classes"):
+        _clf(output="sigmoid").fit(X, names)
     proba = binary.predict_proba(X[50:])
     assert proba.shape == (100, 2)
     np.testing.assert_array_equal(binary.classes_[proba.argmax(1)], binary.predict(X[50:]))
