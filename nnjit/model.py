@@ -427,13 +427,15 @@ class MLP:
         y = np.asarray(y)
         if y.shape[:1] != (X.shape[0],):
             raise ValueError(f"X has {X.shape[0]} samples but y has shape {y.shape}")
+        if self._is_classifier and y.ndim == 2:     # a target matrix: compare unit by unit
+            a = self.forward(X)
+            if y.shape[1] != a.shape[1]:
+                raise ValueError(f"y has {y.shape[1]} columns but the output layer has {a.shape[1]} units")
+            if self.output == "softmax":
+                return float((a.argmax(axis=1) == y.argmax(axis=1)).mean())
+            return float(((a > 0.5) == (y > 0.5)).all(axis=1).mean())
         if self._is_classifier:
             pred = self.predict(X)
-            if self.output == "softmax" and y.ndim == 2:
-                y = y.argmax(axis=1)
-                pred = np.searchsorted(self.classes_, pred) if self.classes_ is not None else pred
-            if pred.ndim == 2:
-                return float((pred == y).all(axis=1).mean())
             return float((pred == y.reshape(pred.shape)).mean())
         Y = self._check_y(y, X.shape[0]).astype(np.float64)
         P = self.forward(X).astype(np.float64)

@@ -355,3 +355,17 @@ def test_bad_fit_arguments(net, kw, match):
 def test_predict_proba_needs_a_classifier():
     with pytest.raises(ValueError, match="predict_proba"):
         MLP([2, 2, 1], output="identity").predict_proba(np.ones((1, 2)))
+
+
+def test_score_with_target_matrices():
+    X, y = _data(M=30, K=3, seed=6)
+    soft = MLP([5, 8, 3], seed=0).fit(X, y, epochs=100, lr=0.5, momentum=0.9, batch_size=8)
+    assert soft.score(X, np.eye(3)[y]) == soft.score(X, y)
+    sig = MLP([5, 8, 1], output="sigmoid", seed=0).fit(X, (y == 1).astype(int), epochs=100, lr=0.5, momentum=0.9)
+    Y = (y == 1).astype(float)[:, None]
+    assert sig.score(X, Y) == sig.score(X, (y == 1).astype(int))
+    multi = MLP([5, 8, 2], output="sigmoid", seed=0)
+    Y2 = np.stack([y == 1, y == 2], axis=1).astype(float)
+    multi.fit(X, Y2, epochs=200, lr=0.5, momentum=0.9, batch_size=8)
+    want = ((multi.forward(X) > 0.5) == (Y2 > 0.5)).all(axis=1).mean()
+    assert multi.score(X, Y2) == want > 0.5
