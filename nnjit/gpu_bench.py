@@ -59,7 +59,8 @@ def _torch():
     return torch, None
 
 
-def _torch_model(torch, layers, Ws, bs):
+def _torch_model(torch, Ws, bs, device="cuda"):
+    """nn.Sequential of Linear + ReLU with our weights W (N_l, N_{l-1}) = Linear.weight."""
     mods = []
     for l, (W, b) in enumerate(zip(Ws, bs)):
         lin = torch.nn.Linear(W.shape[1], W.shape[0])
@@ -69,7 +70,7 @@ def _torch_model(torch, layers, Ws, bs):
         mods.append(lin)
         if l < len(Ws) - 1:
             mods.append(torch.nn.ReLU())
-    return torch.nn.Sequential(*mods).cuda()
+    return torch.nn.Sequential(*mods).to(device)
 
 
 def _torch_epoch(torch, model, vel, X, y, batch, perm):
@@ -91,7 +92,7 @@ def _net(layers, backend, dtype):
 
 
 # ---------------------------------------------------------------- correctness
-def check(layers, n, batch, torch):
+def check(layers, n, batch, torch, device="cuda"):
     """Weights after 2 epochs (unshuffled, momentum) vs the float64 loops backend."""
     X, y = make_data(n, layers[0], layers[-1], seed=1)
     fit = dict(epochs=2, lr=LR, momentum=MU, batch_size=batch, shuffle=False)
@@ -109,17 +110,22 @@ def check(layers, n, batch, torch):
             rows.append((f"numba-{kernels} {dtype}", float(np.abs(w - Wr).max() / scale),
                          1e-9 if dtype == "float64" else 1e-3))
     if torch is not None:
-        model = _torch_model(torch, layers, W0, b0)
-        vel = [torch.zeros_like(p) for p in model.parameters()]
-        Xd, yd = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
-        perm = torch.arange(n, device="cuda")
-        for _ in range(2):
-            _torch_epoch(torch, model, vel, Xd, yd, batch, perm)
-        lin = [m for m in model if isinstance(m, torch.nn.Linear)]
-        w = np.concatenate([m.weight.detach().cpu().numpy().ravel() for m in lin]
-                           + [m.bias.detach().cpu().numpy().ravel() for m in lin])
+        w = torch_weights(torch, W0, b0, X, y, batch, 2, device)
         rows.append(("torch float32", float(np.abs(w - Wr).max() / scale), 1e-3))
     return [dict(impl=r[0], rel_err=r[1], tol=r[2], ok=bool(r[1] <= r[2])) for r in rows]
+
+
+def torch_weights(torch, W0, b0, X, y, batch, epochs, device="cuda"):
+    """PyTorch's flat [W..., b...] after training from W0, b0 on unshuffled batches."""
+    model = _torch_model(torch, W0, b0, device)
+    vel = [torch.zeros_like(p) for p in model.parameters()]
+    Xd, yd = torch.from_numpy(X).to(device), torch.from_numpy(y).to(device)
+    perm = torch.arange(X.shape[0], device=device)
+    for _ in range(epochs):
+        _torch_epoch(torch, model, vel, Xd, yd, batch, perm)
+    lin = [m for m in model if isinstance(m, torch.nn.Linear)]
+    return np.concatenate([m.weight.detach().cpu().numpy().ravel() for m in lin]
+                          + [m.bias.detach().cpu().numpy().ravel() for m in lin]).astype(np.float64)
 
 
 # ---------------------------------------------------------------- timing
@@ -152,7 +158,7 @@ def time_numba(layers, X, y, batch, kernels, reps):
 
 def time_torch(torch, layers, X, y, batch, reps):
     net = _net(layers, "loops", "float32")
-    model = _torch_model(torch, layers, net.weights, net.biases)
+    model = _torch_model(torch, net.weights, net.biases)
     vel = [torch.zeros_like(p) for p in model.parameters()]
     Xd, yd = torch.from_numpy(X).cuda(), torch.from_numpy(y).cuda()
     dev, host = [], []

@@ -205,11 +205,23 @@ def nets(layers, hidden, output, loss, dtype, backends=("loops", "vectorised", "
                 init="normal", init_scale=0.5, seed=3) for bk in backends]
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("net", NETS, ids=lambda n: f"{n[1]}-{n[2]}-{n[3]}")
-def test_model_outputs_and_gradients(monkeypatch, version, dtype, net):
+def use_kernels(monkeypatch, version):
+    """Whole-model tests: tiles of 8 (the kernel tests above cover tiles spanning blocks;
+    the simulator's cost grows with the number of blocks)."""
     monkeypatch.setattr(config, "CUDA_KERNELS", version)
+    monkeypatch.setattr(config, "CUDA_TILE", 8)
+
+
+# every net on the simple kernels; the tiled ones (tested kernel by kernel above) on the two
+# softmax nets, which cover one and two hidden layers (the simulator is slow on tiles)
+NET_VERSIONS = [(n, "simple") for n in NETS] + [(n, "tiled") for n in NETS[:2]]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("net,version", NET_VERSIONS,
+                         ids=lambda x: x if isinstance(x, str) else f"{x[1]}-{x[2]}-{x[3]}")
+def test_model_outputs_and_gradients(monkeypatch, version, dtype, net):
+    use_kernels(monkeypatch, version)
     layers, hidden, output, loss = net
     X, Y = problem(layers, output)
     lo, ve, cu = nets(layers, hidden, output, loss, dtype)
@@ -230,7 +242,7 @@ def test_model_outputs_and_gradients(monkeypatch, version, dtype, net):
 def test_model_weights_after_training(monkeypatch, version, dtype, batch_size):
     """Two epochs with momentum and shuffling: batch sizes 1 (7 steps), 3 (3 + 3 + 1) and
     full batch; the same weights, velocities, loss history as loops and vectorised."""
-    monkeypatch.setattr(config, "CUDA_KERNELS", version)
+    use_kernels(monkeypatch, version)
     layers, hidden, output, loss = NETS[1] if batch_size == 3 else NETS[0]
     X, Y = problem(layers, output, seed=1)
     trained = [n.fit(X, Y, epochs=2, lr=0.2, momentum=0.9, batch_size=batch_size)
@@ -316,3 +328,41 @@ def test_gpu_tiled_matches_simple_on_wide_layers():
                             + [a_prev, W, b, A.TANH], 2))
     for x, y in zip(*out):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
+
+
+# ---------------------------------------------------------------- the GPU benchmark script
+def test_gpu_bench_refuses_to_time_the_simulator(capsys):
+    from nnjit import gpu_bench
+    if ON_GPU:
+        pytest.skip("a GPU is present")
+    assert gpu_bench.main(["--json", os.devnull]) == 2
+    assert "only --tiny" in capsys.readouterr().err
+
+
+def test_gpu_bench_pieces_run(monkeypatch):
+    """The timing and report code runs (the simulator's numbers mean nothing); the whole
+    script runs with ``NUMBA_ENABLE_CUDASIM=1 python -m nnjit.gpu_bench --tiny``."""
+    from nnjit import gpu_bench
+    monkeypatch.setattr(config, "CUDA_TILE", 8)
+    X, y = gpu_bench.make_data(10, 6, 3)
+    r = {"numba-simple": gpu_bench.time_numba([6, 5, 3], X, y, 10, "simple", 1),
+         "loops": gpu_bench.time_loops([6, 5, 3], X, y, 10, 10), "torch": {"skipped": "test"}}
+    assert r["numba-simple"]["ms"] > 0 and r["loops"]["measured_samples"] == 10
+    text = gpu_bench.table([dict(network="6-5-3", batch=10, impls=r)], 10)
+    assert "numba-simple" in text and "skipped: test" in text and "x" in text
+
+
+def test_gpu_bench_torch_sgd_is_ours():
+    """The benchmark's PyTorch loop (Linear + ReLU, mean cross-entropy, foreach momentum)
+    follows the same trajectory as the float64 loops backend, so its timing compares like
+    with like. Runs on the CPU; needs torch."""
+    torch = pytest.importorskip("torch")
+    from nnjit import gpu_bench
+    X, y = gpu_bench.make_data(20, 6, 3, seed=1)
+    ref = MLP([6, 7, 5, 3], activation="relu", backend="loops", dtype="float64", seed=0)
+    w = gpu_bench.torch_weights(torch, ref.weights, ref.biases, X, y, 7, 2, device="cpu")
+    ref.fit(X, y, epochs=2, lr=gpu_bench.LR, momentum=gpu_bench.MU, batch_size=7, shuffle=False)
+    want = np.concatenate([x.ravel() for x in ref.weights + ref.biases])
+    assert np.abs(want - np.concatenate([x.ravel() for x in
+                  MLP([6, 7, 5, 3], backend="loops", seed=0).weights + [np.zeros(7), np.zeros(5), np.zeros(3)]])).max() > 1e-3
+    np.testing.assert_allclose(w, want, rtol=1e-4, atol=1e-5)
