@@ -11,6 +11,7 @@ forward_layer      z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j)    (m, j)
 softmax            a_k = e^(z_k - zmax) / sum_k' e^(z_k'-zmax)  sample m
 output_error       delta^L = dC/dz^L (see loops.output_error)   (m, k)
 sample_loss        C_m and max_k |a_k - y_k|                    sample m
+output_layer       softmax rows + sample_loss + output_error    sample m (a training step: 1 launch)
 backward_layer     delta_j = f'(z_j) sum_k w_jk delta_k         (m, j)
 corrections        dw_ij = scale sum_m a_i delta_j ; db_j       (j, i), i = N_{l-1} is the bias
 corrections_update the same, then v <- mu v - eta dw ; w <- w + v (j, i)
@@ -163,80 +164,116 @@ def simple_kernels(dtype):
                 a[m, j] = f(s, act)
     k.forward_layer = forward_layer
 
+    # -- the output layer: row functions shared by its kernels, then the kernels
+    @cuda.jit(device=True)
+    def softmax_row(a, z, m):
+        """a[m] = softmax(z[m]), the max subtracted so exp never overflows."""
+        K = z.shape[1]
+        zmax = z[m, 0]
+        for j in range(1, K):
+            zmax = max(zmax, z[m, j])
+        s = ZERO
+        for j in range(K):
+            a[m, j] = math.exp(z[m, j] - zmax)
+            s += a[m, j]
+        for j in range(K):
+            a[m, j] = a[m, j] / s
+
+    @cuda.jit(device=True)
+    def error_unit(a, z, y, m, kk, act, loss):
+        """delta^L_k of sample m: delta_out = a - y for the canonical pairs, f'(z) delta_out
+        for squared error with an elementwise f, a_k (delta_out_k - sum_k' a_k'
+        delta_out_k') for softmax with squared error."""
+        d = a[m, kk] - y[m, kk]
+        if not (loss == CROSS_ENTROPY or act == IDENTITY):
+            if act == SOFTMAX:
+                s = ZERO
+                for q in range(a.shape[1]):
+                    s += a[m, q] * (a[m, q] - y[m, q])
+                d = a[m, kk] * (d - s)
+            else:
+                d *= fprime(z[m, kk], a[m, kk], act)
+        return d
+
+    @cuda.jit(device=True)
+    def cost_row(a, z, y, m, act, loss):
+        """C_m: squared error 1/2 sum_k (a_k - y_k)^2; cross-entropy from z (log-sum-exp for
+        softmax, the stable binary form for sigmoid), finite where a rounds to 0 or 1."""
+        K = a.shape[1]
+        c = ZERO
+        if loss == SQUARED_ERROR:
+            for q in range(K):
+                e = a[m, q] - y[m, q]
+                c += HALF * e * e
+        elif act == SOFTMAX:          # log a_k = z_k - zmax - log sum exp(z - zmax)
+            zmax = z[m, 0]
+            for q in range(1, K):
+                zmax = max(zmax, z[m, q])
+            se = ZERO
+            for q in range(K):
+                se += math.exp(z[m, q] - zmax)
+            lse = zmax + math.log(se)
+            for q in range(K):
+                c -= y[m, q] * (z[m, q] - lse)
+        else:                         # sigmoid: log(1+e^z) - y z, written stably
+            for q in range(K):
+                zq = z[m, q]
+                c += max(zq, ZERO) - zq * y[m, q] + math.log1p(math.exp(-abs(zq)))
+        return c
+
+    @cuda.jit(device=True)
+    def err_row(a, y, m):
+        """max_k |a_k - y_k| of sample m (the lecture's stopping criterion)."""
+        e = ZERO
+        for q in range(a.shape[1]):
+            e = max(e, abs(a[m, q] - y[m, q]))
+        return e
+
     @cuda.jit
     def softmax(a, z):
-        """a_k = e^(z_k - zmax) / sum_k' e^(z_k' - zmax): the max subtracted so exp never
-        overflows. z, a (M, K). Thread m owns row m (the row's sum couples its units)."""
-        M, K = z.shape
+        """a_k = e^(z_k - zmax) / sum_k' e^(z_k' - zmax). z, a (M, K). Thread m owns row m
+        (the row's sum couples its units)."""
         m = cuda.grid(1)
-        if m < M:
-            zmax = z[m, 0]
-            for j in range(1, K):
-                zmax = max(zmax, z[m, j])
-            s = ZERO
-            for j in range(K):
-                a[m, j] = math.exp(z[m, j] - zmax)
-                s += a[m, j]
-            for j in range(K):
-                a[m, j] = a[m, j] / s
+        if m < z.shape[0]:
+            softmax_row(a, z, m)
     k.softmax = softmax
 
     @cuda.jit
     def output_error(delta, a, z, y, act, loss):
-        """delta^L = dC/dz^L: delta_out = a - y for the canonical pairs, f'(z) delta_out for
-        squared error with an elementwise f, a_k (delta_out_k - sum_k' a_k' delta_out_k') for
-        softmax with squared error. a, z, y, delta (M, K). Thread t owns (m, k)."""
+        """Output error delta^L = dC/dz^L (see error_unit). a, z, y, delta (M, K). Thread t
+        owns (m, k) = divmod(t, K)."""
         M, K = a.shape
         t = cuda.grid(1)
         if t < M * K:
             m = t // K
             kk = t - m * K
-            d = a[m, kk] - y[m, kk]
-            if not (loss == CROSS_ENTROPY or act == IDENTITY):
-                if act == SOFTMAX:
-                    s = ZERO
-                    for q in range(K):
-                        s += a[m, q] * (a[m, q] - y[m, q])
-                    d = a[m, kk] * (d - s)
-                else:
-                    d *= fprime(z[m, kk], a[m, kk], act)
-            delta[m, kk] = d
+            delta[m, kk] = error_unit(a, z, y, m, kk, act, loss)
     k.output_error = output_error
 
     @cuda.jit
     def sample_loss(out, err, a, z, y, act, loss):
-        """Per-sample cost C_m into out (M,) and max_k |a_k - y_k| into err (M,): squared
-        error 1/2 sum_k (a_k - y_k)^2; cross-entropy from z (log-sum-exp for softmax, the
-        stable binary form for sigmoid) so it stays finite where a rounds to 0 or 1.
+        """Per-sample cost C_m into out (M,) and max_k |a_k - y_k| into err (M,).
         a, z, y (M, K). Thread m owns sample m."""
-        M, K = a.shape
         m = cuda.grid(1)
-        if m < M:
-            c = ZERO
-            if loss == SQUARED_ERROR:
-                for q in range(K):
-                    e = a[m, q] - y[m, q]
-                    c += HALF * e * e
-            elif act == SOFTMAX:          # log a_k = z_k - zmax - log sum exp(z - zmax)
-                zmax = z[m, 0]
-                for q in range(1, K):
-                    zmax = max(zmax, z[m, q])
-                se = ZERO
-                for q in range(K):
-                    se += math.exp(z[m, q] - zmax)
-                lse = zmax + math.log(se)
-                for q in range(K):
-                    c -= y[m, q] * (z[m, q] - lse)
-            else:                         # sigmoid: log(1+e^z) - y z, written stably
-                for q in range(K):
-                    zq = z[m, q]
-                    c += max(zq, ZERO) - zq * y[m, q] + math.log1p(math.exp(-abs(zq)))
-            out[m] = c
-            e = ZERO
-            for q in range(K):
-                e = max(e, abs(a[m, q] - y[m, q]))
-            err[m] = e
+        if m < a.shape[0]:
+            out[m] = cost_row(a, z, y, m, act, loss)
+            err[m] = err_row(a, y, m)
     k.sample_loss = sample_loss
+
+    @cuda.jit
+    def output_layer(delta, out, err, a, z, y, act, loss):
+        """A training step's output layer in one launch: softmax rows (if act is softmax;
+        forward_layer left them out), sample_loss, then output_error. delta, a, z, y
+        (M, K); out, err (M,). Thread m owns sample m."""
+        m = cuda.grid(1)
+        if m < a.shape[0]:
+            if act == SOFTMAX:
+                softmax_row(a, z, m)
+            out[m] = cost_row(a, z, y, m, act, loss)
+            err[m] = err_row(a, y, m)
+            for kk in range(a.shape[1]):
+                delta[m, kk] = error_unit(a, z, y, m, kk, act, loss)
+    k.output_layer = output_layer
 
     @cuda.jit
     def backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
@@ -452,23 +489,24 @@ def _launch2(kernel, rows, cols):
     return kernel[(_blocks(rows, tl), _blocks(cols, tl)), (tl, tl)]
 
 
-def forward_layer(z, a, a_prev, W, b, act):
-    """Feed-forward of one layer (see simple_kernels' forward_layer), softmax rows after."""
+def forward_layer(z, a, a_prev, W, b, act, rows=True):
+    """Feed-forward of one layer (see simple_kernels' forward_layer), then softmax rows
+    unless rows=False (training leaves them to output_layer)."""
     M, n_out = z.shape
     if M == 0:
         return
     _launch1(_simple(z).forward_layer, M * n_out)(z, a, a_prev, W, b, act)
-    if act == SOFTMAX:
+    if act == SOFTMAX and rows:
         softmax(a, z)
 
 
-def forward_layer_tiled(z, a, a_prev, W, b, act):
-    """Feed-forward of one layer with shared-memory tiles; softmax rows after."""
+def forward_layer_tiled(z, a, a_prev, W, b, act, rows=True):
+    """Feed-forward of one layer with shared-memory tiles; softmax rows as forward_layer."""
     M, n_out = z.shape
     if M == 0:
         return
     _launch2(_tiled(z).forward_layer, M, n_out)(z, a, a_prev, W, b, act)
-    if act == SOFTMAX:
+    if act == SOFTMAX and rows:
         softmax(a, z)
 
 
@@ -544,6 +582,12 @@ def sample_loss(out, err, a, z, y, act, loss):
         _launch1(_simple(a).sample_loss, a.shape[0])(out, err, a, z, y, act, loss)
 
 
+def output_layer(delta, out, err, a, z, y, act, loss):
+    """softmax rows (for a softmax output), sample_loss and output_error in one launch."""
+    if a.shape[0]:
+        _launch1(_simple(a).output_layer, a.shape[0])(delta, out, err, a, z, y, act, loss)
+
+
 def load_batch(a0, y, X, Y, order, start):
     """a0[m] = X[order[start + m]], y[m] = Y[order[start + m]] for m < a0.shape[0]."""
     mb = a0.shape[0]
@@ -576,6 +620,7 @@ def kernel_signatures(dtype, tile=None):
         ("softmax", s.softmax, (m2, m2)),
         ("output_error", s.output_error, (m2, m2, m2, m2, i8, i8)),
         ("sample_loss", s.sample_loss, (v1, v1, m2, m2, m2, i8, i8)),
+        ("output_layer", s.output_layer, (m2, v1, v1, m2, m2, m2, i8, i8)),
         ("backward_layer", s.backward_layer, bwd),
         ("corrections_update", s.corrections_update, corr),
         ("update", s.update, (v1, v1, v1, T, T)),
@@ -663,16 +708,10 @@ class CUDAEngine:
         self.vel.copy_to_device(np.ascontiguousarray(vel, self.dtype))
 
     # -- the passes over one batch already in v.a[0] (and v.y)
-    def _forward(self, k, v):
+    def _forward(self, k, v, rows=True):
         for l in range(1, len(self.sizes)):
             W, b = self._p[0][l]
-            k["forward_layer"](v.z[l], v.a[l], v.a[l - 1], W, b, self.acts[l - 1])
-
-    def _output(self, v, loss, cost=None, err=None):
-        L = len(self.sizes) - 1
-        sample_loss(v.cost if cost is None else cost, v.err if err is None else err,
-                    v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
-        output_error(v.delta[L], v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+            k["forward_layer"](v.z[l], v.a[l], v.a[l - 1], W, b, self.acts[l - 1], rows)
 
     # -- whole-data calls, chunked so device memory stays O(chunk x width)
     def _chunks(self, X, Y, fn):
@@ -751,8 +790,9 @@ class CUDAEngine:
             mb = min(batch_size, n - start)
             v = f.buf.rows(mb)
             load_batch(v.a[0], v.y, f.X, f.Y, f.order, start)
-            self._forward(k, v)
-            self._output(v, loss, f.cost[start:start + mb], f.err[start:start + mb])
+            self._forward(k, v, rows=False)      # output_layer does the softmax rows
+            output_layer(v.delta[L], f.cost[start:start + mb], f.err[start:start + mb],
+                         v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
             for l in range(L, 0, -1):
                 W, b = self._p[0][l]
                 vW, vb = self._p[1][l]

@@ -152,6 +152,26 @@ def test_output_error_and_loss(dtype, act, loss):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("act,loss", PAIRS)
+def test_output_layer(dtype, act, loss):
+    """The fused training-step kernel: softmax rows (a arrives poisoned for softmax), the
+    per-sample cost and error, and delta^L, as the three separate vectorised steps."""
+    z, y = data(dtype, (M, N_OUT), (M, N_OUT), seed=4)
+    if loss == A.CROSS_ENTROPY:
+        y = (y > 0).astype(dtype)
+    a = vectorised.F[act](z).astype(dtype)
+    a_in = np.full_like(a, np.nan) if act == A.SOFTMAX else a
+    delta, cost, err, a_out = run_cuda(nc.output_layer, nan((M, N_OUT), (M,), (M,), dtype=dtype)
+                                       + [a_in, z, y, act, loss], 4)
+    assert_close(a_out, a, dtype)
+    assert_close(delta, run_vec("output_error", [np.empty_like(a), a, z, y, act, loss], 1)[0], dtype)
+    want = np.empty(M, dtype)
+    vectorised.sample_loss(want, a, z, y, act, loss)
+    assert_close(cost, want, dtype)
+    assert_close(err, np.abs(a - y).max(axis=1), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_sample_loss_is_finite_where_a_saturates(dtype):
     z = np.array([[200.0, -200.0], [-200.0, 200.0]], dtype)
     y = np.array([[0.0, 1.0], [0.0, 1.0]], dtype)
