@@ -749,24 +749,41 @@ class CUDAEngine:
         self._chunks(X, Y, take)
         return total[0] / X.shape[0], total[1]
 
-    def gradients(self, X, Y, loss):
-        """Flat gradient of the mean cost over all M samples (one batch: the lecture's mean)."""
+    def _backprop(self, X, Y, loss, scale, v=None):
+        """Forward, output layer and every layer's corrections scaled by scale into self.grad,
+        for all M samples as one batch; returns the batch buffers (cost and err filled)."""
         M = X.shape[0]
         k = self._k()
-        v = _Batch(self.sizes, M, self.dtype)
-        v.a[0].copy_to_device(X)
-        v.y.copy_to_device(Y)
-        self._forward(k, v)
+        v = _Batch(self.sizes, M, self.dtype) if v is None else v.rows(M)
+        v.a[0].copy_to_device(np.ascontiguousarray(X, self.dtype))
+        v.y.copy_to_device(np.ascontiguousarray(Y, self.dtype))
+        self._forward(k, v, rows=False)
         L = len(self.sizes) - 1
-        output_error(v.delta[L], v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+        output_layer(v.delta[L], v.cost, v.err, v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
         for l in range(L, 0, -1):
             W, _ = self._p[0][l]
             dW, db = self._p[2][l]
-            k["corrections"](dW, db, v.delta[l], v.a[l - 1], 1.0 / M)
+            k["corrections"](dW, db, v.delta[l], v.a[l - 1], scale)
             if l > 1:
                 k["backward_layer"](v.delta[l - 1], v.delta[l], W, v.z[l - 1], v.a[l - 1],
                                     self.acts[l - 2])
+        return v
+
+    def gradients(self, X, Y, loss):
+        """Flat gradient of the mean cost over all M samples (one batch: the lecture's mean)."""
+        self._backprop(X, Y, loss, 1.0 / X.shape[0])
         return self.grad.copy_to_host()
+
+    def sums(self, X, Y, loss):
+        """(sum_m Delta w_m as a flat vector, sum_m C_m, max |a - y|) over the M samples: the
+        per-shard pieces of the batch mean that nnjit.data and nnjit.distributed add up.
+        The buffers are kept between calls of at most the same size."""
+        M = X.shape[0]
+        if getattr(self, "_sum_buf", None) is None or self._sum_buf.cap < M:
+            self._sum_buf = _Batch(self.sizes, M, self.dtype)
+        v = self._backprop(X, Y, loss, 1.0, self._sum_buf)
+        cost, err = v.cost.copy_to_host(), v.err.copy_to_host()
+        return self.grad.copy_to_host(), float(cost.astype(np.float64).sum()), float(err.max())
 
     # -- training: data on the device for the whole fit
     def begin_fit(self, X, Y, batch_size):
@@ -806,3 +823,4 @@ class CUDAEngine:
 
     def end_fit(self):
         self._fit = None
+        self._sum_buf = None

@@ -386,3 +386,20 @@ def test_gpu_bench_torch_sgd_is_ours():
     assert np.abs(want - np.concatenate([x.ravel() for x in
                   MLP([6, 7, 5, 3], backend="loops", seed=0).weights + [np.zeros(7), np.zeros(5), np.zeros(3)]])).max() > 1e-3
     np.testing.assert_allclose(w, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_engine_sums_match_the_cpu_engine(dtype):
+    """sums(): the per-shard sum of corrections, costs and max error that chunked and
+    distributed training add up, twice with one kept buffer (the second call smaller)."""
+    layers, hidden, output, loss = NETS[1]
+    X, Y = problem(layers, output, seed=2)
+    lo, cu = nets(layers, hidden, output, loss, dtype, ("loops", "cuda"))
+    if not hasattr(lo._engine, "sums"):
+        pytest.skip("this CPU engine has no sums()")
+    for n in (M, 4):
+        Xc, Yc = lo._check_X(X[:n]), lo._check_y(Y[:n], n)
+        want, got = lo._engine.sums(Xc, Yc, lo._loss), cu._engine.sums(Xc, Yc, cu._loss)
+        assert np.abs(want[0]).max() > 0
+        assert_close(got[0], want[0], dtype, "sum of corrections")
+        assert_close(got[1:], want[1:], dtype, "sum of costs, max error")
