@@ -1,8 +1,9 @@
 """The CUDA form: the lecture's per-unit equations as Numba CUDA kernels, one thread per output.
 
 Each kernel is the loop kernel's body (:mod:`nnjit.loops`) indexed by a thread, with the
-parallel axis chosen per output so no two threads write the same memory (no atomics, and
-every sum runs in the loop form's order, so results are deterministic):
+parallel axis chosen per output so no two threads write the same memory (no atomics; each
+sum runs in a fixed order, the simple kernels' in the loop form's, so results are
+deterministic):
 
 =================  ===========================================  ===================
 kernel             equation                                     a thread owns
@@ -38,6 +39,8 @@ run these kernels in Numba's simulator (slow, for tests).
 import functools
 import math
 import time
+import types
+import warnings
 
 import numpy as np
 
@@ -53,6 +56,10 @@ from .activations import (CROSS_ENTROPY, GELU, IDENTITY, RELU, SIGMOID, SOFTMAX,
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+# A 10-unit output layer or a small batch is a small grid by nature; numba-cuda would warn
+# about under-utilisation on every such launch, with a new message text each grid size.
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
 
 
 class CUDAUnavailableError(OSError):
@@ -649,7 +656,7 @@ class _Batch:
 
     def rows(self, mb):
         if mb not in self._views:
-            v = _Kernels()
+            v = types.SimpleNamespace()
             v.a = [x[:mb] for x in self.a]
             v.z = [None] + [x[:mb] for x in self.z[1:]]
             v.delta = [None] + [x[:mb] for x in self.delta[1:]]
@@ -679,6 +686,7 @@ class CUDAEngine:
         # set_params copies into the same device memory
         self._p = [self._layers(x) for x in (self.theta, self.vel, self.grad)]
         self._fit = None
+        self._sum_buf = None
 
     def _layers(self, flat):
         sizes, w_off, b_off = self.shape[0], self.shape[1], self.shape[2]
@@ -779,7 +787,7 @@ class CUDAEngine:
         per-shard pieces of the batch mean that nnjit.data and nnjit.distributed add up.
         The buffers are kept between calls of at most the same size."""
         M = X.shape[0]
-        if getattr(self, "_sum_buf", None) is None or self._sum_buf.cap < M:
+        if self._sum_buf is None or self._sum_buf.cap < M:
             self._sum_buf = _Batch(self.sizes, M, self.dtype)
         v = self._backprop(X, Y, loss, 1.0, self._sum_buf)
         cost, err = v.cost.copy_to_host(), v.err.copy_to_host()
@@ -788,7 +796,7 @@ class CUDAEngine:
     # -- training: data on the device for the whole fit
     def begin_fit(self, X, Y, batch_size):
         n = X.shape[0]
-        self._fit = _Kernels()
+        self._fit = types.SimpleNamespace()
         f = self._fit
         f.X, f.Y = cuda.to_device(X), cuda.to_device(Y)
         f.order = cuda.device_array(n, np.int64)
