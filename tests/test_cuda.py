@@ -117,6 +117,27 @@ def test_corrections_update(version, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_tiled_equals_simple(dtype):
+    """The fast version against the simple one on shapes that leave partial tiles in every
+    dimension (9 samples, 11 -> 6 units, tiles of 4): feed-forward, error recursion and the
+    fused correction + update."""
+    Mb, n_in, n_out = 9, 11, 6
+    a_prev, W, b, vW, vb, delta, z_prev = data(dtype, (Mb, n_in), (n_out, n_in), (n_out,),
+                                               (n_out, n_in), (n_out,), (Mb, n_out), (Mb, n_in), seed=5)
+    a_act = vectorised.F[A.GELU](z_prev).astype(dtype)
+    cases = [("forward_layer", nan((Mb, n_out), (Mb, n_out), dtype=dtype) + [a_prev, W, b, A.GELU], 2),
+             ("backward_layer", nan((Mb, n_in), dtype=dtype) + [delta, W, z_prev, a_act, A.GELU], 1),
+             ("corrections_update", [W, b, vW, vb] + nan((n_out, n_in), (n_out,), dtype=dtype)
+              + [delta, a_prev, 0.3, 0.9], 6)]
+    for name, args, n in cases:
+        simple = run_cuda(launcher(name, "simple"), args, n)
+        tiled = run_cuda(launcher(name, "tiled"), args, n)
+        for x, y in zip(tiled, simple):
+            assert np.isfinite(x).all(), name
+            assert_close(x, y, dtype, name)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("blocks", [None, 1])
 def test_update(dtype, blocks):
     # blocks=1: 4 threads for 11 parameters, so each thread strides over several

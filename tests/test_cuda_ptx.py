@@ -40,14 +40,18 @@ SCRIPT = textwrap.dedent(r'''
     # Without a driver, numba-cuda asks the current device for its compute capability when
     # it compiles a device function, and looks NVRTC up while finding libdevice; neither is
     # needed to make PTX for a given cc, so both lookups are stood in for.
-    disp.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
-    _nvrtc = cp._get_nvrtc_path
-    def _nvrtc_optional():
-        try:
-            return _nvrtc()
-        except Exception:
-            return cp._env_path_tuple("absent", None)
-    cp._get_nvrtc_path = _nvrtc_optional
+    # (Private names: if a numba-cuda release renames them, the stand-ins are left out and
+    # the probe below decides between compiling and skipping.)
+    if hasattr(disp, "get_current_device"):
+        disp.get_current_device = lambda: types.SimpleNamespace(compute_capability=(9, 0))
+    _nvrtc = getattr(cp, "_get_nvrtc_path", None)
+    if _nvrtc is not None and hasattr(cp, "_env_path_tuple"):
+        def _nvrtc_optional():
+            try:
+                return _nvrtc()
+            except Exception:
+                return cp._env_path_tuple("absent", None)
+        cp._get_nvrtc_path = _nvrtc_optional
     try:
         def probe(x):
             x[0] = 1.0
