@@ -424,3 +424,20 @@ def test_engine_sums_match_the_cpu_engine(dtype):
         assert np.abs(want[0]).max() > 0
         assert_close(got[0], want[0], dtype, "sum of corrections")
         assert_close(got[1:], want[1:], dtype, "sum of costs, max error")
+
+
+def test_copy_and_save_move_weights_between_backends(tmp_path):
+    """deepcopy (what joblib and sklearn's clone use) and the .npz format carry a cuda
+    net's weights and velocities off the device and onto another backend."""
+    import copy
+    X, y = problem([5, 4, 3], "softmax")
+    net = MLP([5, 4, 3], activation="tanh", backend="cuda", dtype="float64", seed=0)
+    net.fit(X, y.argmax(axis=1), epochs=1, batch_size=4, momentum=0.9)
+    twin = copy.deepcopy(net)
+    assert twin.backend == "cuda" and twin._engine is not net._engine
+    np.testing.assert_array_equal(twin._engine.get_velocity(), net._engine.get_velocity())
+    net.save(tmp_path / "net.npz")
+    cpu = MLP.load(tmp_path / "net.npz", backend="loops")
+    for a, b in zip(cpu.weights + cpu.biases, twin.weights + twin.biases):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(cpu.predict(X), net.predict(X))
