@@ -190,7 +190,7 @@ def time_loops(layers, X, y, batch, n):
     dt = (time.perf_counter() - t) * 1e3
     eng.end_fit()
     return dict(ms=dt * X.shape[0] / n, wall_ms=dt * X.shape[0] / n, measured_samples=n,
-                measured_ms=dt)
+                measured_ms=dt, reps=1)
 
 
 # ---------------------------------------------------------------- the report
@@ -199,7 +199,8 @@ def _fmt(ms):
 
 
 def table(results, M):
-    lines = [f"epoch times, {M} samples, median ms (CUDA events for GPU rows)",
+    lines = [f"epoch times, {M} samples, median ms (CUDA events for GPU rows); vs torch, vs "
+             "loops: their epoch time over this row's (above 1: this row is faster)",
              f"{'network':<16}{'batch':>6}  {'impl':<13}{'epoch ms':>10}{'wall ms':>10}"
              f"{'samples/s':>12}{'vs torch':>10}{'vs loops':>10}"]
     for r in results:
