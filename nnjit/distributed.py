@@ -40,10 +40,12 @@ memory by itself, see :mod:`nnjit.data`).
 """
 import math
 import numbers
+import threading
 import time
 
 import numpy as np
 
+from . import config
 from . import data as _data
 from .model import DivergenceError, MLP, _check_positive_int
 
@@ -66,12 +68,24 @@ def _prepare(spec, X, y):
     return X, net._check_y(y, X.shape[0], fit=True)
 
 
+_local = threading.local()
+
+
 def _engine(spec, theta, vel=None):
-    net = _worker_net(spec)
-    net._engine.set_params(theta)
-    if vel is not None:
-        net._engine.set_velocity(vel)
-    return net._engine, net._loss
+    """This worker thread's engine for spec's network, loaded with theta (and vel): kept
+    between tasks so that its buffers are allocated once, not every step."""
+    if spec["threads"] is not None:     # numba's thread count is per calling thread
+        import numba
+        numba.set_num_threads(min(spec["threads"], numba.config.NUMBA_NUM_THREADS))
+    key = tuple(repr(spec[k]) for k in ("layers", "activation", "output", "loss", "dtype", "backend"))
+    cached = getattr(_local, "engine", None)
+    if cached is None or cached[0] != key:
+        net = _worker_net(spec)
+        cached = _local.engine = (key, net._engine, net._loss)
+    engine = cached[1]
+    engine.set_params(theta)
+    engine.set_velocity(np.zeros_like(theta) if vel is None else vel)
+    return engine, cached[2]
 
 
 def _shard_sums(spec, theta, shard, lo, hi):
@@ -79,8 +93,14 @@ def _shard_sums(spec, theta, shard, lo, hi):
     t0 = time.perf_counter()
     X, Y = shard
     engine, loss = _engine(spec, theta)
-    g, c, e = engine.sums(X[lo:hi], Y[lo:hi], loss)
-    return g, c, e, hi - lo, time.perf_counter() - t0
+    # pieces bound the activation buffers (3 x rows x all units) to about STREAM_CHUNK_BYTES
+    step = max(1, config.STREAM_CHUNK_BYTES // (3 * int(engine.shape[4][-1]) * X.itemsize))
+    g, c, e = np.zeros(theta.shape, np.float64), 0.0, 0.0
+    for s in range(lo, hi, step):
+        gs, cs, es = engine.sums(X[s:min(s + step, hi)], Y[s:min(s + step, hi)], loss)
+        g += gs
+        c, e = c + cs, max(e, es)
+    return g.astype(theta.dtype), c, e, hi - lo, time.perf_counter() - t0
 
 
 def _shard_epoch(spec, theta, vel, shard, batch_size, eta, mu, seed):
@@ -151,7 +171,7 @@ def _labels(net, y):
 
 def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
         batch_size="auto", n_shards=None, shuffle=True, callbacks=None, timeout="10s",
-        timings=None):
+        worker_threads=None, timings=None):
     """Train ``net`` (an :class:`nnjit.MLP`) data-parallel on a Dask cluster; returns ``net``.
 
     X, y: Dask arrays, or anything MLP.fit takes (NumPy, memmap, zarr), cut into shards here.
@@ -164,6 +184,8 @@ def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
     shuffles each shard's rows every epoch (seeded from the net's generator, so a rerun
     gives the same weights); "sync" keeps stored order. lr, momentum, epochs, callbacks as
     in MLP.fit; net.history_["loss"] and net.n_epochs_ are updated the same way.
+    worker_threads: Numba threads each task uses on its worker (None: Numba's default, every
+    core of the worker's machine; give cores / worker processes when several share one).
     timings: a list to which a dict per epoch is appended (wall seconds, the slowest
     worker's compute seconds per step summed, bytes of weights and sums moved); for
     benchmarks.
@@ -189,12 +211,14 @@ def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
     if len(y.shape) not in (1, 2) or y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has shape {tuple(y.shape)}")
     callbacks = list(callbacks or [])
+    if worker_threads is not None:
+        worker_threads = _check_positive_int("worker_threads", worker_threads)
 
     client, opened = _connect(client, timeout)
     try:
         with client.as_current():     # dask.compute and distributed.wait use this client
             _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, shuffle,
-                 callbacks, timings)
+                 callbacks, worker_threads, timings)
     finally:
         if opened:
             client.close()
@@ -202,7 +226,7 @@ def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
 
 
 def _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, shuffle,
-         callbacks, timings):
+         callbacks, threads, timings):
     """Build the shards on the workers (one per worker unless n_shards says otherwise), then train."""
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
@@ -215,7 +239,8 @@ def _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, sh
     _labels(net, y)
     spec = dict(layers=net.layers, activation=net.activation, output=net.output,
                 loss=net.loss, dtype=net.dtype, classes=net.classes_,
-                backend=net.backend if net.backend in ("loops", "vectorised") else "loops")
+                backend=net.backend if net.backend in ("loops", "vectorised") else "loops",
+                threads=threads)
     import dask
     import distributed
     shards = [client.compute(dask.delayed(_prepare, pure=False)(spec, xb, yb),
@@ -242,7 +267,7 @@ def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_si
             raise ValueError(f"lr({epoch}) returned {eta!r}; it must be a positive number")
         theta, vel = net._engine.get_params(), net._engine.get_velocity()
         saved = (theta.copy(), vel.copy())
-        total, emax, compute, moved = 0.0, 0.0, 0.0, 0
+        total, compute, moved = 0.0, 0.0, 0
         t0 = time.perf_counter()
         if mode == "sync":
             for t in range(steps):
@@ -256,7 +281,6 @@ def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_si
                     g += r[0]
                 count = sum(r[3] for r in res)
                 total += sum(r[1] for r in res)
-                emax = max([emax] + [r[2] for r in res])
                 compute += max(r[4] for r in res)
                 moved += 2 * len(res) * theta.nbytes
                 vel = dtype.type(momentum) * vel - dtype.type(eta) * (g / count).astype(dtype)
@@ -270,7 +294,6 @@ def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_si
             theta = sum(wi * r[0].astype(np.float64) for wi, r in zip(w, res)).astype(dtype)
             vel = sum(wi * r[1].astype(np.float64) for wi, r in zip(w, res)).astype(dtype)
             total = sum(r[2] for r in res)
-            emax = max(r[3] for r in res)
             compute = max(r[5] for r in res)
             moved = 2 * len(res) * 2 * theta.nbytes      # weights and velocities, both ways
         wall = time.perf_counter() - t0

@@ -35,6 +35,7 @@ class CPUEngine:
         self.vel = np.zeros(n_params, self.dtype)
         self.grad = np.zeros(n_params, self.dtype)
         self._fit = None
+        self._sum_bufs = None
 
     # -- state the wrapper reads and writes
     def get_params(self):
@@ -111,7 +112,9 @@ class CPUEngine:
         one forward pass: the per-shard pieces of the lecture's batch mean, which
         nnjit.data and nnjit.distributed add up across chunks and workers."""
         M = X.shape[0]
-        bufs = self._buffers(M)
+        bufs = self._sum_bufs       # kept between calls (a worker calls this every step)
+        if bufs is None or bufs[4].shape[0] < M:
+            bufs = self._sum_bufs = self._buffers(M)
         self.k.load_batch(bufs, self.shape, X, Y, np.arange(M, dtype=np.int64), 0, M)
         self.k.forward(self.theta, self.shape, bufs, M, M >= config.PARALLEL_MIN_SAMPLES)
         a, z = self._out(bufs, M)
@@ -135,3 +138,4 @@ class CPUEngine:
 
     def end_fit(self):
         self._fit = None
+        self._sum_bufs = None

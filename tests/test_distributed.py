@@ -23,12 +23,9 @@ M, DIM, K = 301, 7, 3
 
 @pytest.fixture(scope="module")
 def client():
-    with dask.config.set({"distributed.logging.distributed": "error",
-                          "distributed.worker.daemon": False,
-                          "distributed.admin.tick.limit": "10s"}):
+    with dask.config.set({"distributed.logging.distributed": "error"}):
         cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                           dashboard_address=None, silence_logs=50,
-                                           env={"NUMBA_NUM_THREADS": "1"})   # 1 core each
+                                           dashboard_address=None, silence_logs=50)
         c = distributed.Client(cluster, set_as_default=False)
         try:
             yield c
@@ -49,6 +46,11 @@ def _net(dtype="float64", **kw):
     return MLP([DIM, 6, K], activation="tanh", seed=4, dtype=dtype, **kw)
 
 
+def _dfit(net, X, y, client, **kw):
+    """nd.fit on the module's cluster: one Numba thread per task (2 workers, 2 cores)."""
+    return nd.fit(net, X, y, client=client, worker_threads=1, **kw)
+
+
 def _assert_same(a, b, rtol=1e-10):
     for p, q in zip(a.weights + a.biases, b.weights + b.biases):
         np.testing.assert_allclose(q, p, rtol=rtol, atol=rtol * 1e-2)
@@ -60,7 +62,7 @@ def test_sync_equals_single_machine_full_batch(client, xy, as_dask):
     ref = _net().fit(X, y, epochs=6, lr=0.5, momentum=0.7, batch_size=None)
     if as_dask:     # uneven chunks, rechunked into one shard per worker
         X, y = da.from_array(X, chunks=(97, DIM)), da.from_array(y, chunks=60)
-    net = nd.fit(_net(), X, y, client=client, mode="sync", epochs=6, lr=0.5, momentum=0.7)
+    net = _dfit(_net(), X, y, client, mode="sync", epochs=6, lr=0.5, momentum=0.7)
     _assert_same(ref, net)
     np.testing.assert_allclose(net.history_["loss"], ref.history_["loss"], rtol=1e-12)
     assert net.n_epochs_ == 6 and list(net.classes_) == [0, 1, 2]
@@ -71,7 +73,7 @@ def test_sync_large_batch_equals_the_same_steps_by_hand(client, xy):
     # 3 shards of 100/101/100 rows, 40 rows each per step: steps take rows [0:40], [40:80],
     # [80:] of every shard; the reference adds the same rows' mean gradient on one machine
     X, y = xy
-    net = nd.fit(_net(), X, y, client=client, epochs=2, lr=0.4, momentum=0.5, batch_size=40,
+    net = _dfit(_net(), X, y, client, epochs=2, lr=0.4, momentum=0.5, batch_size=40,
                  n_shards=3)
     ref = _net()
     bounds = np.cumsum([0, 100, 101, 100])
@@ -90,16 +92,16 @@ def test_sync_large_batch_equals_the_same_steps_by_hand(client, xy):
 
 def test_average_learns_and_is_sync_for_full_batches(client, xy):
     X, y = xy
-    net = nd.fit(_net(), X, y, client=client, mode="average", epochs=15, lr=0.2, batch_size=8)
+    net = _dfit(_net(), X, y, client, mode="average", epochs=15, lr=0.2, batch_size=8)
     h = net.history_["loss"]
     assert net.n_epochs_ == 15 and h[-1] < 0.6 * h[0]
     assert net.score(X, y) > 0.85
-    again = nd.fit(_net(), X, y, client=client, mode="average", epochs=15, lr=0.2, batch_size=8)
+    again = _dfit(_net(), X, y, client, mode="average", epochs=15, lr=0.2, batch_size=8)
     _assert_same(net, again, rtol=0)     # seeded local shuffles: reproducible
     # one full-batch local step per worker, averaged by shard size, is the sync update
-    avg = nd.fit(_net(), X, y, client=client, mode="average", epochs=3, lr=0.5, momentum=0.3,
+    avg = _dfit(_net(), X, y, client, mode="average", epochs=3, lr=0.5, momentum=0.3,
                  batch_size=None)
-    sync = nd.fit(_net(), X, y, client=client, mode="sync", epochs=3, lr=0.5, momentum=0.3)
+    sync = _dfit(_net(), X, y, client, mode="sync", epochs=3, lr=0.5, momentum=0.3)
     _assert_same(sync, avg, rtol=1e-9)
 
 
@@ -107,7 +109,7 @@ def test_float32_and_callbacks(client, xy):
     X, y = xy
     seen = []
     ref = _net("float32").fit(X, y, epochs=4, lr=0.5, batch_size=None)
-    net = nd.fit(_net("float32"), X, y, client=client, epochs=10, lr=0.5,
+    net = _dfit(_net("float32"), X, y, client, epochs=10, lr=0.5,
                  callbacks=[lambda n, e, h: seen.append(e) or e == 3])
     assert seen == [0, 1, 2, 3] and net.n_epochs_ == 4
     _assert_same(ref, net, rtol=2e-5)
@@ -116,7 +118,7 @@ def test_float32_and_callbacks(client, xy):
 def test_bad_arguments(client, xy):
     X, y = xy
     with pytest.raises(ValueError, match="mode"):
-        nd.fit(_net(), X, y, client=client, mode="async")
+        _dfit(_net(), X, y, client, mode="async")
     with pytest.raises(TypeError, match="client"):
         nd.fit(_net(), X, y, client=42)
     with pytest.raises(TypeError, match="MLP"):
@@ -145,7 +147,7 @@ def test_worker_killed_mid_training_gives_the_same_result(client, mode):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(6000, 40))
     y = (X[:, :3].sum(axis=1) > 0).astype(np.int64)
-    kw = dict(client=client, mode=mode, epochs=12, lr=0.3, momentum=0.5,
+    kw = dict(client=client, worker_threads=1, mode=mode, epochs=12, lr=0.3, momentum=0.5,
               batch_size=None if mode == "sync" else 4)
 
     def net():
