@@ -2,7 +2,8 @@
 
 For ``numpy.memmap`` files, zarr (and h5py) arrays and Dask arrays, :class:`nnjit.MLP`'s
 ``fit``, ``forward``, ``predict``, ``predict_proba`` and ``score`` read ``config.STREAM_CHUNK_BYTES``
-of X at a time, validate and convert that chunk (finite, the model's dtype, labels to the
+of X at a time (``forward`` and ``predict`` return their (M, K) result in memory; ``fit`` and
+``score`` hold O(chunk)), validate and convert that chunk (finite, the model's dtype, labels to the
 (M, K) target matrix) and hand it to the engine's ``begin_fit`` / ``train_epoch`` (or
 ``forward``). Memory is O(chunk), not O(data). A ``numpy.memmap`` is always streamed, whatever
 its size (it is an ndarray, but np.asarray on it would page the whole file in); an ordinary
@@ -111,6 +112,37 @@ def forward(net, X):
     for s, Xc, _ in chunks(X, None, chunk_rows(X)):
         out[s:s + Xc.shape[0]] = net._engine.forward(net._check_X(Xc, f"X[{s}:{s + Xc.shape[0]}]"))
     return out
+
+
+def score(net, X, y):
+    """MLP.score of out-of-core X (y in memory or not), chunk by chunk in O(chunk) memory:
+    accuracy as a count of hits, R^2 from each output's running residual sum and the
+    chunks' means and squared deviations merged pairwise (Chan et al.), not from y's
+    mean first, so one pass suffices. Equals the in-memory score (R^2 to rounding)."""
+    M = _check_meta(net, X)
+    if not (is_out_of_core(y) or isinstance(y, np.ndarray)):
+        y = np.asarray(y)
+    if tuple(y.shape[:1]) != (M,):
+        raise ValueError(f"X has {M} samples but y has shape {tuple(y.shape)}")
+    hits, n, K = 0, 0, net.layers[-1]
+    ss_res, mean, ss_tot = np.zeros(K), np.zeros(K), np.zeros(K)
+    for s, Xc, yc in chunks(X, y, chunk_rows(X)):
+        Xc = net._check_X(Xc, f"X[{s}:{s + Xc.shape[0]}]")
+        mc = Xc.shape[0]
+        if net._is_classifier:
+            hits += round(net.score(Xc, yc) * mc)
+            continue
+        Y = net._check_y(yc, mc).astype(np.float64)
+        ss_res += ((Y - net._engine.forward(Xc).astype(np.float64)) ** 2).sum(axis=0)
+        mc_mean = Y.mean(axis=0)
+        d = mc_mean - mean
+        ss_tot += ((Y - mc_mean) ** 2).sum(axis=0) + d * d * n * mc / (n + mc)
+        mean += d * mc / (n + mc)
+        n += mc
+    if net._is_classifier:
+        return hits / M
+    r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
+    return float(r2.mean())
 
 
 class Stream:

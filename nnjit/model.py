@@ -423,7 +423,9 @@ class MLP:
 
     def score(self, X, y):
         """Accuracy for classifiers; R^2 (averaged over outputs) for other outputs."""
-        X = X if _data.is_out_of_core(X) else self._check_X(X)
+        if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
+            return _data.score(self, X, y)
+        X = self._check_X(X)
         y = np.asarray(y)
         if y.shape[:1] != (X.shape[0],):
             raise ValueError(f"X has {X.shape[0]} samples but y has shape {y.shape}")
