@@ -17,7 +17,7 @@ worker), and per step sends only the weights out and the sums back:
     Rows are taken in their stored order (no shuffling: shuffle the data once beforehand).
 ``mode="average"``
     Each worker runs a whole local epoch of mini-batch SGD (``batch_size``, default 32) on its
-    shard from the same weights and velocities; the driver averages the returned weights
+    shard (rows shuffled with a seed per epoch and shard) from the same weights and velocities; the driver averages the returned weights
     and velocities, weighted by shard size (periodic model averaging, "local SGD"). One
     round trip per epoch instead of one per step, so it communicates far less; but it is an
     approximation: the workers' trajectories drift apart within an epoch, so the average is
@@ -27,7 +27,9 @@ worker), and per step sends only the weights out and the sums back:
 
 What travels per step: the weights to every shard, a flat vector of P parameters (P x
 itemsize bytes each), and one P-vector of sums back: 2 x P x shards x itemsize bytes, where
-P = ``net.n_params``. The data never moves after the shards are built.
+P = ``net.n_params`` (sync; "average" sends weights and velocities both ways once per epoch,
+4 x P x shards x itemsize). The data never moves after the shards are built, unless a
+worker dies and its shards are rebuilt elsewhere.
 
 Faults: shards are Dask futures with lineage (a slice of the caller's array, or a block of
 its Dask graph), so when a worker dies Dask recomputes the shards it held and reruns the
