@@ -294,6 +294,9 @@ class MLP:
         with resume=True continues it exactly, bit for bit. Ctrl-C (KeyboardInterrupt) during an
         epoch restores the weights, velocities, shuffling state and history of the epoch's start
         before re-raising, so the model is left at its last completed epoch.
+
+        X (and y) may be out of core, a numpy.memmap, zarr or Dask array: it is then read
+        chunk by chunk, in memory bounded by nnjit.config.STREAM_CHUNK_BYTES (nnjit.data).
         """
         stream = _data.Stream(self, X, y) if _data.is_out_of_core(X) else None   # nnjit.data
         X = X if stream else self._check_X(X)
