@@ -23,7 +23,7 @@ How an epoch walks the data (M samples, B = batch_size, C = rows per chunk):
   once per batch: the lecture's batch mean, equal to in-memory training to rounding.
   Batches are then contiguous row ranges, shuffled as wholes.
 
-Not for data that fits in memory (pass an ndarray: it is faster) and not for several
+Not for data that fits in memory (pass an ndarray; it is never streamed) and not for several
 machines (see :mod:`nnjit.distributed`).
 """
 import mmap
