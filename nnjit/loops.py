@@ -17,6 +17,7 @@ The network lives in flat buffers, as in llm.c: ``theta`` holds W^(1), b^(1), W^
 delta, y, loss)`` hold one batch's activations, weighted inputs and errors of every layer.
 """
 import math
+import types
 
 import numpy as np
 from numba import njit, prange
@@ -370,12 +371,25 @@ update = njit(parallel=True, **_OPTS)(_update)
 forward_layer_blocked = njit(parallel=True, **_OPTS)(_forward_layer_blocked)
 forward_layer_units = njit(parallel=True, **_OPTS)(_forward_layer_units)
 update_forward_next = njit(parallel=True, **_OPTS)(_update_forward_next)
-_update_forward_next_s = njit(**_OPTS)(_update_forward_next)
 backward_layer_blocked = njit(parallel=True, **_OPTS)(_backward_layer_blocked)
 corrections_update_blocked = njit(parallel=True, **_OPTS)(_corrections_update_blocked)
-_forward_layer_s = njit(**_OPTS)(_forward_layer_blocked)
-_backward_layer_s = njit(**_OPTS)(_backward_layer_blocked)
-_corrections_update_s = njit(**_OPTS)(_corrections_update_blocked)
+
+
+def _serial(fn):
+    """The serial twin of a prange kernel, compiled under a name of its own: Numba's disk
+    cache files entries by function name and signature, not by the parallel flag, so twins
+    sharing one name would load each other's machine code (a parallel region where a serial
+    loop was meant, or worse)."""
+    twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
+                              fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + "_serial"
+    return njit(**_OPTS)(twin)
+
+
+_forward_layer_s = _serial(_forward_layer_blocked)
+_backward_layer_s = _serial(_backward_layer_blocked)
+_corrections_update_s = _serial(_corrections_update_blocked)
+_update_forward_next_s = _serial(_update_forward_next)
 
 
 # ---------------------------------------------------------------- the output layer
