@@ -356,8 +356,8 @@ def build_parser(p=None):
     p.add_argument("--threads", type=int, default=None, help="threads for every library (default: all)")
     p.add_argument("--repeats", type=int, default=3, help="timed epochs per contender (median)")
     p.add_argument("--lr", type=float, default=0.01,
-                   help="learning rate (0.01: 0.1 with momentum 0.9 diverges online and the
-                   velocities sink into denormal floats, which slows every implementation)")
+                   help="learning rate (0.1 with momentum 0.9 diverges online, and velocities "
+                        "sinking into denormal floats slow every implementation)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--skip", type=lambda s: s.split(","), default=[], help="e.g. torch,sklearn")
     p.add_argument("--no-compile", action="store_true", help="skip the compile/cache-load measurement")
