@@ -28,6 +28,11 @@ def _engine(backend, shape, n_params, dtype):
     return CUDAEngine(shape, n_params, dtype)
 
 
+def _all_finite(X, rows=4096):
+    """np.isfinite(X).all() in row chunks, so checking costs O(chunk) memory, not O(X)."""
+    return all(np.isfinite(X[s:s + rows]).all() for s in range(0, X.shape[0], rows))
+
+
 def _check_name(kind, value, allowed):
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(map(repr, allowed))}")
@@ -194,7 +199,7 @@ class MLP:
             raise ValueError(f"{name} has {X.shape[1]} features but the network's input layer "
                              f"has N^(0) = {self.layers[0]} units")
         X = np.ascontiguousarray(X, dtype=self.dtype)
-        if not np.isfinite(X).all():
+        if not _all_finite(X):
             raise ValueError(f"{name} contains NaN or inf")
         return X
 
@@ -249,7 +254,7 @@ class MLP:
         if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool):
             raise TypeError(f"y must hold numbers as a target matrix, got dtype {Y.dtype}")
         Y = np.ascontiguousarray(Y, dtype=self.dtype)
-        if not np.isfinite(Y).all():
+        if not _all_finite(Y):
             raise ValueError("y contains NaN or inf")
         return Y
 
