@@ -67,7 +67,8 @@ class CPUEngine:
         for start in range(0, M, cap):
             mb = min(cap, M - start)
             self.k.load_batch(bufs, self.shape, X, Y, order, start, mb)
-            self.k.forward(self.theta, self.shape, bufs, mb, mb >= config.PARALLEL_MIN_SAMPLES)
+            self.k.forward(self.theta, self.shape, bufs, mb, mb >= config.PARALLEL_MIN_SAMPLES,
+                           config.PARALLEL_MIN_WORK, 1)
             fn(bufs, start, mb)
 
     def _out(self, bufs, mb):
@@ -102,7 +103,8 @@ class CPUEngine:
         M = X.shape[0]
         bufs = self._buffers(M)
         self.k.load_batch(bufs, self.shape, X, Y, np.arange(M, dtype=np.int64), 0, M)
-        self.k.forward(self.theta, self.shape, bufs, M, M >= config.PARALLEL_MIN_SAMPLES)
+        self.k.forward(self.theta, self.shape, bufs, M, M >= config.PARALLEL_MIN_SAMPLES,
+                       config.PARALLEL_MIN_WORK, 1)
         grad = np.zeros_like(self.theta)
         self.k.backprop(self.theta, grad, self.shape, bufs, M, loss)
         return grad
@@ -116,7 +118,8 @@ class CPUEngine:
         if bufs is None or bufs[4].shape[0] < M:
             bufs = self._sum_bufs = self._buffers(M)
         self.k.load_batch(bufs, self.shape, X, Y, np.arange(M, dtype=np.int64), 0, M)
-        self.k.forward(self.theta, self.shape, bufs, M, M >= config.PARALLEL_MIN_SAMPLES)
+        self.k.forward(self.theta, self.shape, bufs, M, M >= config.PARALLEL_MIN_SAMPLES,
+                       config.PARALLEL_MIN_WORK, 1)
         a, z = self._out(bufs, M)
         emax = self.k.sample_loss(bufs[4][:M], a, z, bufs[3][:a.size].reshape(a.shape),
                                   int(self.shape[3][-1]), loss)

@@ -478,9 +478,10 @@ def _rows(buf, shape, l, mb):
 
 
 @njit(**_OPTS)
-def forward(theta, shape, bufs, mb, par, par_work=1 << 62, l0=1):
+def forward(theta, shape, bufs, mb, par, par_work, l0):
     """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
-    par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units."""
+    par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units.
+    (No default arguments: Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
     acts = shape[3]
     L = shape[0].shape[0] - 1
     for l in range(l0, L + 1):
@@ -554,7 +555,7 @@ def train_epoch(theta, vel, grad, shape, bufs, X, Y, order, batch_size, eta, mu,
             apply_f(_rows(bufs[0], shape, 1, 1)[0], _rows(bufs[1], shape, 1, 1)[0], acts[0])
             forward(theta, shape, bufs, mb, par, par_work, 2)
         else:
-            forward(theta, shape, bufs, mb, par, par_work)
+            forward(theta, shape, bufs, mb, par, par_work, 1)
         aL, zL = _rows(bufs[0], shape, L, mb), _rows(bufs[1], shape, L, mb)
         y = bufs[3][:mb * K].reshape((mb, K))
         lossrow = bufs[4][:mb]

@@ -83,7 +83,7 @@ def _rows(buf, shape, l, mb):
     return buf[off:off + mb * sizes[l]].reshape((mb, sizes[l]))
 
 
-def forward(theta, shape, bufs, mb, par, par_work=1 << 62, l0=1):
+def forward(theta, shape, bufs, mb, par, par_work, l0):
     """Feed-forward through all L layers for the mb samples already in layer 0 of bufs."""
     for l in range(l0, len(shape[0])):
         W, b = _params(theta, shape, l)
@@ -124,7 +124,7 @@ def train_epoch(theta, vel, grad, shape, bufs, X, Y, order, batch_size, eta, mu,
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
         load_batch(bufs, shape, X, Y, order, start, mb)
-        forward(theta, shape, bufs, mb, True)
+        forward(theta, shape, bufs, mb, True, par_work, 1)
         aL, zL = _rows(bufs[0], shape, L, mb), _rows(bufs[1], shape, L, mb)
         y = bufs[3][:mb * K].reshape((mb, K))
         emax = max(emax, sample_loss(bufs[4][:mb], aL, zL, y, acts[L - 1], loss))
