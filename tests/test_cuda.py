@@ -373,7 +373,7 @@ def test_gpu_tiled_matches_simple_on_wide_layers():
 
 # ---------------------------------------------------------------- the GPU benchmark script
 def test_gpu_bench_refuses_to_time_the_simulator(capsys):
-    from nnjit import gpu_bench
+    from nnjit.bench import gpu as gpu_bench
     if ON_GPU:
         pytest.skip("a GPU is present")
     assert gpu_bench.main(["--json", os.devnull]) == 2
@@ -383,7 +383,7 @@ def test_gpu_bench_refuses_to_time_the_simulator(capsys):
 def test_gpu_bench_pieces_run(monkeypatch):
     """The timing and report code runs (the simulator's numbers mean nothing); the whole
     script runs with ``NUMBA_ENABLE_CUDASIM=1 python -m nnjit.gpu_bench --tiny``."""
-    from nnjit import gpu_bench
+    from nnjit.bench import gpu as gpu_bench
     monkeypatch.setattr(config, "CUDA_TILE", 8)
     X, y = gpu_bench.make_data(10, 6, 3)
     r = {"numba-simple": gpu_bench.time_numba([6, 5, 3], X, y, 10, "simple", 1),
@@ -398,7 +398,7 @@ def test_gpu_bench_torch_sgd_is_ours():
     follows the same trajectory as the float64 loops backend, so its timing compares like
     with like. Runs on the CPU; needs torch."""
     torch = pytest.importorskip("torch")
-    from nnjit import gpu_bench
+    from nnjit.bench import gpu as gpu_bench
     X, y = gpu_bench.make_data(20, 6, 3, seed=1)
     ref = MLP([6, 7, 5, 3], activation="relu", backend="loops", dtype="float64", seed=0)
     w = gpu_bench.torch_weights(torch, ref.weights, ref.biases, X, y, 7, 2, device="cpu")

@@ -100,7 +100,7 @@ class _blas_threads:
 def time_nnjit(backend, dtype, layers, X, y, bs, lr, mu, repeats):
     """Per-epoch wall times of MLP.fit: the gaps between the end-of-epoch callbacks, so the
     once-per-fit input checks are outside and every per-epoch cost is inside."""
-    from . import MLP
+    from .. import MLP
     def make():
         return MLP(layers, activation="sigmoid", output="softmax", backend=backend, dtype=dtype, seed=0)
     make().fit(X[:64], y[:64], epochs=1, lr=lr, momentum=mu, batch_size=bs)   # compile / warm up
@@ -192,7 +192,7 @@ def compile_times(dtype="float32", bs=32):
 _RSS = textwrap.dedent("""
     import resource
     from nnjit import MLP
-    from nnjit.bench import make_data
+    from nnjit.bench.cpu import make_data
     X, y = make_data({n}, {d}, 10, "float32")
     MLP([{d}, {h}, 10], backend="{backend}", seed=0).fit(X[:64], y[:64], epochs=1, batch_size={bs})
     net = MLP([{d}, {h}, 10], backend="{backend}", seed=0)
@@ -224,7 +224,7 @@ def peak_rss(backend, n, d, h, bs):
 # ------------------------------------------------------------------ the run
 def run(args):
     import numba
-    from . import __version__
+    from .. import __version__
     layers = args.layers
     threads = args.threads or numba.config.NUMBA_NUM_THREADS
     numba.set_num_threads(threads)

@@ -1,0 +1,5 @@
+import sys
+
+from .cpu import main
+
+sys.exit(main())
