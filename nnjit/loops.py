@@ -34,7 +34,10 @@ from .config import FASTMATH
 from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_WD, RULE_ADAM, \
     RULE_ADAMW, RULE_NESTEROV, RULE_SGD
 
-_OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True)
+# error_model="numpy": a division is a plain IEEE division (x/0 gives inf, which the wrapper
+# reports as divergence) instead of a branch raising ZeroDivisionError, which would stop LLVM
+# from vectorising Adam's w -= A m / (sqrt(v) B + eps) (measured: 3 ns -> 0.4 ns an element)
+_OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------- one layer, forward and back
@@ -224,7 +227,7 @@ def _update(theta, vel, sq, grad, rule, c):
 # do 16 multiply-adds per 8 loads instead of 1 per 2. These are what train_epoch runs; the
 # plain kernels above stay as the readable reference, and tests hold both to the NumPy twin.
 
-@njit(fastmath={"nsz", "arcp"}, cache=True, nogil=True)
+@njit(fastmath={"nsz", "arcp"}, cache=True, nogil=True, error_model="numpy")
 def _dot(w, x):
     """sum_i w_i x_i in one fixed order: 8 explicit partial sums, added pairwise. Compiled
     without ``reassoc``/``contract``, so LLVM cannot regroup it for its vector width (or fuse

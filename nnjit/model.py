@@ -459,7 +459,7 @@ class MLP:
                             f"training diverged in epoch {epoch} (loss {loss}); the weights and "
                             "optimizer state were restored to the last finite values; try a "
                             "smaller lr or momentum")
-                except (DivergenceError, ValueError, TypeError):
+                except Exception:       # divergence, a bad streamed chunk, an I/O error
                     saved.restore()
                     raise
                 self.t_ += M
