@@ -112,6 +112,8 @@ class MLP:
         self._rng = np.random.default_rng(seed)
         self._engine.set_params(self._initial_params())
         self.classes_ = None
+        self.x_scaler = None    # nnjit.preprocessing.Scaler for X, or None (saved with the model)
+        self.y_scaler = None    # the same for regression targets: fitted on y, inverted by predict
         self.history_ = {"loss": [], "val_loss": [], "val_score": []}
         self.n_epochs_ = 0
 
@@ -258,24 +260,53 @@ class MLP:
             raise ValueError("y contains NaN or inf")
         return Y
 
+    # ------------------------------------------------------------------ scaling (nnjit.preprocessing)
+    def _scale_X(self, X, fit=False):
+        """X through x_scaler (fitted on this X first when fit=True and it is not yet fitted)."""
+        if self.x_scaler is None:
+            return X
+        if fit and self.x_scaler.offset_ is None:
+            self.x_scaler.fit(X)
+        return np.ascontiguousarray(self.x_scaler.transform(X), dtype=self.dtype)
+
+    def _scale_Y(self, Y, fit=False):
+        if self.y_scaler is None or self._is_classifier:
+            return Y
+        if fit and self.y_scaler.offset_ is None:
+            self.y_scaler.fit(Y)
+        return np.ascontiguousarray(self.y_scaler.transform(Y), dtype=self.dtype)
+
+    def _unscale_Y(self, A):
+        if self.y_scaler is None or self._is_classifier:
+            return A
+        return self.y_scaler.inverse_transform(A).astype(A.dtype, copy=False)
+
+    def _no_stream_scaling(self, X):
+        if _data.is_out_of_core(X) and (self.x_scaler is not None or self.y_scaler is not None):
+            raise ValueError("x_scaler/y_scaler are not applied to out-of-core data; scale the "
+                             "data beforehand or load it into memory")
+
     # ------------------------------------------------------------------ forward, gradients
     def forward(self, X):
-        """Output activations a^(L), shape (M, K)."""
+        """Output activations a^(L), shape (M, K), of X after x_scaler if one is set (in the
+        y_scaler's scaled units for a model that has one: predict undoes it)."""
+        self._no_stream_scaling(X)
         if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
             return _data.forward(self, X)
-        return self._engine.forward(self._check_X(X))
+        return self._engine.forward(self._scale_X(self._check_X(X)))
 
     def gradients(self, X, Y):
         """(dW list, db list): the gradient of the mean loss over the M samples, i.e. the
         lecture's batch average of Delta w_ij,m and Delta b_j,m. Does not change the weights."""
         X = self._check_X(X)
-        Y = self._check_y(Y, X.shape[0], fit=True)
-        return self._split(self._engine.gradients(X, Y, self._loss))
+        Y = self._scale_Y(self._check_y(Y, X.shape[0], fit=True))
+        return self._split(self._engine.gradients(self._scale_X(X), Y, self._loss))
 
     def loss_value(self, X, y):
         """Mean cost over the samples: squared error 1/2 sum_k (a_k - y_k)^2 or cross-entropy."""
         X = self._check_X(X)
-        return self._engine.loss(X, self._check_y(y, X.shape[0], fit=True), self._loss)[0]
+        Y = self._scale_Y(self._check_y(y, X.shape[0], fit=True))
+        return self._engine.loss(self._scale_X(X), Y, self._loss)[0]
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y, epochs=10, lr=0.1, momentum=0.0, batch_size=32, shuffle=True, tol=None,
@@ -303,9 +334,10 @@ class MLP:
         X (and y) may be out of core, a numpy.memmap, zarr or Dask array: it is then read
         chunk by chunk, in memory bounded by nnjit.config.STREAM_CHUNK_BYTES (nnjit.data).
         """
+        self._no_stream_scaling(X)
         stream = _data.Stream(self, X, y) if _data.is_out_of_core(X) else None   # nnjit.data
-        X = X if stream else self._check_X(X)
-        Y = None if stream else self._check_y(y, X.shape[0], fit=True)
+        X = X if stream else self._scale_X(self._check_X(X), fit=True)        # x_scaler, y_scaler:
+        Y = None if stream else self._scale_Y(self._check_y(y, X.shape[0], fit=True), fit=True)
         epochs = _check_positive_int("epochs", epochs)
         M = X.shape[0]
         batch_size = M if batch_size is None else min(_check_positive_int("batch_size", batch_size), M)
@@ -323,7 +355,8 @@ class MLP:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
             Xv = self._check_X(validation_data[0], "X_val")
-            val = (Xv, self._check_y(validation_data[1], Xv.shape[0]), validation_data[1])
+            val = (self._scale_X(Xv), self._scale_Y(self._check_y(validation_data[1], Xv.shape[0])),
+                   validation_data[1], Xv)
         callbacks = list(callbacks or [])
         best, stall, ckpt, saved = math.inf, 0, None, None
         if checkpoint is not None or resume:            # nnjit.io: checkpoints and resume
@@ -369,7 +402,7 @@ class MLP:
                 if val is not None:
                     vloss = self._engine.loss(val[0], val[1], self._loss)[0]
                     self.history_["val_loss"].append(vloss)
-                    self.history_["val_score"].append(self.score(val[0], val[2]))
+                    self.history_["val_score"].append(self.score(val[3], val[2]))
                     metric = vloss
                 self.n_epochs_ += 1     # the commit point: from here on the epoch is complete
                 if bar is not None:
@@ -427,10 +460,12 @@ class MLP:
             if a.shape[1] == 1:
                 return self.classes_[hit[:, 0]] if self.classes_ is not None else hit[:, 0]
             return hit
+        a = self._unscale_Y(a)
         return a[:, 0] if a.shape[1] == 1 else a
 
     def score(self, X, y):
         """Accuracy for classifiers; R^2 (averaged over outputs) for other outputs."""
+        self._no_stream_scaling(X)
         if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
             return _data.score(self, X, y)
         X = self._check_X(X)
@@ -448,7 +483,7 @@ class MLP:
             pred = self.predict(X)
             return float((pred == y.reshape(pred.shape)).mean())
         Y = self._check_y(y, X.shape[0]).astype(np.float64)
-        P = self.forward(X).astype(np.float64)
+        P = self._unscale_Y(self.forward(X).astype(np.float64))
         ss_res = ((Y - P) ** 2).sum(axis=0)
         ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
