@@ -321,7 +321,8 @@ def info(path):
            "final_val_loss": hist.get("val_loss", [None])[-1] if hist.get("val_loss") else None,
            "final_val_score": hist.get("val_score", [None])[-1] if hist.get("val_score") else None,
            "classes": arrays["classes"].tolist() if "classes" in arrays else None,
-           "fit": header.get("fit"), "checkpoint": header.get("checkpoint")}
+           "fit": header.get("fit"), "checkpoint": header.get("checkpoint"),
+           "scalers": header.get("scalers") or {}}
     return out
 
 
