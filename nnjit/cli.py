@@ -99,9 +99,10 @@ def _delimiter_hint(path, first_line, delimiter):
 
 
 def _is_column_numbers(cells):
-    """True for a row like 0,1,2,... or 1,2,3,...: a header of column numbers, or data?"""
+    """True for a row like 0,1,2,... or 1,2,3,... (3 columns or more): a header of column
+    numbers, or data?"""
     v = [_number(c) for c in cells]
-    if len(v) < 2 or any(x is None or x != int(x) for x in v):
+    if len(v) < 3 or any(x is None or x != int(x) for x in v):
         return False
     v = [int(x) for x in v]
     return v == list(range(v[0], v[0] + len(v))) and v[0] in (0, 1)
@@ -123,7 +124,7 @@ def _has_header(path, rows, feats, t, header):
     if t is not None and _number(first[t]) is None and len(rows) > 1 and \
             all(_number(r[t]) is not None for r in rows[1:100] if len(r) > t):
         return True         # numbered feature columns with a named target column
-    if _is_column_numbers([first[i] for i in feats]):
+    if len(rows) > 1 and _is_column_numbers([first[i] for i in feats]):
         raise CLIError(f"{path!r} line 1 is the numbers {first[feats[0]].strip()}.."
                        f"{first[feats[-1]].strip()}: a header of column numbers or a data row? "
                        "pass --header or --no-header")
@@ -381,8 +382,16 @@ def _compile(make_net, X, Y, batch_size, backend, dtype, quiet):
         if not quiet:
             print(f"compiling the {backend} kernels for {dtype}, first run only — about "
                   f"{COMPILE_SECONDS} s on 2 cores (Numba caches them for later runs)", flush=True)
-        while not done.wait(0.2):       # short waits: Ctrl-C is delivered between them
-            pass
+        try:
+            while not done.wait(0.2):   # short waits: Ctrl-C is delivered between them
+                pass
+        except KeyboardInterrupt:
+            # the compiling thread cannot be stopped, and interpreter shutdown would wait on
+            # Numba's locks: leave at once (nothing is written before training starts)
+            sys.stdout.flush()
+            sys.stderr.write("\nnnjit train: interrupted while compiling; nothing was written\n")
+            sys.stderr.flush()
+            os._exit(130)
     dt = time.perf_counter() - t
     if failure:
         raise failure[0]
@@ -496,7 +505,7 @@ def cmd_train(args):
     compile_s = _compile(make_net, X[fit_idx], y[fit_idx], args.batch_size, args.backend,
                          args.dtype, args.quiet)
 
-    keep = _KeepBest() if len(val) else None
+    keep = _KeepBest() if len(val) and args.patience else None
     bar = _Progress(args.epochs, not args.quiet)
     callbacks = [bar] + ([keep] if keep else [])
     t = time.perf_counter()
@@ -739,7 +748,16 @@ def _broken_pipe():
 def main(argv=None):
     command = "nnjit"
     try:
-        args = build_parser().parse_args(argv)
+        try:
+            parser = build_parser()
+            args, extra = parser.parse_known_args(argv)
+            if extra:       # reported by the subcommand's parser, so the line names it
+                sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+                sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+        except SystemExit as e:     # argparse: --help and --version exit 0, errors 2
+            if e.code in (0, None):
+                raise
+            return e.code
         command = f"nnjit {args.command}"
         rc = args.func(args)
         sys.stdout.flush()      # a closed pipe fails here, inside the handlers below
