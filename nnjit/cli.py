@@ -427,29 +427,25 @@ class _Progress:
             self.bar.close()
 
 
-class _KeepBest:
-    """Early stopping's other half: remember the weights of the epoch with the lowest
-    validation loss, to put them back when training ends."""
-
-    def __init__(self):
-        self.loss, self.epoch, self.params = math.inf, None, None
-
-    def __call__(self, net, epoch, history):
-        if history["val_loss"] and history["val_loss"][-1] < self.loss:
-            self.loss, self.epoch = history["val_loss"][-1], epoch
-            self.params = (net.weights, net.biases)
-
-    def restore(self, net):
-        if self.params is not None:
-            net.weights, net.biases = self.params
-
-
 # ---------------------------------------------------------------- commands
+def _rule(args):
+    """The fit arguments of --optimizer, --momentum, --alpha."""
+    if not 0 <= args.momentum < 1:
+        raise CLIError(f"--momentum must be in [0, 1), got {args.momentum:g}")
+    if not (args.alpha >= 0 and math.isfinite(args.alpha)):
+        raise CLIError(f"--alpha must be 0 or more, got {args.alpha:g}")
+    rule = {"optimizer": args.optimizer, "alpha": args.alpha}
+    if args.optimizer in ("sgd", "nesterov"):
+        rule["momentum"] = args.momentum
+    return rule
+
+
 def cmd_train(args):
     from . import MLP, DivergenceError
     from . import io as nio
     from .preprocessing import make_scaler
     _check_outputs(args)
+    _rule(args)
     if args.patience < 0:
         raise CLIError(f"--patience must be 0 (no early stopping) or more, got {args.patience}")
     X, y, _ = _load(args.data, args.target_column, header=args.header, delimiter=args.delimiter)
@@ -505,17 +501,14 @@ def cmd_train(args):
     compile_s = _compile(make_net, X[fit_idx], y[fit_idx], args.batch_size, args.backend,
                          args.dtype, args.quiet)
 
-    keep = _KeepBest() if len(val) and args.patience else None
+    early = bool(len(val) and args.patience)
     bar = _Progress(args.epochs, not args.quiet)
-    callbacks = [bar] + ([keep] if keep else [])
     t = time.perf_counter()
     try:
-        net.fit(X[fit_idx], y[fit_idx], epochs=args.epochs, lr=args.lr, momentum=args.momentum,
-                batch_size=args.batch_size,
-                validation_data=(X[val], y[val]) if len(val) else None,
-                tol=1e-4 if (len(val) and args.patience) else None,
-                n_iter_no_change=max(1, args.patience),
-                callbacks=callbacks, checkpoint=args.checkpoint,
+        net.fit(X[fit_idx], y[fit_idx], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                **_rule(args), validation_data=(X[val], y[val]) if len(val) else None,
+                tol=1e-4 if early else None, n_iter_no_change=max(1, args.patience),
+                restore_best=early, callbacks=[bar], checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, resume=args.resume)
     except KeyboardInterrupt:
         bar.close()
@@ -526,7 +519,8 @@ def cmd_train(args):
     except DivergenceError as e:
         bar.close()
         raise CLIError(f"{str(e).split(';')[0]}; try a smaller --lr (now {args.lr:g})"
-                       + (f" or --momentum (now {args.momentum:g})" if args.momentum else "")
+                       + (f" or --momentum (now {args.momentum:g})"
+                          if args.optimizer in ("sgd", "nesterov") and args.momentum else "")
                        + ("" if args.scale != "none" else " or --scale standard")) from None
     finally:
         bar.close()
@@ -537,14 +531,14 @@ def cmd_train(args):
     if stopped:
         msg += (f"; stopped early: the validation loss had not improved for {args.patience} epochs")
     print(msg)
-    if keep is not None and keep.params is not None:
-        keep.restore(net)
-        print(f"kept the weights of epoch {keep.epoch + 1} (lowest validation loss "
-              f"{keep.loss:.4g})")
+    if early and net.best_epoch_ is not None:
+        print(f"kept the weights of epoch {net.best_epoch_ + 1} (lowest validation loss "
+              f"{net.best_loss_:.4g})")
     if len(test):
         print(f"test {'R^2' if regression else 'accuracy'}: {net.score(X[test], y[test]):.4f}")
     if args.save:
-        nio.save(net, args.save, fit={"lr": args.lr, "momentum": args.momentum,
+        nio.save(net, args.save, fit={"optimizer": args.optimizer, "lr": args.lr,
+                                      "alpha": args.alpha, "momentum": args.momentum,
                                       "batch_size": args.batch_size, "epochs": args.epochs,
                                       "scale": args.scale, "patience": args.patience,
                                       "validation_fraction": args.validation_fraction,
@@ -678,8 +672,12 @@ def build_parser():
                    choices=["tanh", "sigmoid", "relu", "gelu", "identity"], help="hidden f")
     t.add_argument("--epochs", type=_positive(int), default=300,
                    help="at most this many epochs (early stopping usually ends sooner)")
-    t.add_argument("--lr", type=_positive(float), default=0.01, help="learning rate eta")
-    t.add_argument("--momentum", type=float, default=0.9, help="momentum mu, in [0, 1)")
+    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "nesterov"],
+                   help="update rule (README: Update rules); sgd is the lecture's, with momentum")
+    t.add_argument("--lr", type=_positive(float), default=0.001, help="learning rate eta")
+    t.add_argument("--momentum", type=float, default=0.9, help="momentum mu of sgd/nesterov, in [0, 1)")
+    t.add_argument("--alpha", type=float, default=1e-4,
+                   help="L2 penalty on the weights (scikit-learn's alpha)")
     t.add_argument("--batch-size", type=_positive(int), default=32, help="samples per update")
     t.add_argument("--validation-fraction", type=_fraction, default=0.15,
                    help="of the training split, held out for early stopping (0: none)")

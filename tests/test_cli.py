@@ -312,10 +312,12 @@ def bad_files(tmp_path):
                                                                 "the directory"),
     (["--data", "{good}", "--plot", "{tmp}/loss.xyz"], "--plot '{tmp}/loss.xyz': unknown image "
                                                        "type .xyz; use one of"),
-    (["--data", "{good}", "--task", "regression", "--lr", "100"], "nnjit train: error: training "
-                                                                  "diverged in epoch "),
-    (["--data", "{good}", "--task", "regression", "--lr", "100"], "; try a smaller --lr (now 100) "
-                                                                  "or --momentum (now 0.9)"),
+    (["--data", "{good}", "--task", "regression", "--optimizer", "sgd", "--lr", "100"],
+     "nnjit train: error: training diverged in epoch "),
+    (["--data", "{good}", "--task", "regression", "--optimizer", "sgd", "--lr", "100"],
+     "; try a smaller --lr (now 100) or --momentum (now 0.9)"),
+    (["--data", "{good}", "--momentum", "1"], "--momentum must be in [0, 1), got 1"),
+    (["--data", "{good}", "--alpha", "-1"], "--alpha must be 0 or more, got -1"),
     (["--data", "{good}", "--lr", "-1"], "argument --lr: wants a positive float, got '-1'"),
     (["--data", "{good}", "--hidden", "8,x"], "--hidden wants sizes like 64,32, got '8,x'"),
     (["--data", "{good}", "--frobnicate"], "unrecognized arguments: --frobnicate (see nnjit train --help)"),
@@ -365,7 +367,7 @@ def test_version_and_every_default_in_help(capsys):
         main(["train", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     for default in ("(default: standard)", "(default: 64)", "(default: tanh)", "(default: 300)",
-                    "(default: 0.01)", "(default: 0.9)", "(default: 32)", "(default: 0.15)",
+                    "(default: adam)", "(default: 0.001)", "(default: 0.0001)", "(default: 0.9)", "(default: 32)", "(default: 0.15)",
                     "(default: 10)", "(default: 0.25)", "(default: loops)", "(default: float32)",
                     "(default: auto)", "(default: -1)"):
         assert default in out, default
