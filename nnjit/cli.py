@@ -24,8 +24,8 @@ import zipfile
 import numpy as np
 
 #: Seconds the first run spends compiling the loops kernels on the project's 2-core machine
-#: (a fresh NUMBA_CACHE_DIR, see the README); quoted in the "compiling kernels" notice.
-COMPILE_SECONDS = 60
+#: (41-43 s with a fresh NUMBA_CACHE_DIR, see the README); quoted in the compile notice.
+COMPILE_SECONDS = 45
 
 #: Integer targets are class labels when they take at most this many distinct values ...
 MAX_CLASSES = 50
