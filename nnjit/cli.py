@@ -377,21 +377,21 @@ def _compile(make_net, X, Y, batch_size, backend, dtype, quiet):
     worker = threading.Thread(target=work, daemon=True, name="nnjit-compile")
     worker.start()
     said = False
-    if not done.wait(1.0):
-        said = True
-        if not quiet:
-            print(f"compiling the {backend} kernels for {dtype}, first run only — about "
-                  f"{COMPILE_SECONDS} s on 2 cores (Numba caches them for later runs)", flush=True)
-        try:
+    try:
+        if not done.wait(1.0):
+            said = True
+            if not quiet:
+                print(f"compiling the {backend} kernels for {dtype}, first run only — about "
+                      f"{COMPILE_SECONDS} s on 2 cores (Numba caches them for later runs)", flush=True)
             while not done.wait(0.2):   # short waits: Ctrl-C is delivered between them
                 pass
-        except KeyboardInterrupt:
-            # the compiling thread cannot be stopped, and interpreter shutdown would wait on
-            # Numba's locks: leave at once (nothing is written before training starts)
-            sys.stdout.flush()
-            sys.stderr.write("\nnnjit train: interrupted while compiling; nothing was written\n")
-            sys.stderr.flush()
-            os._exit(130)
+    except KeyboardInterrupt:
+        # the compiling thread cannot be stopped, and interpreter shutdown would wait on
+        # Numba's locks: leave at once (nothing is written before training starts)
+        sys.stdout.flush()
+        sys.stderr.write("\nnnjit train: interrupted while compiling; nothing was written\n")
+        sys.stderr.flush()
+        os._exit(130)
     dt = time.perf_counter() - t
     if failure:
         raise failure[0]

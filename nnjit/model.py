@@ -266,12 +266,21 @@ class MLP:
 
     # ------------------------------------------------------------------ scaling (nnjit.preprocessing)
     def _scale_X(self, X, fit=False):
-        """X through x_scaler (fitted on this X first when fit=True and it is not yet fitted)."""
-        if self.x_scaler is None:
+        """Raw X through x_scaler (fitted on this X first when fit=True and it is not fitted
+        yet), in float64 *before* _check_X casts to the model's dtype: a float32 cast first
+        would round away a feature like 1000.0008 +- 0.0004. Input that _check_X refuses
+        passes through unchanged, so that _check_X says what is wrong with it."""
+        if self.x_scaler is None or not (hasattr(X, "__array__") or isinstance(X, (list, tuple))):
             return X
+        A = np.asarray(X)
+        if A.dtype.kind not in "biuf" or A.ndim != 2 or 0 in A.shape or A.shape[1] != self.layers[0]:
+            return X
+        A = A.astype(np.float64, copy=False)
         if fit and self.x_scaler.offset_ is None:
-            self.x_scaler.fit(X)
-        return np.ascontiguousarray(self.x_scaler.transform(X), dtype=self.dtype)
+            if not _all_finite(A):
+                return X
+            self.x_scaler.fit(A)
+        return self.x_scaler.transform(A)
 
     def _scale_Y(self, Y, fit=False):
         if self.y_scaler is None or self._is_classifier:
@@ -322,28 +331,28 @@ class MLP:
         self._no_stream_scaling(X)
         if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
             return _data.forward(self, X)
-        return self._engine.forward(self._scale_X(self._check_X(X)))
+        return self._engine.forward(self._check_X(self._scale_X(X)))
 
     def gradients(self, X, Y, sample_weight=None, alpha=0.0):
         """(dW list, db list): the gradient of the mean loss over the M samples, i.e. the
         lecture's batch average of Delta w_ij,m and Delta b_j,m; with ``sample_weight`` the
         weighted mean sum_m s_m Delta w_m / sum_m s_m; ``alpha`` adds the L2 term alpha W /
         sum_m s_m (scikit-learn's penalty; biases not penalised). Does not change the weights."""
-        X = self._check_X(X)
+        X = self._check_X(self._scale_X(X))
         Y = self._scale_Y(self._check_y(Y, X.shape[0], fit=True))
         S = self._check_weights(sample_weight, X.shape[0])
         alpha = R._real("alpha", alpha, 0)
-        return self._split(self._engine.gradients(self._scale_X(X), Y, self._loss,
+        return self._split(self._engine.gradients(X, Y, self._loss,
                                                   None if S is None else S.astype(self.dtype), alpha))
 
     def loss_value(self, X, y, sample_weight=None, alpha=0.0):
         """Mean cost over the samples (squared error 1/2 sum_k (a_k - y_k)^2 or cross-entropy),
         weighted by ``sample_weight``, plus alpha/(2 sum_m s_m) sum_l ||W^(l)||^2."""
-        X = self._check_X(X)
+        X = self._check_X(self._scale_X(X))
         S = self._check_weights(sample_weight, X.shape[0])
         alpha = R._real("alpha", alpha, 0)
         Y = self._scale_Y(self._check_y(y, X.shape[0], fit=True))
-        return self._engine.loss(self._scale_X(X), Y, self._loss,
+        return self._engine.loss(X, Y, self._loss,
                                  None if S is None else S.astype(self.dtype), alpha)[0]
 
     # ------------------------------------------------------------------ optimizer state
@@ -410,7 +419,7 @@ class MLP:
         """
         self._no_stream_scaling(X)
         stream = _data.Stream(self, X, y) if _data.is_out_of_core(X) else None   # nnjit.data
-        X = X if stream else self._scale_X(self._check_X(X), fit=True)        # x_scaler, y_scaler:
+        X = X if stream else self._check_X(self._scale_X(X, fit=True))        # x_scaler, y_scaler:
         Y = None if stream else self._scale_Y(self._check_y(y, X.shape[0], fit=True), fit=True)
         epochs = _check_positive_int("epochs", epochs)
         M = X.shape[0]
@@ -434,9 +443,9 @@ class MLP:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            Xv = self._check_X(validation_data[0], "X_val")
-            val = (self._scale_X(Xv), self._scale_Y(self._check_y(validation_data[1], Xv.shape[0])),
-                   validation_data[1], Xv)
+            Xv = self._check_X(self._scale_X(validation_data[0]), "X_val")
+            val = (Xv, self._scale_Y(self._check_y(validation_data[1], Xv.shape[0])),
+                   validation_data[1], validation_data[0])
         callbacks = list(callbacks or [])
         sched_epochs = epochs
         stopper = _Stopper(tol, n_iter_no_change, error_threshold, callbacks, schedule, sched,
@@ -538,7 +547,9 @@ class MLP:
 
     def predict(self, X):
         """Class labels for classifiers (argmax, or a > 0.5 for sigmoid), else a^(L)."""
-        a = self.forward(X)
+        return self._predict_from(self.forward(X))
+
+    def _predict_from(self, a):
         if self.output == "softmax":
             idx = a.argmax(axis=1)
             return self.classes_[idx] if self.classes_ is not None else idx
@@ -555,22 +566,22 @@ class MLP:
         self._no_stream_scaling(X)
         if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
             return _data.score(self, X, y)
-        X = self._check_X(X)
+        X = self._check_X(self._scale_X(X))
         y = np.asarray(y)
         if y.shape[:1] != (X.shape[0],):
             raise ValueError(f"X has {X.shape[0]} samples but y has shape {y.shape}")
+        a = self._engine.forward(X)
         if self._is_classifier and y.ndim == 2:     # a target matrix: compare unit by unit
-            a = self.forward(X)
             if y.shape[1] != a.shape[1]:
                 raise ValueError(f"y has {y.shape[1]} columns but the output layer has {a.shape[1]} units")
             if self.output == "softmax":
                 return float((a.argmax(axis=1) == y.argmax(axis=1)).mean())
             return float(((a > 0.5) == (y > 0.5)).all(axis=1).mean())
         if self._is_classifier:
-            pred = self.predict(X)
+            pred = self._predict_from(a)
             return float((pred == y.reshape(pred.shape)).mean())
         Y = self._check_y(y, X.shape[0]).astype(np.float64)
-        P = self._unscale_Y(self.forward(X).astype(np.float64))
+        P = self._unscale_Y(a.astype(np.float64))
         ss_res = ((Y - P) ** 2).sum(axis=0)
         ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)

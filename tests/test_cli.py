@@ -213,12 +213,16 @@ def test_unscaled_csv_is_standardised_and_predict_applies_the_scaling(tmp_path, 
     assert float(out.split("test accuracy: ")[1].split()[0]) >= 0.9
     net = MLP.load(model)
     assert net.x_scaler.kind == "standard" and net.y_scaler is None
-    idx = np.random.default_rng(0).permutation(len(X))[23:]     # the CLI's training split
-    train = np.sort(idx)
-    # fitted on the training split only, not on the held-out rows
-    sub = np.sort(np.random.default_rng(0).permutation(len(X))[23:])
-    assert not np.allclose(net.x_scaler.offset_, X.mean(axis=0), rtol=0, atol=1e-9)
-    assert np.isin(sub, train).all()
+    from nnjit.cli import _split
+    rng = np.random.default_rng(0)                  # --seed 0: the CLI's splits, redrawn
+    train, test = _split(len(X), 0.25, rng)
+    fit, val = _split(len(train), 0.15, rng)
+    fit = train[fit]
+    assert len(fit) == 58 and len(test) == 22
+    # fitted on the rows trained on only, not on the validation and test rows
+    np.testing.assert_allclose(net.x_scaler.offset_, X[fit].mean(axis=0), rtol=1e-12)
+    np.testing.assert_allclose(net.x_scaler.scale_, X[fit].std(axis=0), rtol=1e-12)
+    assert not np.allclose(net.x_scaler.offset_, X.mean(axis=0), rtol=1e-9, atol=0)
     assert main(["predict", "--model", str(model), "--data", str(data)]) == 0
     captured = capsys.readouterr()
     assert captured.out.splitlines()[1:] == [str(v) for v in net.predict(X)]
