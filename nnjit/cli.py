@@ -621,7 +621,13 @@ def cmd_info(args):
 
 # ---------------------------------------------------------------- parser, main
 class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The module docstring's layout kept, and every option's default shown."""
+    """The module docstring's layout kept, and every option's default shown (not for flags
+    and options without a default, where "(default: None)" would say nothing)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False) or isinstance(action, argparse._StoreFalseAction):
+            return action.help
+        return super()._get_help_string(action)
 
 
 class _Parser(argparse.ArgumentParser):
