@@ -128,6 +128,14 @@ def _has_header(path, rows, feats, t, header):
         raise CLIError(f"{path!r} line 1 is the numbers {first[feats[0]].strip()}.."
                        f"{first[feats[-1]].strip()}: a header of column numbers or a data row? "
                        "pass --header or --no-header")
+    if t is not None and len(rows) > 2 * MIN_PER_CLASS:
+        # a numeric header over class labels would add a class of one sample: line 1's label
+        others = {_number(r[t]) for r in rows[1:] if len(r) > t}
+        if None not in others and len(others) <= MAX_CLASSES and _number(first[t]) not in others \
+                and all(v == int(v) for v in others):
+            raise CLIError(f"{path!r} line 1's target {first[t].strip()!r} appears on no other "
+                           f"line (the others hold {len(others)} labels): a header of numbers or "
+                           "a data row? pass --header or --no-header")
     return False
 
 

@@ -278,6 +278,8 @@ def bad_files(tmp_path):
     f["colnums"].write_text("\n".join(["0,1,2,3"] + rows) + "\n")
     f["colnames"] = tmp_path / "colnames.csv"
     f["colnames"].write_text("\n".join(["0,1,2,label"] + rows) + "\n")
+    f["numhead"] = tmp_path / "numhead.csv"
+    f["numhead"].write_text("\n".join(["400,410,420,999"] + rows) + "\n")
     f["typo"] = tmp_path / "typo.csv"
     f["typo"].write_text("\n".join(["5.1,3.5x,0.2,0"] + rows) + "\n")
     f["nan"] = tmp_path / "nan.csv"
@@ -299,6 +301,9 @@ def bad_files(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--data", "{colnums}"], "line 1 is the numbers 0..2: a header of column numbers or a data "
                               "row? pass --header or --no-header"),
+    (["--data", "{numhead}"], "numhead.csv' line 1's target '999' appears on no other line (the "
+                              "others hold 3 labels): a header of numbers or a data row? pass "
+                              "--header or --no-header"),
     (["--data", "{typo}"], "typo.csv' line 1 mixes text and numbers (column 2: '3.5x'): pass "
                            "--header if line 1 names the columns, else fix that cell"),
     (["--data", "{typo}", "--no-header"], "typo.csv' line 1, column 2: '3.5x' is not a number"),
@@ -341,6 +346,7 @@ def test_train_failures_are_one_line_and_exit_2(args, message, bad_files, tmp_pa
 
 def test_header_options_and_named_target_over_numbered_columns(bad_files, capsys):
     for argv in (["--data", str(bad_files["colnums"]), "--header"],
+                 ["--data", str(bad_files["numhead"]), "--header"],
                  ["--data", str(bad_files["colnames"])],
                  ["--data", str(bad_files["semicolon"]), "--delimiter", ";"]):
         assert main(["train", "--quiet", "--epochs", "2", *argv]) == 0
