@@ -25,3 +25,16 @@ def test_bench_runs_and_writes_json_csv(tmp_path):
     assert [r["samples"] for r in rows if r["batch_size"] == 1] == [16, 16]
     assert res["gemm_gflops"]["float64"] > 0
     assert csv.read_text().splitlines()[0].startswith("batch_size,dtype,impl")
+
+
+def test_bench_times_each_optimizer(tmp_path):
+    out = tmp_path / "b.json"
+    rc = bench.main(["--layers", "8,5,3", "--samples", "32", "--repeats", "1", "--batch-sizes", "8",
+                     "--dtypes", "float32", "--skip", "torch,sklearn", "--no-compile",
+                     "--optimizer", "sgd,adam", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["impl"], r["optimizer"]) for r in rows] == [
+        ("nnjit loops sgd", "sgd"), ("nnjit vectorised sgd", "sgd"),
+        ("nnjit loops adam", "adam"), ("nnjit vectorised adam", "adam")]
+    assert rows[0]["ratio_to_loops"] == 1.0 and all(r["epoch_s"] > 0 for r in rows)
