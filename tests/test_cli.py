@@ -383,6 +383,17 @@ def test_version_and_every_default_in_help(capsys):
         assert default in out, default
 
 
+def test_core_install_without_tqdm_or_matplotlib(bad_files, tmp_path, monkeypatch, capsys):
+    """The CLI on `pip install nnjit` alone: no bar without tqdm, a one-line --plot error."""
+    for name in ("tqdm", "tqdm.auto", "matplotlib", "matplotlib.backend_bases"):
+        monkeypatch.setitem(sys.modules, name, None)        # import fails as if not installed
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(["train", "--data", str(bad_files["good"]), "--epochs", "3"]) == 0
+    assert "test accuracy:" in capsys.readouterr().out
+    assert main(["train", "--data", str(bad_files["good"]), "--plot", str(tmp_path / "l.png")]) == 2
+    assert "--plot needs matplotlib: pip install 'nnjit[train]'" in _err_line(capsys)
+
+
 def _env():
     return {**os.environ, "PYTHONPATH": ROOT, "PYTHONUNBUFFERED": "1"}
 
