@@ -355,7 +355,8 @@ def _check_outputs(args):
         kinds = FigureCanvasBase.get_supported_filetypes()
         ext = os.path.splitext(args.plot)[1].lower().lstrip(".")
         if ext not in kinds:
-            raise CLIError(f"--plot {args.plot!r}: unknown image type {('.' + ext) if ext else '(no extension)'}; "
+            kind = ("." + ext) if ext else "(no extension)"
+            raise CLIError(f"--plot {args.plot!r}: unknown image type {kind}; "
                            f"use one of {', '.join('.' + k for k in sorted(kinds))}")
 
 
@@ -705,7 +706,8 @@ def build_parser():
                    help="loops: Numba kernels; vectorised: NumPy; cuda: NVIDIA GPU")
     t.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="precision")
     t.add_argument("--save", metavar="MODEL.npz", help="save the trained model (nnjit.io format)")
-    t.add_argument("--plot", metavar="OUT.png", help="save the loss curve (matplotlib; .png, .pdf, .svg, ...)")
+    t.add_argument("--plot", metavar="OUT.png",
+                   help="save the loss curve (matplotlib; .png, .pdf, .svg, ...)")
     t.add_argument("--checkpoint", metavar="CK.npz", help="write a checkpoint while training")
     t.add_argument("--checkpoint-every", type=_positive(int), default=1, metavar="N",
                    help="epochs between checkpoints")
