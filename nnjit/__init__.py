@@ -1,6 +1,19 @@
 """nnjit: the lecture's backpropagation as JIT-compiled loops, with NumPy and CUDA twins."""
-from .io import ModelFileError
-from .model import MLP, DivergenceError
 
 __version__ = "0.1.0"
 __all__ = ["MLP", "DivergenceError", "ModelFileError", "__version__"]
+
+# Imported on first use (PEP 562): importing numba and loading the kernels takes seconds, and
+# `nnjit --help`, `nnjit info` or a Ctrl-C during start-up should not wait for it.
+_LAZY = {"MLP": "model", "DivergenceError": "model", "ModelFileError": "io"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'nnjit' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -23,13 +23,18 @@ name             dtype, shape            content
 ``best_theta``   float32/64 (P,)         only in checkpoints of fit(restore_best=True): the best
                                          epoch's flat parameters
 ``classes``      numbers or ``<U``/``S`` class labels (only for a classifier fitted on labels)
+``x_offset``,    float64 (N_0,)          the fitted ``x_scaler`` (nnjit.preprocessing), if any:
+``x_scale``                              the input layer sees (X - x_offset) / x_scale
+``y_offset``,    float64 (N_L,)          the fitted ``y_scaler`` of a regression model, if any
+``y_scale``
 ===============  ======================  ==================================================
 
 The JSON header: ``format`` ("nnjit-mlp"), ``version`` (2), ``nnjit_version``, ``architecture``
 (the ``MLP(...)`` arguments: layers, activation, output, loss, init, init_scale, backend, dtype,
 seed), ``n_epochs``, ``history`` (the ``history_`` lists), ``rng`` (the shuffling generator's
 ``bit_generator.state``, so the next epoch's order is the one the original would have drawn),
-``classes`` (null, or how the ``classes`` array is to be read back), ``fit`` (optional, the
+``classes`` (null, or how the ``classes`` array is to be read back), ``scalers`` ({"x": kind,
+"y": kind} for the scalers present; absent or {} for none), ``fit`` (optional, the
 hyperparameters of the training run, for ``nnjit info``), ``checkpoint`` (only in checkpoints:
 the state of the interrupted ``fit`` call) and ``sha256``, a digest of every other array (name,
 dtype, shape and bytes) that catches corruption the zip CRCs would miss. Version 2 adds the
@@ -126,13 +131,19 @@ def _state(net, fit=None, checkpoint=None, best_theta=None):
         arrays["best_theta"] = np.asarray(best_theta)
     cls_entry, cls_arrays = _classes_arrays(net.classes_)
     arrays.update(cls_arrays)
+    scalers = {}
+    for which in ("x", "y"):            # nnjit.preprocessing: kind in the header, arrays beside
+        sc = getattr(net, f"{which}_scaler", None)
+        if sc is not None and sc.offset_ is not None:
+            scalers[which] = sc.kind
+            arrays[f"{which}_offset"], arrays[f"{which}_scale"] = sc.offset_, sc.scale_
     arch = {k: getattr(net, k) for k in _ARCH}
     arch["seed"] = _seed(arch["seed"])
     from . import __version__
     header = {"format": FORMAT, "version": VERSION, "nnjit_version": __version__,
               "architecture": arch, "n_epochs": int(net.n_epochs_),
               "history": {k: [_plain(v) for v in vs] for k, vs in net.history_.items()},
-              "rng": net._rng.bit_generator.state, "classes": cls_entry,
+              "rng": net._rng.bit_generator.state, "classes": cls_entry, "scalers": scalers,
               "fit": fit, "checkpoint": checkpoint, "sha256": _digest(arrays),
               "optimizer": {"step": int(opt["step"]), "t": int(net.t_),
                             "lr": None if net.lr_ is None else float(net.lr_),
@@ -275,6 +286,7 @@ def _apply(net, header, arrays, path):
         net.history_ = {k: list(vs) for k, vs in header["history"].items()}
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
+    _apply_scalers(net, header, arrays, path)
     entry = header.get("classes")
     if entry is None:
         net.classes_ = None
@@ -283,6 +295,31 @@ def _apply(net, header, arrays, path):
             raise ModelFileError(f"{path!r} lacks the array 'classes'")
         c = arrays["classes"]
         net.classes_ = np.array(c.tolist(), dtype=object) if entry.get("object") else c
+
+
+def _apply_scalers(net, header, arrays, path):
+    from .preprocessing import KINDS, Scaler
+    scalers = header.get("scalers") or {}     # absent in files written before scalers existed
+    if not isinstance(scalers, dict):
+        raise ModelFileError(f"{path!r} has a malformed 'scalers' entry")
+    for which in ("x", "y"):
+        kind = scalers.get(which)
+        if kind is None:
+            setattr(net, f"{which}_scaler", None)
+            continue
+        names = (f"{which}_offset", f"{which}_scale")
+        if kind not in KINDS or any(n not in arrays for n in names):
+            raise ModelFileError(f"{path!r} has a malformed {which} scaler ({kind!r})")
+        offset, scale = (arrays[n] for n in names)
+        n_cols = net.layers[0] if which == "x" else net.layers[-1]
+        if (offset.shape != (n_cols,) or scale.shape != (n_cols,) or offset.dtype.kind != "f"
+                or scale.dtype.kind != "f" or not (np.isfinite(offset).all() and np.isfinite(scale).all())
+                or (scale == 0).any()):
+            raise ModelFileError(f"{path!r}: the {which} scaler's arrays are not {n_cols} finite "
+                                 "numbers with non-zero scales")
+        sc = Scaler(kind)
+        sc.offset_, sc.scale_ = offset.astype(np.float64), scale.astype(np.float64)
+        setattr(net, f"{which}_scaler", sc)
 
 
 def load(path, backend=None):
@@ -314,7 +351,8 @@ def info(path):
            "final_val_loss": hist.get("val_loss", [None])[-1] if hist.get("val_loss") else None,
            "final_val_score": hist.get("val_score", [None])[-1] if hist.get("val_score") else None,
            "classes": arrays["classes"].tolist() if "classes" in arrays else None,
-           "fit": header.get("fit"), "checkpoint": header.get("checkpoint")}
+           "fit": header.get("fit"), "checkpoint": header.get("checkpoint"),
+           "scalers": header.get("scalers") or {}}
     return out
 
 

@@ -113,6 +113,8 @@ class MLP:
         self._rng = np.random.default_rng(seed)
         self._engine.set_params(self._initial_params())
         self.classes_ = None
+        self.x_scaler = None    # nnjit.preprocessing.Scaler for X, or None (saved with the model)
+        self.y_scaler = None    # the same for regression targets: fitted on y, inverted by predict
         self.history_ = {"loss": [], "val_loss": [], "val_score": []}
         self.n_epochs_ = 0
         self.t_ = 0             # training samples seen (scikit-learn's t_), drives "invscaling"
@@ -262,6 +264,41 @@ class MLP:
             raise ValueError("y contains NaN or inf")
         return Y
 
+    # ------------------------------------------------------------------ scaling (nnjit.preprocessing)
+    def _scale_X(self, X, fit=False):
+        """Raw X through x_scaler (fitted on this X first when fit=True and it is not fitted
+        yet), in float64 *before* _check_X casts to the model's dtype: a float32 cast first
+        would round away a feature like 1000.0008 +- 0.0004. Input that _check_X refuses
+        passes through unchanged, so that _check_X says what is wrong with it."""
+        if self.x_scaler is None or not (hasattr(X, "__array__") or isinstance(X, (list, tuple))):
+            return X
+        A = np.asarray(X)
+        if A.dtype.kind not in "biuf" or A.ndim != 2 or 0 in A.shape or A.shape[1] != self.layers[0]:
+            return X
+        A = A.astype(np.float64, copy=False)
+        if fit and self.x_scaler.offset_ is None:
+            if not _all_finite(A):
+                return X
+            self.x_scaler.fit(A)
+        return self.x_scaler.transform(A)
+
+    def _scale_Y(self, Y, fit=False):
+        if self.y_scaler is None or self._is_classifier:
+            return Y
+        if fit and self.y_scaler.offset_ is None:
+            self.y_scaler.fit(Y)
+        return np.ascontiguousarray(self.y_scaler.transform(Y), dtype=self.dtype)
+
+    def _unscale_Y(self, A):
+        if self.y_scaler is None or self._is_classifier:
+            return A
+        return self.y_scaler.inverse_transform(A).astype(A.dtype, copy=False)
+
+    def _no_stream_scaling(self, X):
+        if _data.is_out_of_core(X) and (self.x_scaler is not None or self.y_scaler is not None):
+            raise ValueError("x_scaler/y_scaler are not applied to out-of-core data; scale the "
+                             "data beforehand or load it into memory")
+
     def _check_weights(self, sample_weight, n):
         """sample_weight as a float64 (n,) array: 1-D, length n, finite, >= 0, not all zero."""
         if sample_weight is None:
@@ -289,18 +326,20 @@ class MLP:
 
     # ------------------------------------------------------------------ forward, gradients
     def forward(self, X):
-        """Output activations a^(L), shape (M, K)."""
+        """Output activations a^(L), shape (M, K), of X after x_scaler if one is set (in the
+        y_scaler's scaled units for a model that has one: predict undoes it)."""
+        self._no_stream_scaling(X)
         if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
             return _data.forward(self, X)
-        return self._engine.forward(self._check_X(X))
+        return self._engine.forward(self._check_X(self._scale_X(X)))
 
     def gradients(self, X, Y, sample_weight=None, alpha=0.0):
         """(dW list, db list): the gradient of the mean loss over the M samples, i.e. the
         lecture's batch average of Delta w_ij,m and Delta b_j,m; with ``sample_weight`` the
         weighted mean sum_m s_m Delta w_m / sum_m s_m; ``alpha`` adds the L2 term alpha W /
         sum_m s_m (scikit-learn's penalty; biases not penalised). Does not change the weights."""
-        X = self._check_X(X)
-        Y = self._check_y(Y, X.shape[0], fit=True)
+        X = self._check_X(self._scale_X(X))
+        Y = self._scale_Y(self._check_y(Y, X.shape[0], fit=True))
         S = self._check_weights(sample_weight, X.shape[0])
         alpha = R._real("alpha", alpha, 0)
         return self._split(self._engine.gradients(X, Y, self._loss,
@@ -309,10 +348,11 @@ class MLP:
     def loss_value(self, X, y, sample_weight=None, alpha=0.0):
         """Mean cost over the samples (squared error 1/2 sum_k (a_k - y_k)^2 or cross-entropy),
         weighted by ``sample_weight``, plus alpha/(2 sum_m s_m) sum_l ||W^(l)||^2."""
-        X = self._check_X(X)
+        X = self._check_X(self._scale_X(X))
         S = self._check_weights(sample_weight, X.shape[0])
         alpha = R._real("alpha", alpha, 0)
-        return self._engine.loss(X, self._check_y(y, X.shape[0], fit=True), self._loss,
+        Y = self._scale_Y(self._check_y(y, X.shape[0], fit=True))
+        return self._engine.loss(X, Y, self._loss,
                                  None if S is None else S.astype(self.dtype), alpha)[0]
 
     # ------------------------------------------------------------------ optimizer state
@@ -377,9 +417,10 @@ class MLP:
         X (and y) may be out of core, a numpy.memmap, zarr or Dask array: it is then read
         chunk by chunk, in memory bounded by nnjit.config.STREAM_CHUNK_BYTES (nnjit.data).
         """
+        self._no_stream_scaling(X)
         stream = _data.Stream(self, X, y) if _data.is_out_of_core(X) else None   # nnjit.data
-        X = X if stream else self._check_X(X)
-        Y = None if stream else self._check_y(y, X.shape[0], fit=True)
+        X = X if stream else self._check_X(self._scale_X(X, fit=True))        # x_scaler, y_scaler:
+        Y = None if stream else self._scale_Y(self._check_y(y, X.shape[0], fit=True), fit=True)
         epochs = _check_positive_int("epochs", epochs)
         M = X.shape[0]
         batch_size = M if batch_size is None else min(_check_positive_int("batch_size", batch_size), M)
@@ -402,8 +443,9 @@ class MLP:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise ValueError("validation_data must be a pair (X_val, y_val)")
-            Xv = self._check_X(validation_data[0], "X_val")
-            val = (Xv, self._check_y(validation_data[1], Xv.shape[0]), validation_data[1])
+            Xv = self._check_X(self._scale_X(validation_data[0]), "X_val")
+            val = (Xv, self._scale_Y(self._check_y(validation_data[1], Xv.shape[0])),
+                   validation_data[1], validation_data[0])
         callbacks = list(callbacks or [])
         sched_epochs = epochs
         stopper = _Stopper(tol, n_iter_no_change, error_threshold, callbacks, schedule, sched,
@@ -467,7 +509,7 @@ class MLP:
                 metric, vscore = loss, None
                 if val is not None:
                     vloss = self._engine.loss(val[0], val[1], self._loss)[0]
-                    vscore = self.score(val[0], val[2])
+                    vscore = self.score(val[3], val[2])     # raw X_val: score scales it
                     self.history_["val_loss"].append(vloss)
                     self.history_["val_score"].append(vscore)
                     metric = vloss
@@ -505,7 +547,9 @@ class MLP:
 
     def predict(self, X):
         """Class labels for classifiers (argmax, or a > 0.5 for sigmoid), else a^(L)."""
-        a = self.forward(X)
+        return self._predict_from(self.forward(X))
+
+    def _predict_from(self, a):
         if self.output == "softmax":
             idx = a.argmax(axis=1)
             return self.classes_[idx] if self.classes_ is not None else idx
@@ -514,28 +558,30 @@ class MLP:
             if a.shape[1] == 1:
                 return self.classes_[hit[:, 0]] if self.classes_ is not None else hit[:, 0]
             return hit
+        a = self._unscale_Y(a)
         return a[:, 0] if a.shape[1] == 1 else a
 
     def score(self, X, y):
         """Accuracy for classifiers; R^2 (averaged over outputs) for other outputs."""
+        self._no_stream_scaling(X)
         if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
             return _data.score(self, X, y)
-        X = self._check_X(X)
+        X = self._check_X(self._scale_X(X))
         y = np.asarray(y)
         if y.shape[:1] != (X.shape[0],):
             raise ValueError(f"X has {X.shape[0]} samples but y has shape {y.shape}")
+        a = self._engine.forward(X)
         if self._is_classifier and y.ndim == 2:     # a target matrix: compare unit by unit
-            a = self.forward(X)
             if y.shape[1] != a.shape[1]:
                 raise ValueError(f"y has {y.shape[1]} columns but the output layer has {a.shape[1]} units")
             if self.output == "softmax":
                 return float((a.argmax(axis=1) == y.argmax(axis=1)).mean())
             return float(((a > 0.5) == (y > 0.5)).all(axis=1).mean())
         if self._is_classifier:
-            pred = self.predict(X)
+            pred = self._predict_from(a)
             return float((pred == y.reshape(pred.shape)).mean())
         Y = self._check_y(y, X.shape[0]).astype(np.float64)
-        P = self.forward(X).astype(np.float64)
+        P = self._unscale_Y(a.astype(np.float64))
         ss_res = ((Y - P) ** 2).sum(axis=0)
         ss_tot = ((Y - Y.mean(axis=0)) ** 2).sum(axis=0)
         r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
