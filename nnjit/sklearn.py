@@ -654,6 +654,7 @@ class _BaseMLP(BaseEstimator):
                               "going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         passer = self._make_pass(net, X_train, y_train, sw_train, batch_size)
+        compiled = isinstance(passer, _KernelPass) and self.backend == "loops"
         wsl = self._wslices()
         bar = None
         if self.progress:
@@ -670,7 +671,9 @@ class _BaseMLP(BaseEstimator):
                 order = sample_idx.astype(np.int64, copy=False)
                 accumulated_loss, emax = 0.0, 0.0
                 with np.errstate(over="ignore", invalid="ignore"):
-                    for sl in gen_batches(n_samples, batch_size):
+                    if compiled:                    # the whole epoch in one compiled call
+                        accumulated_loss, emax = self._compiled_epoch(passer, opt, order, batch_size)
+                    for sl in ([] if compiled else gen_batches(n_samples, batch_size)):
                         mb = sl.stop - sl.start
                         total, e = passer.run(order, sl.start, mb)
                         emax = max(emax, e)
@@ -742,6 +745,28 @@ class _BaseMLP(BaseEstimator):
         if early_stopping:
             theta[...] = best_theta
             net._engine.set_params(theta)
+
+    def _compiled_epoch(self, passer, opt, order, batch_size):
+        """One epoch in nnjit.sklearn_loops.train_epoch; returns (sum of batch loss x mb, max |a - y|)."""
+        from . import sklearn_loops as K
+        theta = passer.e.theta
+        if isinstance(opt, AdamOptimizer):
+            rule, s1, s2, t = K.ADAM, opt.ms, opt.vs, opt.t
+        else:
+            rule, s1, s2, t = (K.NESTEROV if opt.nesterov else K.SGD), opt.velocities, opt._tmp, 0
+        total, emax, t = K.train_epoch(
+            theta, s1, s2, passer.grad, passer.shape, passer.bufs, passer.X, passer.Y, order,
+            int(batch_size), float(self.alpha), rule, float(opt.learning_rate_init if rule == K.ADAM
+                                                            else opt.learning_rate),
+            float(getattr(opt, "momentum", 0.0)), float(getattr(opt, "beta_1", 0.0)),
+            float(getattr(opt, "beta_2", 0.0)), float(getattr(opt, "epsilon", 0.0)), int(t),
+            passer.loss_code, float(passer.loss_scale), config.PARALLEL_MIN_SAMPLES,
+            config.PARALLEL_MIN_WORK)
+        if rule == K.ADAM:
+            opt.t = int(t)
+            opt.learning_rate = (opt.learning_rate_init * np.sqrt(1 - opt.beta_2 ** opt.t)
+                                 / (1 - opt.beta_1 ** opt.t))
+        return float(total), float(emax)
 
     # -- prediction
     def _forward_theta(self, X):
