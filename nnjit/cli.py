@@ -316,6 +316,10 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"] and "--sklearn" in argv:     # its own options: nnjit.bench.sklearn
+        from .bench import sklearn as skbench
+        return skbench.main([a for a in argv[1:] if a != "--sklearn"])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
