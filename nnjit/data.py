@@ -19,8 +19,9 @@ How an epoch walks the data (M samples, B = batch_size, C = rows per chunk):
   samples of one chunk only: data stored sorted by class should be shuffled once on disk.
 * When B is larger than a chunk (full batch mode, ``batch_size=None``, on data larger than
   the chunk) the batch is read in pieces; each piece adds its sums Σ_m Δw_m, Σ_m Δb_m
-  (:meth:`CPUEngine.sums`) and the update v <- mu v - eta (1/B) Σ Δw ; w <- w + v is applied
-  once per batch: the lecture's batch mean, equal to in-memory training to rounding.
+  (:meth:`CPUEngine.sums`, weighted by the sample weights) and the update rule is applied
+  once per batch to (Σ_m s_m Δw_m + alpha W) / Σ_m s_m (the flat ``update`` kernel): the
+  lecture's batch mean, equal to in-memory training to rounding.
   Batches are then contiguous row ranges, shuffled as wholes.
 
 Not for data that fits in memory (pass an ndarray; it is never streamed) and not for several
@@ -31,6 +32,7 @@ import mmap
 import numpy as np
 
 from . import config
+from .rules import H_ALPHA, weight_mask
 
 
 def is_out_of_core(X):
@@ -168,72 +170,63 @@ class Stream:
         Xc = self.net._check_X(Xc, f"X[{s}:{e}]")
         return Xc, self.net._check_y(yc, Xc.shape[0], fit=True)
 
-    def train_epoch(self, engine, batch_size, eta, mu, loss, shuffle, rng):
-        """One epoch over all chunks; returns (sum of per-sample costs, max |a - y|) like the
-        engine's train_epoch. If a chunk fails validation, the weights and velocities of
-        the start of the epoch are restored before the error is raised."""
-        saved = (engine.get_params(), engine.get_velocity())
-        try:
-            rows = chunk_rows(self.X)
-            if batch_size <= rows:
-                return self._minibatches(engine, rows // batch_size * batch_size, batch_size,
-                                         eta, mu, loss, shuffle, rng)
-            return self._large_batches(engine, rows, batch_size, eta, mu, loss, shuffle, rng)
-        except (ValueError, TypeError):
-            engine.set_params(saved[0])
-            engine.set_velocity(saved[1])
-            raise
+    def train_epoch(self, engine, batch_size, rule, hyper, loss, shuffle, rng, S=None):
+        """One epoch over all chunks; returns (sum_m s_m C_m + the L2 terms, max |a - y|) like
+        the engine's train_epoch. S: the sample weights (n,) in memory, or None. If a chunk
+        fails validation the error propagates; MLP.fit restores the epoch's start state."""
+        rows = chunk_rows(self.X)
+        if batch_size <= rows:
+            return self._minibatches(engine, rows // batch_size * batch_size, batch_size,
+                                     rule, hyper, loss, shuffle, rng, S)
+        return self._large_batches(engine, rows, batch_size, rule, hyper, loss, shuffle, rng, S)
 
-    def _minibatches(self, engine, rows, batch_size, eta, mu, loss, shuffle, rng):
+    def _minibatches(self, engine, rows, batch_size, rule, hyper, loss, shuffle, rng, S):
         total, emax = 0.0, 0.0
         try:
             for s, Xc, yc in chunks(self.X, self.y, rows, rng if shuffle else None):
                 Xc, Yc = self._chunk(s, Xc, yc)
                 mc = Xc.shape[0]
                 order = (rng.permutation(mc) if shuffle else np.arange(mc)).astype(np.int64)
-                engine.begin_fit(Xc, Yc, batch_size)
-                t, e = engine.train_epoch(order, batch_size, eta, mu, loss)
+                engine.begin_fit(Xc, Yc, batch_size, None if S is None else S[s:s + mc])
+                t, e = engine.train_epoch(order, batch_size, rule, hyper, loss)
                 total, emax = total + t, max(emax, e)
         finally:
             engine.end_fit()
         return total, emax
 
-    def _large_batches(self, engine, rows, batch_size, eta, mu, loss, shuffle, rng):
-        """Batches larger than a chunk: add each piece's sums, then one update per batch."""
+    def _large_batches(self, engine, rows, batch_size, rule, hyper, loss, shuffle, rng, S):
+        """Batches larger than a chunk: add each piece's weighted sums, then one update per
+        batch with the weighted mean sum_m s_m Delta w_m / sum_m s_m + alpha W / sum_m s_m."""
         starts = np.arange(0, self.M, batch_size)
         if shuffle:
             starts = rng.permutation(starts)
+        alpha = float(hyper[H_ALPHA])
+        mask = None
         total, emax = 0.0, 0.0
         for b in starts.tolist():
             mb = min(batch_size, self.M - b)
             gsum = np.zeros(engine.get_params().shape, np.float64)
+            wsum = 0.0
             for s in range(b, b + mb, rows):
                 e = min(s + rows, b + mb)
                 Xc, Yc = self._chunk(s, read(self.X, s, e), read(self.y, s, e))
                 release(self.X)
-                g, t, em = sums(engine, Xc, Yc, loss)
+                g, t, em, w = sums(engine, Xc, Yc, loss, None if S is None else S[s:e])
                 gsum += g
+                wsum += w
                 total, emax = total + t, max(emax, em)
-            apply_update(engine, gsum / mb, eta, mu)
+            if wsum <= 0:
+                continue
+            if alpha:
+                if mask is None:
+                    mask = weight_mask(engine.shape, gsum.shape[0])
+                theta = engine.get_params()
+                total += 0.5 * alpha * engine.penalty()
+                gsum += alpha * mask * theta.astype(np.float64)
+            engine.update(gsum / wsum, rule, hyper)
         return total, emax
 
 
-def sums(engine, X, Y, loss):
-    """(sum_m Delta w_m flat, sum_m C_m, max |a - y|) of one block: the engine's one-pass
-    ``sums`` where it has one, else its mean gradient times M and a second pass for the cost."""
-    if hasattr(engine, "sums"):
-        return engine.sums(X, Y, loss)
-    M = X.shape[0]
-    mean, emax = engine.loss(X, Y, loss)
-    return engine.gradients(X, Y, loss).astype(np.float64) * M, mean * M, emax
-
-
-def apply_update(engine, grad, eta, mu):
-    """Update with momentum on the engine's flat parameters: v <- mu v - eta dw ; w <- w + v,
-    in the engine's dtype (as the kernels do it)."""
-    theta, vel = engine.get_params(), engine.get_velocity()
-    g = np.asarray(grad).astype(theta.dtype)
-    vel = theta.dtype.type(mu) * vel - theta.dtype.type(eta) * g
-    engine.set_velocity(vel)
-    engine.set_params(theta + vel)
-
+def sums(engine, X, Y, loss, S=None):
+    """(sum_m s_m Delta w_m flat, sum_m s_m C_m, max |a - y|, sum_m s_m) of one block."""
+    return engine.sums(X, Y, loss, S)

@@ -49,6 +49,7 @@ import numpy as np
 
 from . import config
 from . import data as _data
+from . import rules as R
 from .model import DivergenceError, MLP, _check_positive_int
 
 MODES = ("sync", "average")
@@ -96,10 +97,10 @@ def _shard_sums(spec, theta, shard, lo, hi):
     X, Y = shard
     engine, loss = _engine(spec, theta)
     # pieces bound the activation buffers (3 x rows x all units) to about STREAM_CHUNK_BYTES
-    step = max(1, config.STREAM_CHUNK_BYTES // (3 * int(engine.shape[4][-1]) * X.itemsize))
+    step = max(1, config.STREAM_CHUNK_BYTES // (3 * int(engine.shape.a_off[-1]) * X.itemsize))
     g, c, e = np.zeros(theta.shape, np.float64), 0.0, 0.0
     for s in range(lo, hi, step):
-        gs, cs, es = engine.sums(X[s:min(s + step, hi)], Y[s:min(s + step, hi)], loss)
+        gs, cs, es, _ = engine.sums(X[s:min(s + step, hi)], Y[s:min(s + step, hi)], loss)
         g += gs
         c, e = c + cs, max(e, es)
     return g.astype(theta.dtype), c, e, hi - lo, time.perf_counter() - t0
@@ -113,7 +114,9 @@ def _shard_epoch(spec, theta, vel, shard, batch_size, eta, mu, seed):
     M = X.shape[0]
     order = (np.arange(M) if seed is None else np.random.default_rng(seed).permutation(M))
     engine.begin_fit(X, Y, min(batch_size, M))
-    total, emax = engine.train_epoch(order.astype(np.int64), min(batch_size, M), eta, mu, loss)
+    hyper = R.hyper(eta, mu, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch")
+    total, emax = engine.train_epoch(order.astype(np.int64), min(batch_size, M), R.RULE_SGD,
+                                     hyper, loss)
     engine.end_fit()
     return engine.get_params(), engine.get_velocity(), total, emax, M, time.perf_counter() - t0
 

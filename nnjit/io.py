@@ -5,7 +5,7 @@ exactly, so that a loaded model predicts bit-identically and continues training 
 original would have. What it is not for: exchanging models with other frameworks (the arrays are
 plain NumPy, so that is easy, but nothing here converts).
 
-The format (version 1)
+The format (version 2)
 ----------------------
 A NumPy ``.npz`` archive (a zip of ``.npy`` files) holding only numeric and fixed-width string
 arrays, so it is read with ``np.load(path, allow_pickle=False)`` and loading never executes code:
@@ -16,19 +16,26 @@ name             dtype, shape            content
 ``header``       uint8 (n,)              UTF-8 JSON, see below
 ``W1``..``WL``   float32/64 (N_l, N_l-1) weights W^(l)[j, i], the lecture's layout
 ``b1``..``bL``   float32/64 (N_l,)       biases b^(l)
-``vW1``..        float32/64 (N_l, N_l-1) momentum velocities of W^(l) (optimizer state)
-``vb1``..        float32/64 (N_l,)       momentum velocities of b^(l)
+``vW1``..        float32/64 (N_l, N_l-1) momentum velocities of W^(l), or Adam's first moment m
+``vb1``..        float32/64 (N_l,)       the same for b^(l)
+``sW1``..        float32/64 (N_l, N_l-1) Adam's second moment v of W^(l) (zeros for sgd)
+``sb1``..        float32/64 (N_l,)       the same for b^(l)
+``best_theta``   float32/64 (P,)         only in checkpoints of fit(restore_best=True): the best
+                                         epoch's flat parameters
 ``classes``      numbers or ``<U``/``S`` class labels (only for a classifier fitted on labels)
 ===============  ======================  ==================================================
 
-The JSON header: ``format`` ("nnjit-mlp"), ``version`` (1), ``nnjit_version``, ``architecture``
+The JSON header: ``format`` ("nnjit-mlp"), ``version`` (2), ``nnjit_version``, ``architecture``
 (the ``MLP(...)`` arguments: layers, activation, output, loss, init, init_scale, backend, dtype,
 seed), ``n_epochs``, ``history`` (the ``history_`` lists), ``rng`` (the shuffling generator's
 ``bit_generator.state``, so the next epoch's order is the one the original would have drawn),
 ``classes`` (null, or how the ``classes`` array is to be read back), ``fit`` (optional, the
 hyperparameters of the training run, for ``nnjit info``), ``checkpoint`` (only in checkpoints:
 the state of the interrupted ``fit`` call) and ``sha256``, a digest of every other array (name,
-dtype, shape and bytes) that catches corruption the zip CRCs would miss.
+dtype, shape and bytes) that catches corruption the zip CRCs would miss. Version 2 adds the
+arrays ``sW*``/``sb*`` and the header entry ``optimizer``: ``{"step": Adam's t, "t": t_,
+"lr": lr_, "best_epoch", "best_loss", "best_score"}``. Version-1 files (no ``sW``/``sb``, no
+``optimizer``) still load, with zero second moments and step 0.
 
 Writes are atomic: the archive goes to a temporary file in the target's directory, is flushed
 and fsync'ed, then ``os.replace``'d over the target, so a crash or Ctrl-C during a save leaves
@@ -47,7 +54,7 @@ import zlib
 import numpy as np
 
 FORMAT = "nnjit-mlp"
-VERSION = 1
+VERSION = 2
 
 _ARCH = ("layers", "activation", "output", "loss", "init", "init_scale", "backend", "dtype", "seed")
 
@@ -103,15 +110,20 @@ def _seed(seed):
     return None     # a Generator/SeedSequence seed: the saved rng state carries it
 
 
-def _state(net, fit=None, checkpoint=None):
+def _state(net, fit=None, checkpoint=None, best_theta=None):
     """(header dict, arrays dict) describing net completely."""
     L = len(net.layers) - 1
     Ws, bs = net._split(net._engine.get_params())
-    vWs, vbs = net._split(net._engine.get_velocity())
+    opt = net._engine.get_state()
+    vWs, vbs = net._split(opt["vel"])
+    sWs, sbs = net._split(opt["sq"])
     arrays = {}
     for l in range(1, L + 1):
         arrays[f"W{l}"], arrays[f"b{l}"] = Ws[l - 1], bs[l - 1]
         arrays[f"vW{l}"], arrays[f"vb{l}"] = vWs[l - 1], vbs[l - 1]
+        arrays[f"sW{l}"], arrays[f"sb{l}"] = sWs[l - 1], sbs[l - 1]
+    if best_theta is not None:
+        arrays["best_theta"] = np.asarray(best_theta)
     cls_entry, cls_arrays = _classes_arrays(net.classes_)
     arrays.update(cls_arrays)
     arch = {k: getattr(net, k) for k in _ARCH}
@@ -121,7 +133,12 @@ def _state(net, fit=None, checkpoint=None):
               "architecture": arch, "n_epochs": int(net.n_epochs_),
               "history": {k: [_plain(v) for v in vs] for k, vs in net.history_.items()},
               "rng": net._rng.bit_generator.state, "classes": cls_entry,
-              "fit": fit, "checkpoint": checkpoint, "sha256": _digest(arrays)}
+              "fit": fit, "checkpoint": checkpoint, "sha256": _digest(arrays),
+              "optimizer": {"step": int(opt["step"]), "t": int(net.t_),
+                            "lr": None if net.lr_ is None else float(net.lr_),
+                            "best_epoch": net.best_epoch_,
+                            "best_loss": None if net.best_loss_ is None else float(net.best_loss_),
+                            "best_score": None if net.best_score_ is None else float(net.best_score_)}}
     return header, arrays
 
 
@@ -158,10 +175,10 @@ def _atomic_savez(path, arrays):
         pass
 
 
-def save(net, path, fit=None, checkpoint=None):
+def save(net, path, fit=None, checkpoint=None, best_theta=None):
     """Write net to path atomically in the format above. ``fit``: optional JSON-able dict of
     training hyperparameters to record; ``checkpoint``: the fit state (used by MLP.fit)."""
-    header, arrays = _state(net, fit, checkpoint)
+    header, arrays = _state(net, fit, checkpoint, best_theta)
     text = json.dumps(header, allow_nan=False, sort_keys=True)
     arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     _atomic_savez(path, arrays)
@@ -235,8 +252,21 @@ def _params_from(net, arrays, prefix, path):
 def _apply(net, header, arrays, path):
     """Set every piece of learned and training state of net from a read file."""
     net._engine.set_params(_params_from(net, arrays, "", path))
-    net._engine.set_velocity(_params_from(net, arrays, "v", path))
+    vel = _params_from(net, arrays, "v", path)
+    if header["version"] >= 2:
+        sq = _params_from(net, arrays, "s", path)
+        opt = header.get("optimizer")
+        if not isinstance(opt, dict):
+            raise ModelFileError(f"{path!r} lacks the header entry 'optimizer'")
+    else:                       # version 1: momentum only
+        sq, opt = np.zeros_like(vel), {}
     try:
+        net._engine.set_state({"vel": vel, "sq": sq, "step": int(opt.get("step", 0))})
+        net.t_ = int(opt.get("t", 0))
+        net.lr_ = None if opt.get("lr") is None else float(opt["lr"])
+        net.best_epoch_ = opt.get("best_epoch")
+        net.best_loss_ = opt.get("best_loss")
+        net.best_score_ = opt.get("best_score")
         state = header["rng"]
         bitgen = getattr(np.random, state["bit_generator"])()
         bitgen.state = state
@@ -321,14 +351,18 @@ class Checkpoint:
         self.epochs = epochs
         self.start_epoch = net.n_epochs_
         settings["lr"] = None if callable(lr) else float(lr)
+        settings = {k: (v if not isinstance(v, dict) else {a: _plain(b) for a, b in v.items()})
+                    for k, v in settings.items()}
         settings["n_samples"] = int(X.shape[0])
         settings["data_crc32"] = _data_crc(X, Y)
         self.settings = {k: _plain(v) for k, v in settings.items()}
 
     def start(self, resume):
-        """(epochs left to run, best, stall); loads the checkpoint into net when resuming."""
+        """(epochs left to run, the fit's saved state dict or None); loads the checkpoint
+        into net when resuming (and its best epoch's weights into self.best_theta)."""
+        self.best_theta = None
         if not resume or not os.path.exists(self.path):
-            return self.epochs, math.inf, 0
+            return self.epochs, None
         header, arrays = read(self.path)
         ck = header.get("checkpoint")
         if not ck:
@@ -344,26 +378,29 @@ class Checkpoint:
                              + ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in diff.items()))
         old = ck.get("settings", {})
         diff = [k for k in self.settings if old.get(k) != self.settings[k]
-                and not (k == "data_crc32" and None in (old.get(k), self.settings[k]))]
+                and not (k.endswith("crc32") and None in (old.get(k), self.settings[k]))
+                and not (k not in old and header["version"] < 2)]
         if diff:
             raise ValueError(f"cannot resume from {self.path!r}: it was written by a fit with other "
                              + ", ".join(f"{k} ({old.get(k)!r} there, {self.settings[k]!r} here)"
                                          for k in diff)
                              + "; resuming continues that run exactly, so these must match")
         _apply(net, header, arrays, self.path)
+        self.best_theta = arrays.get("best_theta")
         self.start_epoch = int(ck["start_epoch"])
-        best = math.inf if ck.get("best") is None else float(ck["best"])
+        state = ck.get("state")
+        if state is None:           # a version-1 checkpoint: the tol counters only
+            state = {"stopper": {"best": ck.get("best"), "stall": ck.get("stall", 0)}}
         left = 0 if ck.get("stopped") else max(0, self.start_epoch + self.epochs - net.n_epochs_)
-        return left, best, int(ck.get("stall", 0))
+        return left, state
 
-    def save(self, best, stall, stopped=False):
+    def save(self, state, stopped=False, best_theta=None):
         ck = {"start_epoch": self.start_epoch, "epochs": self.epochs, "stopped": bool(stopped),
-              "best": None if not math.isfinite(best) else float(best), "stall": int(stall),
-              "settings": self.settings}
-        save(self.net, self.path, fit=self.settings, checkpoint=ck)
+              "state": state, "settings": self.settings}
+        save(self.net, self.path, fit=self.settings, checkpoint=ck, best_theta=best_theta)
 
-    def after_epoch(self, best, stall, stopped):
+    def after_epoch(self, state, stopped, best_theta=None):
         """Save every ``every`` epochs of this fit, at its last epoch and when it stops."""
         done = self.net.n_epochs_ - self.start_epoch
         if stopped or done % self.every == 0 or self.net.n_epochs_ >= self.start_epoch + self.epochs:
-            self.save(best, stall, stopped)
+            self.save(state, stopped, best_theta)

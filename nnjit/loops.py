@@ -13,8 +13,14 @@ The same function names, with the same signatures, exist in :mod:`nnjit.vectoris
 (NumPy) and :mod:`nnjit.cuda` (GPU), so the three forms read in three columns.
 
 The network lives in flat buffers, as in llm.c: ``theta`` holds W^(1), b^(1), W^(2), ... and
-``shape = (sizes, w_off, b_off, acts, a_off)`` says where each piece starts. ``bufs = (a, z,
-delta, y, loss)`` hold one batch's activations, weighted inputs and errors of every layer.
+``shape`` (an :class:`nnjit.engine.Shape` namedtuple: sizes, w_off, b_off, acts, a_off) says
+where each piece starts. ``bufs`` (a :class:`nnjit.engine.Batch`: a, z, delta, y, cost, s)
+hold one batch's activations, weighted inputs and errors of every layer, its targets, per-sample
+costs and sample weights.
+
+The update rule is a code (``nnjit.rules.RULE_*``) and a tuple of per-step scalars
+``c = (eta, mu, beta1, beta2, A, B, eps, decay, alpha_n)`` made by :func:`step_coefs`; the
+optimizer state is ``vel`` (velocity, or Adam's m) and ``sq`` (Adam's v) beside theta.
 """
 import math
 import types
@@ -25,6 +31,8 @@ from numba import njit, prange
 from .activations import (CROSS_ENTROPY, IDENTITY, SIGMOID, SOFTMAX, SQUARED_ERROR,
                           apply_f, mul_fprime)
 from .config import FASTMATH
+from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_WD, RULE_ADAM, \
+    RULE_ADAMW, RULE_NESTEROV, RULE_SGD
 
 _OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True)
 
@@ -66,16 +74,98 @@ def _backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
         mul_fprime(row, z_prev[m], a_prev[m], act_prev)
 
 
-def _corrections(dW, db, delta, a_prev, scale):
-    """Corrections: dw_ij = scale sum_m a_i delta_j ;  db_j = scale sum_m delta_j.
+# ---------------------------------------------------------------- update rules
+@njit(**_OPTS)
+def step_coefs(rule, hyper, t, alpha_n):
+    """Per-step scalars c = (eta, mu, beta1, beta2, A, B, eps, decay, alpha_n) of update t
+    (1-based) from the hyper vector: Adam's w <- w decay - A m / (sqrt(v) B + eps) with
+    A = eta/(1-b1^t), B = 1/sqrt(1-b2^t) (PyTorch) or A = eta sqrt(1-b2^t)/(1-b1^t), B = 1
+    (scikit-learn); AdamW's decay = 1 - eta wd. alpha_n = alpha / n_batch, the L2 term."""
+    eta, mu = hyper[H_ETA], hyper[H_MU]
+    b1, b2, eps = hyper[H_BETA1], hyper[H_BETA2], hyper[H_EPS]
+    A, B, decay = eta, 1.0, 1.0
+    if rule == RULE_ADAM or rule == RULE_ADAMW:
+        bc1 = 1.0 - b1 ** t
+        bc2 = 1.0 - b2 ** t
+        if hyper[H_EPS_MODE] == 0.0:
+            A = eta / bc1
+            B = 1.0 / math.sqrt(bc2)
+        else:
+            A = eta * math.sqrt(bc2) / bc1
+        if rule == RULE_ADAMW:
+            decay = 1.0 - eta * hyper[H_WD]
+    return (eta, mu, b1, b2, A, B, eps, decay, alpha_n)
 
-    With scale = 1/M this is the lecture's batch average. delta (M, N_l); a_prev
-    (M, N_{l-1}); dW (N_l, N_{l-1}); db (N_l,). prange over output units j: no race.
+
+@njit(**_OPTS)
+def _rule_row(rule, w, v, q, g, scale, an, c):
+    """Apply the rule to one row, gradient dw_i = scale g_i + an w_i (the L2 term):
+    sgd v <- mu v - eta dw ; w <- w + v.  nesterov v <- mu v - eta dw ; w <- w + mu v - eta dw.
+    adam(w) m <- b1 m + (1-b1) dw ; s <- b2 s + (1-b2) dw^2 ; w <- w decay - A m/(sqrt(s) B + eps)
+    with m in v and s in q. w, v, q, g (N,). The branch sits outside the loops so each
+    rule's loop vectorises on its own."""
+    T = w.dtype.type
+    sc, an_ = T(scale), T(an)
+    eta, mu = T(c[0]), T(c[1])
+    n = w.shape[0]
+    if rule == RULE_SGD:
+        for i in range(n):
+            d = sc * g[i] + an_ * w[i]
+            v[i] = mu * v[i] - eta * d
+            w[i] += v[i]
+    elif rule == RULE_NESTEROV:
+        for i in range(n):
+            d = sc * g[i] + an_ * w[i]
+            u = mu * v[i] - eta * d
+            v[i] = u
+            w[i] += mu * u - eta * d
+    else:
+        b1, b2, A, B, eps, decay = T(c[2]), T(c[3]), T(c[4]), T(c[5]), T(c[6]), T(c[7])
+        one = T(1.0)
+        for i in range(n):
+            d = sc * g[i] + an_ * w[i]
+            m = b1 * v[i] + (one - b1) * d
+            s = b2 * q[i] + (one - b2) * d * d
+            v[i] = m
+            q[i] = s
+            w[i] = w[i] * decay - A * m / (math.sqrt(s) * B + eps)
+
+
+@njit(**_OPTS)
+def _rule_at(rule, w, v, q, j, d, c):
+    """The rule for the single element j (a bias) with gradient d; see _rule_row."""
+    T = w.dtype.type
+    eta, mu = T(c[0]), T(c[1])
+    d = T(d)
+    if rule == RULE_SGD:
+        v[j] = mu * v[j] - eta * d
+        w[j] += v[j]
+    elif rule == RULE_NESTEROV:
+        u = mu * v[j] - eta * d
+        v[j] = u
+        w[j] += mu * u - eta * d
+    else:
+        b1, b2, A, B, eps, decay = T(c[2]), T(c[3]), T(c[4]), T(c[5]), T(c[6]), T(c[7])
+        one = T(1.0)
+        m = b1 * v[j] + (one - b1) * d
+        s = b2 * q[j] + (one - b2) * d * d
+        v[j] = m
+        q[j] = s
+        w[j] = w[j] * decay - A * m / (math.sqrt(s) * B + eps)
+
+
+def _corrections(dW, db, delta, a_prev, scale, W, an):
+    """Corrections: dw_ij = scale sum_m a_i delta_j + an w_ij ;  db_j = scale sum_m delta_j.
+
+    With scale = 1/M this is the lecture's batch average; an = alpha/n_batch adds the L2
+    penalty's gradient (biases are not penalised). delta (M, N_l); a_prev (M, N_{l-1});
+    dW, W (N_l, N_{l-1}); db (N_l,). prange over output units j: no race.
     """
     M, n_in = a_prev.shape
     n_out = delta.shape[1]
     zero = dW.dtype.type(0.0)
     s = dW.dtype.type(scale)
+    an_ = dW.dtype.type(an)
     for j in prange(n_out):
         row = dW[j]
         for i in range(n_in):
@@ -87,52 +177,45 @@ def _corrections(dW, db, delta, a_prev, scale):
             for i in range(n_in):
                 row[i] += d * a_prev[m, i]
         for i in range(n_in):
-            row[i] *= s
+            row[i] = row[i] * s + an_ * W[j, i]
         db[j] = sb * s
 
 
-def _corrections_update(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
-    """Corrections fused with the momentum update, one row j at a time while it is in cache:
-    dw_ij = mean_m a_i delta_j ; v <- mu v - eta dw ; w <- w + v  (same for b).
+def _corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c):
+    """Corrections fused with the update rule, one row j at a time while it is in cache:
+    dw_ij = mean_m a_i delta_j + alpha_n w_ij, then the rule (see _rule_row) on w_ij, b_j.
 
-    W, vW, dW (N_l, N_{l-1}); b, vb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}).
+    W, vW, sW, dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}).
     prange over output units j.
     """
     M, n_in = a_prev.shape
     n_out = delta.shape[1]
     zero = W.dtype.type(0.0)
-    s = W.dtype.type(1.0 / M)
-    eta_ = W.dtype.type(eta)
-    mu_ = W.dtype.type(mu)
+    s = 1.0 / M
     for j in prange(n_out):
         row = dW[j]
         for i in range(n_in):
             row[i] = zero
-        sb = zero
+        bsum = zero
         for m in range(M):
             d = delta[m, j]
-            sb += d
+            bsum += d
             for i in range(n_in):
                 row[i] += d * a_prev[m, i]
-        for i in range(n_in):
-            row[i] *= s
-            vW[j, i] = mu_ * vW[j, i] - eta_ * row[i]
-            W[j, i] += vW[j, i]
-        db[j] = sb * s
-        vb[j] = mu_ * vb[j] - eta_ * db[j]
-        b[j] += vb[j]
+        _rule_row(rule, W[j], vW[j], sW[j], row, s, c[8], c)
+        db[j] = bsum * W.dtype.type(s)
+        _rule_at(rule, b, vb, sb, j, db[j], c)
 
 
-def _update(theta, vel, grad, eta, mu):
-    """Update with momentum on every parameter: v <- mu v - eta dw ; w <- w + v.
-
-    theta, vel, grad: flat (P,). prange over the flat index.
-    """
-    eta_ = theta.dtype.type(eta)
-    mu_ = theta.dtype.type(mu)
-    for p in prange(theta.shape[0]):
-        vel[p] = mu_ * vel[p] - eta_ * grad[p]
-        theta[p] += vel[p]
+def _update(theta, vel, sq, grad, rule, c):
+    """The update rule on every parameter (flat (P,) theta, vel, sq, grad), for gradients
+    added up outside the epoch (streamed or Dask full batches); grad already holds any L2
+    term, so c's alpha_n is not used. prange over blocks of the flat index."""
+    n = theta.shape[0]
+    for blk in prange((n + 1023) // 1024):
+        lo = blk * 1024
+        hi = min(n, lo + 1024)
+        _rule_row(rule, theta[lo:hi], vel[lo:hi], sq[lo:hi], grad[lo:hi], 1.0, 0.0, c)
 
 
 # ---------------------------------------------------------------- register-blocked kernels
@@ -140,6 +223,31 @@ def _update(theta, vel, grad, eta, mu):
 # sample load serves 4 units (a 4 x 4 block of sums held in registers), so the inner loops
 # do 16 multiply-adds per 8 loads instead of 1 per 2. These are what train_epoch runs; the
 # plain kernels above stay as the readable reference, and tests hold both to the NumPy twin.
+
+@njit(fastmath={"nsz", "arcp"}, cache=True, nogil=True)
+def _dot(w, x):
+    """sum_i w_i x_i in one fixed order: 8 explicit partial sums, added pairwise. Compiled
+    without ``reassoc``/``contract``, so LLVM cannot regroup it for its vector width (or fuse
+    multiply-adds in one caller and not another): every feed-forward of one sample, fused
+    into the online update or not, gives bit-identical z on any CPU."""
+    n = w.shape[0]
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = w.dtype.type(0.0)
+    i = 0
+    while i + 8 <= n:
+        s0 += w[i] * x[i]
+        s1 += w[i + 1] * x[i + 1]
+        s2 += w[i + 2] * x[i + 2]
+        s3 += w[i + 3] * x[i + 3]
+        s4 += w[i + 4] * x[i + 4]
+        s5 += w[i + 5] * x[i + 5]
+        s6 += w[i + 6] * x[i + 6]
+        s7 += w[i + 7] * x[i + 7]
+        i += 8
+    while i < n:
+        s0 += w[i] * x[i]
+        i += 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
 
 @njit(**_OPTS)
 def _dot_rows(z, a_prev, W, b, m0, nm):
@@ -167,23 +275,10 @@ def _dot_rows(z, a_prev, W, b, m0, nm):
             z[m0, j + 2], z[m0 + 1, j + 2], z[m0 + 2, j + 2], z[m0 + 3, j + 2] = s20, s21, s22, s23
             z[m0, j + 3], z[m0 + 1, j + 3], z[m0 + 2, j + 3], z[m0 + 3, j + 3] = s30, s31, s32, s33
             j += 4
-    for m in range(m0, m0 + nm):
+    for m in range(m0, m0 + nm):        # fewer than 4 samples: the shared fixed-order dot
         x = a_prev[m]
-        jj = j
-        while jj + 4 <= n_out:
-            w0, w1, w2, w3 = W[jj], W[jj + 1], W[jj + 2], W[jj + 3]
-            s0 = s1 = s2 = s3 = z.dtype.type(0.0)
-            for i in range(n_in):
-                xi = x[i]
-                s0 += w0[i] * xi; s1 += w1[i] * xi; s2 += w2[i] * xi; s3 += w3[i] * xi  # noqa: E702
-            z[m, jj], z[m, jj + 1], z[m, jj + 2], z[m, jj + 3] = s0, s1, s2, s3
-            jj += 4
-        while jj < n_out:
-            s = z.dtype.type(0.0)
-            for i in range(n_in):
-                s += W[jj, i] * x[i]
-            z[m, jj] = s
-            jj += 1
+        for jj in range(j, n_out):
+            z[m, jj] = _dot(W[jj], x)
     for m in range(m0, m0 + nm):
         for jj in range(n_out):
             z[m, jj] += b[jj]
@@ -205,30 +300,16 @@ def _forward_layer_blocked(z, a, a_prev, W, b, act):
 
 def _forward_layer_units(z, a, a_prev, W, b, act):
     """Feed-forward for a batch too small to split by samples (online learning): prange over
-    blocks of 4 units j instead; a step owns z[:, j:j+4]. Then a_j = f(z_j) row by row.
+    units j instead; a step owns z[:, j]. z_j = _dot(w_j, a) + b_j, the order the fused online
+    update uses too (update_forward_next). Then a_j = f(z_j) row by row.
 
     a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l).
     """
-    M, n_in = a_prev.shape
+    M = a_prev.shape[0]
     n_out = W.shape[0]
-    for jb in prange((n_out + 3) // 4):
-        j0 = 4 * jb
+    for j in prange(n_out):
         for m in range(M):
-            x = a_prev[m]
-            if j0 + 4 <= n_out:
-                w0, w1, w2, w3 = W[j0], W[j0 + 1], W[j0 + 2], W[j0 + 3]
-                s0 = s1 = s2 = s3 = z.dtype.type(0.0)
-                for i in range(n_in):
-                    xi = x[i]
-                    s0 += w0[i] * xi; s1 += w1[i] * xi; s2 += w2[i] * xi; s3 += w3[i] * xi  # noqa: E702
-                z[m, j0], z[m, j0 + 1], z[m, j0 + 2], z[m, j0 + 3] = (
-                    s0 + b[j0], s1 + b[j0 + 1], s2 + b[j0 + 2], s3 + b[j0 + 3])
-            else:
-                for j in range(j0, n_out):
-                    s = b[j]
-                    for i in range(n_in):
-                        s += W[j, i] * x[i]
-                    z[m, j] = s
+            z[m, j] = _dot(W[j], a_prev[m]) + b[j]
     for m in range(M):
         apply_f(a[m], z[m], act)
 
@@ -262,39 +343,28 @@ def _backward_layer_blocked(delta_prev, delta, W, z_prev, a_prev, act_prev):
         mul_fprime(row, z_prev[m], a_prev[m], act_prev)
 
 
-@njit(**_OPTS)
-def _update_row(w, v, row, g, mu_):
-    """v <- mu v - g row ; w <- w + v for one row (g = eta / M folds the mean into eta)."""
-    for i in range(w.shape[0]):
-        v[i] = mu_ * v[i] - g * row[i]
-        w[i] += v[i]
+def _corrections_update_blocked(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c):
+    """Corrections dw_ij = mean_m a_i delta_j + alpha_n w_ij fused with the update rule
+    (see _rule_row), each row updated right after its sum while it is in cache.
 
-
-def _corrections_update_blocked(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
-    """Corrections dw_ij = mean_m a_i delta_j fused with v <- mu v - eta dw ; w <- w + v.
-
-    W, vW, dW (N_l, N_{l-1}); b, vb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}).
-    prange over blocks of 4 output units j: a step owns 4 rows of W, vW, dW, so each load of
-    a sample row a_prev[m] serves 4 units, and 4 samples are added per pass over a row.
+    W, vW, sW, dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}).
+    prange over blocks of 4 output units j: a step owns 4 rows of W, vW, sW, dW, so each load
+    of a sample row a_prev[m] serves 4 units, and 4 samples are added per pass over a row.
     With one sample the correction a_i delta_j goes straight into the update: dW is scratch
     here and its contents afterwards are unspecified (db holds the bias correction).
     """
     M, n_in = a_prev.shape
     n_out = delta.shape[1]
     zero = W.dtype.type(0.0)
-    s = W.dtype.type(1.0 / M)
-    eta_ = W.dtype.type(eta)
-    mu_ = W.dtype.type(mu)
+    s = 1.0 / M
+    an = c[8]
     for jb in prange((n_out + 3) // 4):
         j0 = 4 * jb
         nj = min(4, n_out - j0)
         if M == 1:
             x = a_prev[0]
             for j in range(j0, j0 + nj):
-                w, v, g = W[j], vW[j], eta_ * delta[0, j]
-                for i in range(n_in):
-                    v[i] = mu_ * v[i] - g * x[i]
-                    w[i] += v[i]
+                _rule_row(rule, W[j], vW[j], sW[j], x, delta[0, j], an, c)
                 db[j] = delta[0, j]
         else:
             for j in range(j0, j0 + nj):
@@ -331,35 +401,27 @@ def _corrections_update_blocked(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
                         row[i] += d * x[i]
                     db[j] += d
             for j in range(j0, j0 + nj):
-                _update_row(W[j], vW[j], dW[j], eta_ * s, mu_)
-                db[j] *= s
+                _rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
+                db[j] *= W.dtype.type(s)
         for j in range(j0, j0 + nj):
-            vb[j] = mu_ * vb[j] - eta_ * db[j]
-            b[j] += vb[j]
+            _rule_at(rule, b, vb, sb, j, db[j], c)
 
 
-def _update_forward_next(W, b, vW, vb, delta, x, x_next, z_next, eta, mu):
-    """Online learning, first layer: the update w_ij <- w_ij + (mu v_ij - eta x_i delta_j)
+def _update_forward_next(W, b, vW, vb, sW, sb, delta, x, x_next, z_next, rule, c):
+    """Online learning, first layer: the update rule with dw_ij = x_i delta_j + alpha_n w_ij
     fused with the next sample's feed-forward sum z'_j = sum_i w_ij x'_i + b_j, computed
     from each row right after its update, while the row is still in cache: the weights are
-    read once per sample instead of twice. Same numbers as update-then-forward.
+    read once per sample instead of twice. The same numbers as update-then-forward, bit for
+    bit (the sum is the shared fixed-order _dot).
 
-    W, vW (N_1, D); b, vb, delta, z_next (N_1,); x, x_next (D,). prange over units j.
+    W, vW, sW (N_1, D); b, vb, sb, delta, z_next (N_1,); x, x_next (D,). prange over units j.
     """
-    n_out, n_in = W.shape
-    eta_ = W.dtype.type(eta)
-    mu_ = W.dtype.type(mu)
+    n_out = W.shape[0]
+    an = c[8]
     for j in prange(n_out):
-        w, v = W[j], vW[j]
-        g = eta_ * delta[j]
-        s = W.dtype.type(0.0)
-        for i in range(n_in):
-            v[i] = mu_ * v[i] - g * x[i]
-            w[i] += v[i]
-            s += w[i] * x_next[i]
-        vb[j] = mu_ * vb[j] - eta_ * delta[j]
-        b[j] += vb[j]
-        z_next[j] = s + b[j]
+        _rule_row(rule, W[j], vW[j], sW[j], x, delta[j], an, c)
+        _rule_at(rule, b, vb, sb, j, delta[j], c)
+        z_next[j] = _dot(W[j], x_next) + b[j]
 
 
 # Each kernel twice: parallel, and serial for batches too small to pay for a parallel region.
@@ -394,16 +456,29 @@ _update_forward_next_s = _serial(_update_forward_next)
 
 # ---------------------------------------------------------------- the output layer
 @njit(**_OPTS)
-def output_error(delta, a, z, y, act, loss):
-    """Output error delta^L = dC/dz^L, exact for every output/loss pair.
+def weight_sum(sw):
+    """sum_m s_m in the fixed order m = 0..M-1 (the batch's weight, n_batch unweighted)."""
+    t = 0.0
+    for m in range(sw.shape[0]):
+        t += sw[m]
+    return t
+
+
+@njit(**_OPTS)
+def output_error(delta, a, z, y, sw, act, loss):
+    """Output error delta^L = dC/dz^L, exact for every output/loss pair, times the sample
+    weight factor s_m M / sum_m s_m (exactly 1 for unit weights).
 
     delta_out = a - y; then delta^L = delta_out for the canonical pairs (softmax with
     cross-entropy, sigmoid with binary cross-entropy, identity with squared error),
     f'(z) delta_out for squared error with an elementwise f, and the full Jacobian
     delta_k = a_k (delta_out_k - sum_k' a_k' delta_out_k') for softmax with squared error.
-    a, z, y, delta (M, N_L). Serial: O(M K) work is smaller than a parallel region.
+    The error recursion is linear in delta, so the weight factor here turns every layer's
+    batch mean (1/M) sum_m into the weighted mean sum_m s_m (.) / sum_m s_m.
+    a, z, y, delta (M, N_L); sw (M,). Serial: O(M K) work is smaller than a parallel region.
     """
     M, K = a.shape
+    S = weight_sum(sw)
     for m in range(M):
         for k in range(K):
             delta[m, k] = a[m, k] - y[m, k]
@@ -417,6 +492,10 @@ def output_error(delta, a, z, y, act, loss):
                     delta[m, k] = a[m, k] * (delta[m, k] - s)
             else:
                 mul_fprime(delta[m], z[m], a[m], act)
+        f = delta.dtype.type(sw[m] * M / S if S > 0 else 0.0)
+        if f != 1.0:
+            for k in range(K):
+                delta[m, k] *= f
 
 
 @njit(**_OPTS)
@@ -461,20 +540,24 @@ def sample_loss(out, a, z, y, act, loss):
 @njit(**_OPTS)
 def _params(theta, shape, l):
     """Views W^(l) (N_l, N_{l-1}) and b^(l) (N_l,) into a flat parameter buffer."""
-    sizes, w_off, b_off = shape[0], shape[1], shape[2]
-    n_out, n_in = sizes[l], sizes[l - 1]
-    W = theta[w_off[l - 1]:w_off[l - 1] + n_out * n_in].reshape((n_out, n_in))
-    b = theta[b_off[l - 1]:b_off[l - 1] + n_out]
+    n_out, n_in = shape.sizes[l], shape.sizes[l - 1]
+    W = theta[shape.w_off[l - 1]:shape.w_off[l - 1] + n_out * n_in].reshape((n_out, n_in))
+    b = theta[shape.b_off[l - 1]:shape.b_off[l - 1] + n_out]
     return W, b
 
 
 @njit(**_OPTS)
 def _rows(buf, shape, l, mb):
     """Layer l's (mb, N_l) block of a batch buffer laid out by shape's a_off."""
-    sizes, a_off = shape[0], shape[4]
-    cap = buf.shape[0] // a_off[-1]
-    off = a_off[l] * cap
-    return buf[off:off + mb * sizes[l]].reshape((mb, sizes[l]))
+    cap = buf.shape[0] // shape.a_off[-1]
+    off = shape.a_off[l] * cap
+    return buf[off:off + mb * shape.sizes[l]].reshape((mb, shape.sizes[l]))
+
+
+@njit(**_OPTS)
+def _targets(bufs, shape, mb):
+    K = shape.sizes[-1]
+    return bufs.y[:mb * K].reshape((mb, K))
 
 
 @njit(**_OPTS)
@@ -482,108 +565,136 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
     """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
     par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units.
     (No default arguments: Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
-    acts = shape[3]
-    L = shape[0].shape[0] - 1
+    L = shape.sizes.shape[0] - 1
     for l in range(l0, L + 1):
         W, b = _params(theta, shape, l)
-        a_prev = _rows(bufs[0], shape, l - 1, mb)
-        z, a = _rows(bufs[1], shape, l, mb), _rows(bufs[0], shape, l, mb)
+        a_prev = _rows(bufs.a, shape, l - 1, mb)
+        z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
         if par:
-            forward_layer_blocked(z, a, a_prev, W, b, acts[l - 1])
+            forward_layer_blocked(z, a, a_prev, W, b, shape.acts[l - 1])
         elif W.size * mb >= par_work:
-            forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
+            forward_layer_units(z, a, a_prev, W, b, shape.acts[l - 1])
         else:
-            _forward_layer_s(z, a, a_prev, W, b, acts[l - 1])
+            _forward_layer_s(z, a, a_prev, W, b, shape.acts[l - 1])
 
 
 @njit(**_OPTS)
-def backprop(theta, grad, shape, bufs, mb, loss):
-    """Mean gradient over the batch into grad, after forward(): output error, then for
-    l = L..1 the corrections of layer l and the error recursion to layer l-1."""
-    acts = shape[3]
-    L = shape[0].shape[0] - 1
-    y = bufs[3][:mb * shape[0][L]].reshape((mb, shape[0][L]))
-    output_error(_rows(bufs[2], shape, L, mb), _rows(bufs[0], shape, L, mb),
-                 _rows(bufs[1], shape, L, mb), y, acts[L - 1], loss)
+def backprop(theta, grad, shape, bufs, mb, loss, alpha):
+    """Gradient of the (weighted) mean cost plus alpha/(2 sum_m s_m) sum ||W||^2 over the
+    batch into grad, after forward(): output error, then for l = L..1 the corrections of
+    layer l and the error recursion to layer l-1."""
+    acts = shape.acts
+    L = shape.sizes.shape[0] - 1
+    sw = bufs.s[:mb]
+    S = weight_sum(sw)
+    an = alpha / S if S > 0 else 0.0
+    output_error(_rows(bufs.delta, shape, L, mb), _rows(bufs.a, shape, L, mb),
+                 _rows(bufs.z, shape, L, mb), _targets(bufs, shape, mb), sw, acts[L - 1], loss)
     for l in range(L, 0, -1):
         W, b = _params(theta, shape, l)
         dW, db = _params(grad, shape, l)
-        delta, a_prev = _rows(bufs[2], shape, l, mb), _rows(bufs[0], shape, l - 1, mb)
-        corrections(dW, db, delta, a_prev, 1.0 / mb)
+        delta, a_prev = _rows(bufs.delta, shape, l, mb), _rows(bufs.a, shape, l - 1, mb)
+        corrections(dW, db, delta, a_prev, 1.0 / mb, W, an)
         if l > 1:
-            backward_layer(_rows(bufs[2], shape, l - 1, mb), delta, W,
-                           _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
+            backward_layer(_rows(bufs.delta, shape, l - 1, mb), delta, W,
+                           _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
 
 
 @njit(**_OPTS)
-def load_batch(bufs, shape, X, Y, order, start, mb):
-    """Copy samples order[start:start+mb] into layer 0 and the target block of bufs."""
+def load_batch(bufs, shape, X, Y, S, order, start, mb):
+    """Copy samples order[start:start+mb] into layer 0, the targets and the weight row."""
     D = X.shape[1]
     K = Y.shape[1]
-    a0 = _rows(bufs[0], shape, 0, mb)
-    y = bufs[3][:mb * K].reshape((mb, K))
+    a0 = _rows(bufs.a, shape, 0, mb)
+    y = _targets(bufs, shape, mb)
     for m in range(mb):
         r = order[start + m]
         for i in range(D):
             a0[m, i] = X[r, i]
         for k in range(K):
             y[m, k] = Y[r, k]
+        bufs.s[m] = S[r]
 
 
 @njit(**_OPTS)
-def train_epoch(theta, vel, grad, shape, bufs, X, Y, order, batch_size, eta, mu, loss,
-                par_min, par_work):
+def penalty(theta, shape):
+    """sum_l ||W^(l)||^2 over the weights (not the biases), for the L2 term of the cost."""
+    t = 0.0
+    for l in range(1, shape.sizes.shape[0]):
+        W, _ = _params(theta, shape, l)
+        for j in range(W.shape[0]):
+            for i in range(W.shape[1]):
+                t += W[j, i] * W[j, i]
+    return t
+
+
+@njit(**_OPTS)
+def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
+                hyper, loss, par_min, par_work):
     """One epoch of the lecture's algorithm, every batch inside compiled code: for each
-    batch, feed-forward, output error, then from l = L down to 1 the error recursion to
-    layer l-1 (with W^(l) before its update) and the fused correction + momentum update
-    of layer l. Returns (sum of per-sample costs, max |a - y|) seen during the epoch.
+    batch, feed-forward, output error (weighted by S), then from l = L down to 1 the error
+    recursion to layer l-1 (with W^(l) before its update) and the fused correction + update
+    (rule, hyper: see step_coefs) of layer l. step[0] counts the updates (Adam's t); a batch
+    whose weights sum to 0 makes none. Returns (sum_m s_m C_m + sum over batches of
+    alpha/2 ||W||^2 before the batch's update, max |a - y|): the wrapper divides by sum_m s_m.
 
     par_min: batches of fewer samples run the per-sample kernels serially; par_work: a
     layer's correction runs in parallel anyway once N_l N_{l-1} mb reaches it."""
-    acts = shape[3]
-    L = shape[0].shape[0] - 1
-    K = shape[0][L]
+    acts = shape.acts
+    L = shape.sizes.shape[0] - 1
     n = order.shape[0]
+    alpha = hyper[H_ALPHA]
     total = 0.0
     emax = 0.0
     ahead = False          # online: is z^(1) of this sample already computed (fused)?
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
         par = mb >= par_min
-        load_batch(bufs, shape, X, Y, order, start, mb)
+        load_batch(bufs, shape, X, Y, S, order, start, mb)
         if ahead:
-            apply_f(_rows(bufs[0], shape, 1, 1)[0], _rows(bufs[1], shape, 1, 1)[0], acts[0])
+            apply_f(_rows(bufs.a, shape, 1, 1)[0], _rows(bufs.z, shape, 1, 1)[0], acts[0])
             forward(theta, shape, bufs, mb, par, par_work, 2)
         else:
             forward(theta, shape, bufs, mb, par, par_work, 1)
-        aL, zL = _rows(bufs[0], shape, L, mb), _rows(bufs[1], shape, L, mb)
-        y = bufs[3][:mb * K].reshape((mb, K))
-        lossrow = bufs[4][:mb]
-        emax = max(emax, sample_loss(lossrow, aL, zL, y, acts[L - 1], loss))
+        aL, zL = _rows(bufs.a, shape, L, mb), _rows(bufs.z, shape, L, mb)
+        y = _targets(bufs, shape, mb)
+        costs, sw = bufs.cost[:mb], bufs.s[:mb]
+        emax = max(emax, sample_loss(costs, aL, zL, y, acts[L - 1], loss))
         for m in range(mb):
-            total += lossrow[m]
-        output_error(_rows(bufs[2], shape, L, mb), aL, zL, y, acts[L - 1], loss)
+            total += sw[m] * costs[m]
+        Sb = weight_sum(sw)
+        ahead = False
+        if Sb <= 0.0:      # only zero-weight samples: nothing to learn from this batch
+            continue
+        if alpha > 0.0:
+            total += 0.5 * alpha * penalty(theta, shape)
+        step[0] += 1
+        c = step_coefs(rule, hyper, step[0], alpha / Sb)
+        output_error(_rows(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
         for l in range(L, 0, -1):
             W, b = _params(theta, shape, l)
             vW, vb = _params(vel, shape, l)
+            sW, sb = _params(sq, shape, l)
             dW, db = _params(grad, shape, l)
-            delta, a_prev = _rows(bufs[2], shape, l, mb), _rows(bufs[0], shape, l - 1, mb)
+            delta, a_prev = _rows(bufs.delta, shape, l, mb), _rows(bufs.a, shape, l - 1, mb)
             if l > 1:       # error recursion first: it needs W^(l) before the update
                 if par:
-                    backward_layer_blocked(_rows(bufs[2], shape, l - 1, mb), delta, W,
-                                   _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
+                    backward_layer_blocked(_rows(bufs.delta, shape, l - 1, mb), delta, W,
+                                           _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
                 else:
-                    _backward_layer_s(_rows(bufs[2], shape, l - 1, mb), delta, W,
-                                      _rows(bufs[1], shape, l - 1, mb), a_prev, acts[l - 2])
+                    _backward_layer_s(_rows(bufs.delta, shape, l - 1, mb), delta, W,
+                                      _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
             ahead = l == 1 and batch_size == 1 and start + 1 < n
             if ahead:       # online: fuse the next sample's z^(1) into this update
-                x_next, z_next = X[order[start + 1]], _rows(bufs[1], shape, 1, 1)[0]
+                x_next, z_next = X[order[start + 1]], _rows(bufs.z, shape, 1, 1)[0]
                 if W.size >= par_work:
-                    update_forward_next(W, b, vW, vb, delta[0], a_prev[0], x_next, z_next, eta, mu)
+                    update_forward_next(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
+                                        z_next, rule, c)
                 else:
-                    _update_forward_next_s(W, b, vW, vb, delta[0], a_prev[0], x_next, z_next, eta, mu)
+                    _update_forward_next_s(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
+                                           z_next, rule, c)
             elif par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
-                corrections_update_blocked(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
+                corrections_update_blocked(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c)
             else:
-                _corrections_update_s(W, b, vW, vb, dW, db, delta, a_prev, eta, mu)
+                _corrections_update_s(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c)
     return total, emax

@@ -7,6 +7,7 @@ import numpy as np
 
 from . import activations as A
 from . import data as _data
+from . import rules as R
 from .engine import CPUEngine, make_shape
 
 BACKENDS = ("loops", "vectorised", "cuda")
@@ -114,6 +115,9 @@ class MLP:
         self.classes_ = None
         self.history_ = {"loss": [], "val_loss": [], "val_score": []}
         self.n_epochs_ = 0
+        self.t_ = 0             # training samples seen (scikit-learn's t_), drives "invscaling"
+        self.lr_ = None         # the lr of the last epoch trained
+        self.best_epoch_ = self.best_loss_ = self.best_score_ = None
 
     # ------------------------------------------------------------------ parameters
     def _initial_params(self):
@@ -258,6 +262,31 @@ class MLP:
             raise ValueError("y contains NaN or inf")
         return Y
 
+    def _check_weights(self, sample_weight, n):
+        """sample_weight as a float64 (n,) array: 1-D, length n, finite, >= 0, not all zero."""
+        if sample_weight is None:
+            return None
+        if _data.is_out_of_core(sample_weight):
+            sample_weight = _data.read(sample_weight, 0, sample_weight.shape[0])
+        try:
+            s = np.asarray(sample_weight)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"sample_weight must be an array of numbers ({e})") from e
+        if s.dtype == object or not (np.issubdtype(s.dtype, np.number) or s.dtype == bool):
+            raise TypeError(f"sample_weight must hold numbers, got dtype {s.dtype}")
+        if s.ndim != 1:
+            raise ValueError(f"sample_weight must be 1-D, got shape {s.shape}")
+        if s.shape[0] != n:
+            raise ValueError(f"sample_weight has {s.shape[0]} entries but X has {n} samples")
+        s = s.astype(np.float64)
+        if not np.isfinite(s).all():
+            raise ValueError("sample_weight contains NaN or inf")
+        if (s < 0).any():
+            raise ValueError("sample_weight must be >= 0; it has negative entries")
+        if not (s > 0).any():
+            raise ValueError("sample_weight is all zero: no sample would count")
+        return s
+
     # ------------------------------------------------------------------ forward, gradients
     def forward(self, X):
         """Output activations a^(L), shape (M, K)."""
@@ -265,40 +294,85 @@ class MLP:
             return _data.forward(self, X)
         return self._engine.forward(self._check_X(X))
 
-    def gradients(self, X, Y):
+    def gradients(self, X, Y, sample_weight=None, alpha=0.0):
         """(dW list, db list): the gradient of the mean loss over the M samples, i.e. the
-        lecture's batch average of Delta w_ij,m and Delta b_j,m. Does not change the weights."""
+        lecture's batch average of Delta w_ij,m and Delta b_j,m; with ``sample_weight`` the
+        weighted mean sum_m s_m Delta w_m / sum_m s_m; ``alpha`` adds the L2 term alpha W /
+        sum_m s_m (scikit-learn's penalty; biases not penalised). Does not change the weights."""
         X = self._check_X(X)
         Y = self._check_y(Y, X.shape[0], fit=True)
-        return self._split(self._engine.gradients(X, Y, self._loss))
+        S = self._check_weights(sample_weight, X.shape[0])
+        alpha = R._real("alpha", alpha, 0)
+        return self._split(self._engine.gradients(X, Y, self._loss,
+                                                  None if S is None else S.astype(self.dtype), alpha))
 
-    def loss_value(self, X, y):
-        """Mean cost over the samples: squared error 1/2 sum_k (a_k - y_k)^2 or cross-entropy."""
+    def loss_value(self, X, y, sample_weight=None, alpha=0.0):
+        """Mean cost over the samples (squared error 1/2 sum_k (a_k - y_k)^2 or cross-entropy),
+        weighted by ``sample_weight``, plus alpha/(2 sum_m s_m) sum_l ||W^(l)||^2."""
         X = self._check_X(X)
-        return self._engine.loss(X, self._check_y(y, X.shape[0], fit=True), self._loss)[0]
+        S = self._check_weights(sample_weight, X.shape[0])
+        alpha = R._real("alpha", alpha, 0)
+        return self._engine.loss(X, self._check_y(y, X.shape[0], fit=True), self._loss,
+                                 None if S is None else S.astype(self.dtype), alpha)[0]
+
+    # ------------------------------------------------------------------ optimizer state
+    def reset_optimizer(self):
+        """Zero all optimizer state (velocities, Adam's moments, the step count) and the
+        sample counter t_ (scikit-learn re-creates its optimizer on every non-incremental
+        fit; nnjit's fit continues from the current state unless this is called)."""
+        P = self._n_params
+        self._engine.set_state({"vel": np.zeros(P, self.dtype), "sq": np.zeros(P, self.dtype),
+                                "step": 0})
+        self.t_ = 0
+        self.lr_ = None
+
+    def optimizer_state(self):
+        """{"velocity": (P,) momentum velocity or Adam's first moment m, "square": (P,) Adam's
+        second moment v, "step": updates made so far (Adam's t)}, flat in theta's layout
+        (W^(1), b^(1), W^(2), ...); copies."""
+        st = self._engine.get_state()
+        return {"velocity": st["vel"], "square": st["sq"], "step": st["step"]}
 
     # ------------------------------------------------------------------ training
     def fit(self, X, y, epochs=10, lr=0.1, momentum=0.0, batch_size=32, shuffle=True, tol=None,
             n_iter_no_change=10, error_threshold=None, validation_data=None, progress=False,
-            callbacks=None, checkpoint=None, checkpoint_every=1, resume=False):
-        """Train by backpropagation; continues from the current weights and velocities.
+            callbacks=None, checkpoint=None, checkpoint_every=1, resume=False, *,
+            optimizer="sgd", nesterov=False, betas=(0.9, 0.999), eps=1e-8, adam_eps="pytorch",
+            alpha=0.0, weight_decay=0.0, schedule="constant", schedule_params=None,
+            sample_weight=None, restore_best=False):
+        """Train by backpropagation; continues from the current weights and optimizer state.
 
         batch_size=1 is the lecture's online learning, None full batch mode, otherwise
         mini-batches (the last averaged over its own size). lr is a float or lr(epoch).
-        Momentum is classical heavy-ball: v <- mu v - eta dw ; w <- w + v.
+
+        Update rule (README "Update rules"): ``optimizer`` "sgd" (the lecture's heavy-ball
+        momentum v <- mu v - eta dw ; w <- w + v), "nesterov" (or sgd with nesterov=True),
+        "adam", "adamw" (``betas``, ``eps``; ``adam_eps`` "pytorch" divides by
+        sqrt(v_hat) + eps, "sklearn" by sqrt(v) + eps with a bias-corrected lr;
+        ``weight_decay`` is AdamW's decoupled decay). ``alpha`` adds scikit-learn's L2
+        penalty alpha/(2 n_batch) sum ||W||^2 to each batch's cost (and to the reported loss).
+        ``schedule``: "constant", "invscaling" (lr / (t_ + 1)^power_t), "adaptive" (divide lr
+        by ``factor`` after n_iter_no_change epochs without a ``tol`` improvement, stop once
+        lr <= min_lr), "step" (lr gamma^(e // step_size)) or "cosine" (PyTorch's
+        CosineAnnealingLR over t_max epochs), with ``schedule_params``; e counts this call's
+        epochs. ``sample_weight`` (n,) makes every mean a weighted mean.
+
         Stops after ``epochs``, or when every output error |a - y| of an epoch is below
         ``error_threshold`` (the lecture's criterion), or when the loss (validation loss if
         ``validation_data`` is given) has not improved by ``tol`` for ``n_iter_no_change``
         epochs. ``callbacks`` are called as cb(net, epoch, history) after each epoch; one
-        that returns True stops training. Returns self.
+        that returns True stops training. ``restore_best=True`` puts back the weights of the
+        epoch with the lowest (validation) loss when training ends; ``best_epoch_``,
+        ``best_loss_`` and ``best_score_`` record it. Returns self.
 
         ``checkpoint="path"`` saves the whole training state (nnjit.io format) every
         ``checkpoint_every`` epochs of this call, at its end and on Ctrl-C. ``resume=True``
         first loads that checkpoint (if the file exists; else trains from the start) and trains
         until the interrupted call has done ``epochs`` epochs in all: rerunning the same call
-        with resume=True continues it exactly, bit for bit. Ctrl-C (KeyboardInterrupt) during an
-        epoch restores the weights, velocities, shuffling state and history of the epoch's start
-        before re-raising, so the model is left at its last completed epoch.
+        with resume=True continues it exactly, bit for bit. Ctrl-C (KeyboardInterrupt), a
+        divergence or a bad chunk of streamed data during an epoch restores the weights,
+        optimizer state, shuffling state and history of the epoch's start before raising,
+        so the model is left at its last completed epoch.
 
         X (and y) may be out of core, a numpy.memmap, zarr or Dask array: it is then read
         chunk by chunk, in memory bounded by nnjit.config.STREAM_CHUNK_BYTES (nnjit.data).
@@ -318,6 +392,12 @@ class MLP:
         n_iter_no_change = _check_positive_int("n_iter_no_change", n_iter_no_change)
         if error_threshold is not None and not (isinstance(error_threshold, numbers.Real) and error_threshold > 0):
             raise ValueError(f"error_threshold must be a positive number or None, got {error_threshold!r}")
+        rule, betas, eps, alpha, weight_decay = R.check(optimizer, nesterov, momentum, betas, eps,
+                                                        adam_eps, alpha, weight_decay)
+        schedule, sched = R.check_schedule(schedule, schedule_params)
+        if callable(lr) and schedule != "constant":
+            raise ValueError(f"lr is a callable schedule already; it cannot be combined with schedule={schedule!r}")
+        S = self._check_weights(sample_weight, M)
         val = None
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
@@ -325,80 +405,87 @@ class MLP:
             Xv = self._check_X(validation_data[0], "X_val")
             val = (Xv, self._check_y(validation_data[1], Xv.shape[0]), validation_data[1])
         callbacks = list(callbacks or [])
-        best, stall, ckpt, saved = math.inf, 0, None, None
+        sched_epochs = epochs
+        stopper = _Stopper(tol, n_iter_no_change, error_threshold, callbacks, schedule, sched,
+                           None if callable(lr) else float(lr))
+        best = _Best(self, restore_best)
+        ckpt = None
         if checkpoint is not None or resume:            # nnjit.io: checkpoints and resume
             from .io import Checkpoint
             ckpt = Checkpoint(self, checkpoint, checkpoint_every, X, Y, epochs, lr, momentum=momentum,
                               batch_size=batch_size, shuffle=shuffle, tol=tol,
-                              n_iter_no_change=n_iter_no_change, error_threshold=error_threshold)
-            epochs, best, stall = ckpt.start(resume)     # epochs left; may load the checkpoint
+                              n_iter_no_change=n_iter_no_change, error_threshold=error_threshold,
+                              optimizer=optimizer, nesterov=bool(nesterov), betas=list(betas),
+                              eps=eps, adam_eps=adam_eps, alpha=alpha, weight_decay=weight_decay,
+                              schedule=schedule, schedule_params=sched,
+                              sample_weight_crc32=_data_crc(S), restore_best=bool(restore_best))
+            epochs, state = ckpt.start(resume)      # epochs left; may load the checkpoint
+            if state is not None:
+                stopper.set_state(state.get("stopper", {}))
+                best.set_state(state.get("best", {}), ckpt.best_theta)
+        fit_start = ckpt.start_epoch if ckpt is not None else self.n_epochs_
+        w_total = float(M) if S is None else float(S.sum())
+        S_fit = None if S is None else S.astype(self.dtype)
+        bar = _Progress(epochs) if progress else None
 
-        bar = None
-        if progress:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("progress=True needs tqdm: pip install 'nnjit[progress]'") from e
-            bar = tqdm(total=epochs, desc="fit", unit="epoch", leave=False)
+        def state():
+            return {"stopper": stopper.get_state(), "best": best.get_state()}
 
         if stream is None:
-            self._engine.begin_fit(X, Y, batch_size)
+            self._engine.begin_fit(X, Y, batch_size, S_fit)
+        saved = None
         try:
             for _ in range(epochs):
                 epoch = self.n_epochs_
-                eta = lr(epoch) if callable(lr) else lr
-                if not (isinstance(eta, numbers.Real) and eta > 0 and math.isfinite(eta)):
-                    raise ValueError(f"lr({epoch}) returned {eta!r}; it must be a positive number")
-                # the state at the epoch's start, restored on divergence or on Ctrl-C mid-epoch
-                saved = (self._engine.get_params(), self._engine.get_velocity(),
-                         self._rng.bit_generator.state, self.n_epochs_,
-                         {k: len(v) for k, v in self.history_.items()})
-                order = None if stream else (self._rng.permutation(M) if shuffle else np.arange(M)).astype(np.int64)
-                total, emax = (stream.train_epoch(self._engine, batch_size, eta, momentum, self._loss,
-                                                  shuffle, self._rng) if stream else
-                               self._engine.train_epoch(order, batch_size, eta, momentum, self._loss))
-                loss = total / M
-                if not math.isfinite(loss) or not np.isfinite(self._engine.get_params()).all():
-                    self._engine.set_params(saved[0])
-                    self._engine.set_velocity(saved[1])
-                    raise DivergenceError(
-                        f"training diverged in epoch {epoch} (loss {loss}); the weights were "
-                        "restored to the last finite values; try a smaller lr or momentum")
+                if callable(lr):
+                    eta = lr(epoch)
+                    if not (isinstance(eta, numbers.Real) and eta > 0 and math.isfinite(eta)):
+                        raise ValueError(f"lr({epoch}) returned {eta!r}; it must be a positive number")
+                else:
+                    eta = stopper.lr(epoch - fit_start, self.t_, sched_epochs)
+                self.lr_ = float(eta)
+                hyper = R.hyper(eta, momentum, betas, eps, alpha, weight_decay, adam_eps)
+                saved = _Saved(self)       # restored on divergence, bad data or Ctrl-C
+                try:
+                    if stream is not None:
+                        total, emax = stream.train_epoch(self._engine, batch_size, rule, hyper,
+                                                         self._loss, shuffle, self._rng, S_fit)
+                    else:
+                        order = (self._rng.permutation(M) if shuffle else np.arange(M)).astype(np.int64)
+                        total, emax = self._engine.train_epoch(order, batch_size, rule, hyper, self._loss)
+                    loss = total / w_total
+                    if not math.isfinite(loss) or not np.isfinite(self._engine.get_params()).all():
+                        raise DivergenceError(
+                            f"training diverged in epoch {epoch} (loss {loss}); the weights and "
+                            "optimizer state were restored to the last finite values; try a "
+                            "smaller lr or momentum")
+                except (DivergenceError, ValueError, TypeError):
+                    saved.restore()
+                    raise
+                self.t_ += M
                 self.history_["loss"].append(loss)
-                metric = loss
+                metric, vscore = loss, None
                 if val is not None:
                     vloss = self._engine.loss(val[0], val[1], self._loss)[0]
+                    vscore = self.score(val[0], val[2])
                     self.history_["val_loss"].append(vloss)
-                    self.history_["val_score"].append(self.score(val[0], val[2]))
+                    self.history_["val_score"].append(vscore)
                     metric = vloss
                 self.n_epochs_ += 1     # the commit point: from here on the epoch is complete
+                best.after_epoch(epoch, metric, vscore)
                 if bar is not None:
-                    post = {"loss": f"{loss:.4g}"}
-                    if val is not None:
-                        post.update(val_loss=f"{metric:.4g}", val_score=f"{self.history_['val_score'][-1]:.4g}")
-                    bar.set_postfix(post)
-                    bar.update(1)
-                stop = any([bool(cb(self, epoch, self.history_)) for cb in callbacks])
-                if error_threshold is not None and emax < error_threshold:
-                    stop = True
-                if tol is not None:
-                    stall = stall + 1 if metric > best - tol else 0
-                    best = min(best, metric)
-                    if stall >= n_iter_no_change:
-                        stop = True
+                    bar.update(loss, None if val is None else metric, vscore)
+                stop = stopper.after_epoch(self, epoch, metric, emax)
                 if ckpt is not None:
-                    ckpt.after_epoch(best, stall, stop)
+                    ckpt.after_epoch(state(), stop, best.theta)
                 if stop:
                     break
+            best.restore()
         except KeyboardInterrupt:
-            if saved is not None and self.n_epochs_ == saved[3]:    # interrupted mid-epoch
-                self._engine.set_params(saved[0])
-                self._engine.set_velocity(saved[1])
-                self._rng.bit_generator.state = saved[2]
-                for k, n in saved[4].items():
-                    del self.history_[k][n:]
+            if saved is not None and self.n_epochs_ == saved.n_epochs:    # interrupted mid-epoch
+                saved.restore()
                 if ckpt is not None:
-                    ckpt.save(best, stall)
+                    ckpt.save(state(), best_theta=best.theta)
             raise
         finally:
             self._engine.end_fit()
@@ -474,16 +561,150 @@ class MLP:
 
     def __getstate__(self):
         # pickle/deepcopy (joblib, sklearn's clone of fitted nets): the engine holds kernel
-        # modules or device arrays, so it travels as its parameter and velocity vectors
+        # modules or device arrays, so it travels as its parameter and optimizer-state vectors
         state = self.__dict__.copy()
         engine = state.pop("_engine")
-        state["_theta"], state["_vel"] = engine.get_params(), engine.get_velocity()
+        state["_theta"], state["_opt"] = engine.get_params(), engine.get_state()
         return state
 
     def __setstate__(self, state):
         state = dict(state)
-        theta, vel = state.pop("_theta"), state.pop("_vel")
+        theta = state.pop("_theta")
+        opt = state.pop("_opt", None)
+        if opt is None:                 # a pickle from before optimizer state was kept
+            vel = state.pop("_vel")
+            opt = {"vel": vel, "sq": np.zeros_like(vel), "step": 0}
+        state.setdefault("t_", 0)
+        state.setdefault("lr_", None)
+        for k in ("best_epoch_", "best_loss_", "best_score_"):
+            state.setdefault(k, None)
         self.__dict__.update(state)
         self._engine = _engine(self.backend, self._shape, self._n_params, self.dtype)
         self._engine.set_params(theta)
-        self._engine.set_velocity(vel)
+        self._engine.set_state(opt)
+
+
+def _data_crc(S):
+    import zlib
+    return None if S is None else zlib.crc32(np.ascontiguousarray(S).view(np.uint8).reshape(-1))
+
+
+class _Saved:
+    """The model's state at an epoch's start: weights, optimizer state, shuffling generator,
+    sample counter and history lengths; restore() puts it all back (after a divergence, a
+    bad chunk of streamed data or Ctrl-C mid-epoch), so the next epoch is the one a model
+    that never failed would run."""
+
+    def __init__(self, net):
+        self.net = net
+        self.theta = net._engine.get_params()
+        self.opt = net._engine.get_state()
+        self.rng = net._rng.bit_generator.state
+        self.n_epochs = net.n_epochs_
+        self.t = net.t_
+        self.hist = {k: len(v) for k, v in net.history_.items()}
+
+    def restore(self):
+        net = self.net
+        net._engine.set_params(self.theta)
+        net._engine.set_state(self.opt)
+        net._rng.bit_generator.state = self.rng
+        net.n_epochs_, net.t_ = self.n_epochs, self.t
+        for k, n in self.hist.items():
+            del net.history_[k][n:]
+
+
+class _Stopper:
+    """When to stop, and the scheduled lr: callbacks, the lecture's error threshold, the
+    tol/n_iter_no_change criterion, and the schedules (the "adaptive" one replaces the
+    tol stop by scikit-learn's divide-lr-then-stop rule)."""
+
+    def __init__(self, tol, n_iter_no_change, error_threshold, callbacks, schedule, params, lr0):
+        self.tol, self.patience, self.threshold = tol, n_iter_no_change, error_threshold
+        self.callbacks, self.schedule, self.params, self.lr0 = callbacks, schedule, params, lr0
+        if schedule == "adaptive" and tol is None:
+            self.tol = 1e-4                 # scikit-learn's default tol
+        self.best, self.stall, self.adaptive_lr = math.inf, 0, lr0
+
+    def get_state(self):
+        return {"best": None if not math.isfinite(self.best) else float(self.best),
+                "stall": int(self.stall), "adaptive_lr": self.adaptive_lr}
+
+    def set_state(self, st):
+        self.best = math.inf if st.get("best") is None else float(st["best"])
+        self.stall = int(st.get("stall", 0))
+        self.adaptive_lr = st.get("adaptive_lr", self.lr0)
+
+    def lr(self, e, t, epochs):
+        if self.schedule == "adaptive":
+            return self.adaptive_lr
+        return R.scheduled_lr(self.schedule, self.params, self.lr0, e, t, epochs)
+
+    def after_epoch(self, net, epoch, metric, emax):
+        stop = any([bool(cb(net, epoch, net.history_)) for cb in self.callbacks])
+        if self.threshold is not None and emax < self.threshold:
+            stop = True
+        if self.tol is not None:
+            self.stall = self.stall + 1 if metric > self.best - self.tol else 0
+            self.best = min(self.best, metric)
+            if self.schedule == "adaptive":     # scikit-learn: count > n_iter_no_change
+                if self.stall > self.patience:
+                    if self.adaptive_lr <= self.params["min_lr"]:
+                        stop = True
+                    else:
+                        self.adaptive_lr /= self.params["factor"]
+                        self.stall = 0
+            elif self.stall >= self.patience:
+                stop = True
+        return stop
+
+
+class _Best:
+    """restore_best: the weights of the epoch with the lowest monitored loss (validation loss
+    if given, else training loss), put back when training ends."""
+
+    def __init__(self, net, keep):
+        self.net, self.keep = net, keep
+        self.loss, self.theta = math.inf, None
+
+    def get_state(self):
+        n = self.net
+        return {"loss": None if not math.isfinite(self.loss) else self.loss,
+                "epoch": n.best_epoch_, "best_loss": n.best_loss_, "score": n.best_score_}
+
+    def set_state(self, st, theta):
+        self.loss = math.inf if st.get("loss") is None else float(st["loss"])
+        self.theta = theta if self.keep else None
+
+    def after_epoch(self, epoch, metric, score):
+        if metric < self.loss:
+            self.loss = metric
+            n = self.net
+            n.best_epoch_, n.best_loss_, n.best_score_ = epoch, float(metric), score
+            if self.keep:
+                self.theta = n._engine.get_params()
+
+    def restore(self):
+        if self.keep and self.theta is not None:
+            self.net._engine.set_params(self.theta)
+
+
+class _Progress:
+    """The tqdm bar of progress=True."""
+
+    def __init__(self, epochs):
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as e:  # pragma: no cover - depends on the environment
+            raise ImportError("progress=True needs tqdm: pip install 'nnjit[progress]'") from e
+        self.bar = tqdm(total=epochs, desc="fit", unit="epoch", leave=False)
+
+    def update(self, loss, vloss, vscore):
+        post = {"loss": f"{loss:.4g}"}
+        if vloss is not None:
+            post.update(val_loss=f"{vloss:.4g}", val_score=f"{vscore:.4g}")
+        self.bar.set_postfix(post)
+        self.bar.update(1)
+
+    def close(self):
+        self.bar.close()

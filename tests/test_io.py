@@ -62,7 +62,8 @@ def test_file_layout_is_the_documented_one(tmp_path):
     net.save(tmp_path / "m.npz")
     with np.load(tmp_path / "m.npz", allow_pickle=False) as z:
         names = set(z.files)
-        assert names == {"header", "W1", "b1", "vW1", "vb1", "W2", "b2", "vW2", "vb2", "classes"}
+        assert names == {"header", "W1", "b1", "vW1", "vb1", "sW1", "sb1",
+                         "W2", "b2", "vW2", "vb2", "sW2", "sb2", "classes"}
         assert z["W1"].shape == (7, 5) and z["b2"].shape == (3,) and z["vW2"].shape == (3, 7)
         np.testing.assert_array_equal(z["W2"], net.weights[1])
         np.testing.assert_array_equal(z["classes"], [0, 1, 2])
@@ -284,4 +285,4 @@ def test_info_summarises_a_file(saved):
     info = nio.info(saved)
     assert info["n_params"] == 5 * 7 + 7 + 7 * 3 + 3 == _net().n_params
     assert info["n_epochs"] == 2 and info["architecture"]["layers"] == [5, 7, 3]
-    assert info["classes"] == [0, 1, 2] and info["format_version"] == 1
+    assert info["classes"] == [0, 1, 2] and info["format_version"] == 2

@@ -4,11 +4,21 @@ forgets to write fails the comparison."""
 import numpy as np
 import pytest
 
-from nnjit import activations as A, loops, vectorised
+from nnjit import activations as A, loops, rules as R, vectorised
+from nnjit.engine import make_batch, make_shape
 from helpers import assert_close
 
 M, N_IN, N_OUT = 7, 5, 3
 DTYPES = ["float64", "float32"]
+RULES = [R.RULE_SGD, R.RULE_NESTEROV, R.RULE_ADAM, R.RULE_ADAMW]
+
+
+def coefs(rule, t=3, an=0.05, eps_mode="pytorch"):
+    """Per-step scalars of update t with every hyper-parameter on (L2 term an too)."""
+    h = R.hyper(0.3, 0.9, (0.8, 0.95), 1e-3, 0.0, 0.02 if rule == R.RULE_ADAMW else 0.0, eps_mode)
+    c = loops.step_coefs(rule, h, t, an)
+    assert np.allclose(c, vectorised.step_coefs(rule, h, t, an), rtol=1e-15)
+    return c
 CODES = [A.IDENTITY, A.SIGMOID, A.TANH, A.RELU, A.GELU]
 
 
@@ -59,37 +69,76 @@ def test_backward_layer(dtype, act):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_corrections(dtype):
-    delta, a_prev = data(dtype, (M, N_OUT), (M, N_IN))
+    delta, a_prev, W = data(dtype, (M, N_OUT), (M, N_IN), (N_OUT, N_IN))
     (lo, _), (ve, _) = both("corrections", lambda: poisoned((N_OUT, N_IN), (N_OUT,), dtype=dtype)
-                            + [delta, a_prev, 1.0 / M], 2)
+                            + [delta, a_prev, 1.0 / M, W, 0.25], 2)
     for x, y in zip(lo, ve):
         assert_close(x, y, dtype)
-    dw = sum(np.outer(delta[m], a_prev[m]) for m in range(M)) / M   # mean_m a_i delta_j
+    dw = sum(np.outer(delta[m], a_prev[m]) for m in range(M)) / M + 0.25 * W   # mean + L2 term
     assert_close(lo[0], dw, dtype)
+    assert_close(lo[1], delta.mean(axis=0), dtype)                           # biases: no L2
+
+
+def _rule_oracle(rule, w, v, q, g, c):
+    """The rules written out once more, in float64, as the oracle's oracle."""
+    eta, mu, b1, b2, A_, B_, eps, decay, _ = c
+    w, v, q = w.astype(float), v.astype(float), q.astype(float)
+    if rule == R.RULE_SGD:
+        v = mu * v - eta * g
+        return w + v, v, q
+    if rule == R.RULE_NESTEROV:
+        v = mu * v - eta * g
+        return w + mu * v - eta * g, v, q
+    v = b1 * v + (1 - b1) * g
+    q = b2 * q + (1 - b2) * g * g
+    return w * decay - A_ * v / (np.sqrt(q) * B_ + eps), v, q
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_corrections_update(dtype):
+@pytest.mark.parametrize("rule", RULES)
+def test_corrections_update(dtype, rule):
     W, b, vW, vb, delta, a_prev = data(dtype, (N_OUT, N_IN), (N_OUT,), (N_OUT, N_IN), (N_OUT,),
                                        (M, N_OUT), (M, N_IN))
+    sW, sb = [np.abs(x) for x in data(dtype, (N_OUT, N_IN), (N_OUT,), seed=5)]
+    c = coefs(rule)
 
     def args():
-        return [W.copy(), b.copy(), vW.copy(), vb.copy()] + poisoned(
-            (N_OUT, N_IN), (N_OUT,), dtype=dtype) + [delta, a_prev, 0.3, 0.9]
+        return [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
+            (N_OUT, N_IN), (N_OUT,), dtype=dtype) + [delta, a_prev, rule, c]
     (lo, _), (ve, _) = both("corrections_update", args, 6)
     for x, y in zip(lo, ve):
         assert_close(x, y, dtype)
-    v = 0.9 * vW - 0.3 * (delta.T @ a_prev / M)
-    assert_close(lo[0], W + v, dtype)
+    g = delta.T @ a_prev / M + c[8] * W
+    w2, v2, q2 = _rule_oracle(rule, W, vW, sW, g, c)
+    assert_close(lo[0], w2, dtype)
+    assert_close(lo[2], v2, dtype)
+    assert_close(lo[4], q2, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_update(dtype):
+@pytest.mark.parametrize("rule", RULES)
+def test_update(dtype, rule):
     theta, vel, grad = data(dtype, (11,), (11,), (11,))
-    (lo, _), (ve, _) = both("update", lambda: [theta.copy(), vel.copy(), grad, 0.1, 0.5], 2)
+    sq = np.abs(data(dtype, (11,), seed=2)[0])
+    c = coefs(rule)
+    (lo, _), (ve, _) = both("update", lambda: [theta.copy(), vel.copy(), sq.copy(), grad, rule, c], 3)
     for x, y in zip(lo, ve):
         assert_close(x, y, dtype)
-    assert_close(lo[1], 0.5 * vel - 0.1 * grad, dtype)
+    for x, y in zip(lo, _rule_oracle(rule, theta, vel, sq, grad.astype(float), c)):
+        assert_close(x, y, dtype)
+
+
+def test_step_coefs_both_eps_placements():
+    """PyTorch divides by sqrt(v/(1-b2^t)) + eps with lr/(1-b1^t); scikit-learn uses
+    lr_t = lr sqrt(1-b2^t)/(1-b1^t) and divides by sqrt(v) + eps."""
+    h = R.hyper(0.01, 0.0, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch")
+    eta, _, _, _, A_, B_, eps, decay, _ = loops.step_coefs(R.RULE_ADAM, h, 4, 0.0)
+    assert A_ == pytest.approx(0.01 / (1 - 0.9 ** 4)) and B_ == pytest.approx((1 - 0.999 ** 4) ** -0.5)
+    h[R.H_EPS_MODE] = R.EPS_MODES["sklearn"]
+    _, _, _, _, A_, B_, _, _, _ = loops.step_coefs(R.RULE_ADAM, h, 4, 0.0)
+    assert A_ == pytest.approx(0.01 * np.sqrt(1 - 0.999 ** 4) / (1 - 0.9 ** 4)) and B_ == 1.0
+    h[R.H_WD] = 0.5
+    assert loops.step_coefs(R.RULE_ADAMW, h, 1, 0.0)[7] == pytest.approx(1 - 0.01 * 0.5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -103,8 +152,13 @@ def test_output_error_and_loss(dtype, act, loss):
         y = (y > 0).astype(dtype)
     a = vectorised.F[act](z).astype(dtype)
     (lo, _), (ve, _) = both("output_error", lambda: poisoned((M, N_OUT), dtype=dtype)
-                            + [a, z, y, act, loss], 1)
+                            + [a, z, y, np.ones(M, dtype), act, loss], 1)
     assert_close(lo[0], ve[0], dtype)
+    sw = np.linspace(0.0, 2.0, M).astype(dtype)          # weights, one of them zero
+    (lw, _), (vw, _) = both("output_error", lambda: poisoned((M, N_OUT), dtype=dtype)
+                            + [a, z, y, sw, act, loss], 1)
+    assert_close(lw[0], vw[0], dtype)
+    assert_close(lw[0], lo[0] * (sw * M / sw.astype(float).sum())[:, None], dtype)
     (lo, e1), (ve, e2) = both("sample_loss", lambda: poisoned((M,), dtype=dtype)
                               + [a, z, y, act, loss], 1)
     assert_close(lo[0], ve[0], dtype)
@@ -128,25 +182,32 @@ def test_sample_loss_is_finite_where_a_saturates(dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
 @pytest.mark.parametrize("par_min,par_work", [(2, 10**9), (1, 1)])   # serial and parallel paths
-def test_train_epoch(dtype, batch_size, par_min, par_work):
-    """The whole compiled epoch equals the vectorised one, batch by batch (7 = 3 + 3 + 1)."""
-    from nnjit.engine import make_shape
+@pytest.mark.parametrize("rule", RULES)
+def test_train_epoch(dtype, batch_size, par_min, par_work, rule):
+    """The whole compiled epoch equals the vectorised one, batch by batch (7 = 3 + 3 + 1),
+    for every rule with momentum, L2 penalty and sample weights (one of them zero) on."""
     shape, P = make_shape([5, 4, 3], [A.TANH, A.SOFTMAX])
     rng = np.random.default_rng(1)
     theta = (rng.normal(size=P) * 0.5).astype(dtype)
     X = rng.normal(size=(M, 5)).astype(dtype)
     Y = np.eye(3, dtype=dtype)[rng.integers(0, 3, M)]
+    S = rng.uniform(0.2, 2.0, M).astype(dtype)
+    S[2] = 0.0
     order = rng.permutation(M).astype(np.int64)
+    h = R.hyper(0.05, 0.9, (0.8, 0.95), 1e-6, 0.1, 0.01 if rule == R.RULE_ADAMW else 0.0, "pytorch")
     outs = []
     for mod in (loops, vectorised):
-        th, vel, grad = theta.copy(), np.zeros(P, dtype), np.zeros(P, dtype)
-        bufs = tuple(np.zeros(n, dtype) for n in (batch_size * 12,) * 3 + (batch_size * 3, batch_size))
+        th, vel, sq, grad = theta.copy(), np.zeros(P, dtype), np.zeros(P, dtype), np.zeros(P, dtype)
+        step = np.zeros(1, np.int64)
+        bufs = make_batch(shape, batch_size, dtype)
         for _ in range(2):
-            tot, emax = mod.train_epoch(th, vel, grad, shape, bufs, X, Y, order, batch_size,
-                                        0.2, 0.9, A.CROSS_ENTROPY, par_min, par_work)
-        outs.append((th, vel, tot, emax))
+            tot, emax = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, order,
+                                        batch_size, rule, h, A.CROSS_ENTROPY, par_min, par_work)
+        outs.append((th, vel, sq, step, tot, emax))
     for x, y in zip(*outs):
         assert_close(x, y, dtype)
+    n_batches = -(-M // batch_size) - (1 if batch_size == 1 else 0)   # the zero-weight sample
+    assert outs[0][3][0] == 2 * n_batches                             # makes no update
 
 
 # ---------------------------------------------------------------- the register-blocked kernels
@@ -181,14 +242,18 @@ def test_blocked_backward(dtype, M_, n_in, n_out, kernel):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (1, 5, 6), (8, 3, 8)])
 @pytest.mark.parametrize("kernel", ["corrections_update_blocked", "_corrections_update_s"])
-def test_blocked_corrections_update(dtype, M_, n_in, n_out, kernel):
+@pytest.mark.parametrize("rule", RULES)
+def test_blocked_corrections_update(dtype, M_, n_in, n_out, kernel, rule):
     W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
                                        (M_, n_out), (M_, n_in))
+    sW, sb = [np.abs(x) for x in data(dtype, (n_out, n_in), (n_out,), seed=4)]
+    c = coefs(rule)
     outs = []
     for fn in (getattr(loops, kernel), vectorised.corrections_update):
-        args = [W.copy(), b.copy(), vW.copy(), vb.copy()] + poisoned((n_out, n_in), (n_out,), dtype=dtype)
-        fn(*args, delta, a_prev, 0.3, 0.9)
-        outs.append([args[0], args[1], args[2], args[3], args[5]])   # dW is scratch
+        args = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
+            (n_out, n_in), (n_out,), dtype=dtype)
+        fn(*args, delta, a_prev, rule, c)
+        outs.append([args[0], args[1], args[2], args[3], args[4], args[5], args[7]])  # dW is scratch
     for x, y in zip(*outs):
         assert np.isfinite(x).all()
         assert_close(x, y, dtype)
@@ -196,16 +261,40 @@ def test_blocked_corrections_update(dtype, M_, n_in, n_out, kernel):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ["update_forward_next", "_update_forward_next_s"])
-def test_update_forward_next(dtype, kernel):
+@pytest.mark.parametrize("rule", RULES)
+def test_update_forward_next(dtype, kernel, rule):
     """The online step fused with the next sample's z equals update, then feed-forward."""
     W, b, vW, vb, delta, x, x_next = data(dtype, (N_OUT, N_IN), (N_OUT,), (N_OUT, N_IN), (N_OUT,),
                                           (N_OUT,), (N_IN,), (N_IN,))
-    got = [W.copy(), b.copy(), vW.copy(), vb.copy()]
+    sW, sb = [np.abs(x) for x in data(dtype, (N_OUT, N_IN), (N_OUT,), seed=4)]
+    c = coefs(rule)
+    got = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
     z_next, = poisoned((N_OUT,), dtype=dtype)
-    getattr(loops, kernel)(*got, delta, x, x_next, z_next, 0.3, 0.9)
-    want = [W.copy(), b.copy(), vW.copy(), vb.copy()]
-    vectorised.corrections_update(*want, np.empty_like(W), np.empty_like(b), delta[None], x[None], 0.3, 0.9)
+    getattr(loops, kernel)(*got, delta, x, x_next, z_next, rule, c)
+    want = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
+    vectorised.corrections_update(*want, np.empty_like(W), np.empty_like(b), delta[None], x[None], rule, c)
     z2, a2 = np.empty((1, N_OUT), dtype), np.empty((1, N_OUT), dtype)
     vectorised.forward_layer(z2, a2, x_next[None], want[0], want[1], A.IDENTITY)
     for g, w in zip(got + [z_next], want + [z2[0]]):
         assert_close(g, w, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_in", [1, 7, 8, 13, 33, 64, 129])
+@pytest.mark.parametrize("n_out", [1, 5, 9])
+def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
+    """Online learning computes the next sample's z^(1) inside the update (fused) or, at a
+    streamed chunk's start, by feed-forward; both must sum in one fixed order, whatever
+    vector width LLVM picks, so streamed training equals in-memory training bit for bit."""
+    W, b, vW, vb, delta, x, x_next = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
+                                          (n_out,), (n_in,), (n_in,), seed=n_in)
+    sW, sb = np.zeros_like(W), np.zeros_like(b)
+    c = coefs(R.RULE_SGD)
+    for kernel in (loops.update_forward_next, loops._update_forward_next_s):
+        p = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
+        z_fused = np.full(n_out, np.nan, dtype)
+        kernel(*p, delta, x, x_next, z_fused, R.RULE_SGD, c)
+        for fwd in (loops.forward_layer_units, loops._forward_layer_s):
+            z, a = np.full((1, n_out), np.nan, dtype), np.empty((1, n_out), dtype)
+            fwd(z, a, x_next[None], p[0], p[1], A.IDENTITY)
+            np.testing.assert_array_equal(z[0], z_fused)
