@@ -161,36 +161,38 @@ class AdamOptimizer:
 
 # ---------------------------------------------------------------- one pass: loss and gradient
 class _KernelPass:
-    """Loss and mean gradient of a batch from the backend's compiled kernels (dense X, no
-    sample weights): load_batch, forward, sample_loss, backprop on the net's own buffers."""
+    """Loss and (weighted) mean gradient of a batch from the backend's kernels (dense X):
+    load_batch, forward, sample_loss, backprop on the net's own buffers."""
 
-    def __init__(self, net, X, Y, cap):
+    def __init__(self, net, X, Y, sw, cap):
         self.e = net._engine
         self.k = self.e.k
         self.shape = self.e.shape
         self.X, self.Y = X, Y
+        self.S = np.ones(X.shape[0], X.dtype) if sw is None else np.ascontiguousarray(sw, X.dtype)
         self.bufs = self.e._buffers(max(int(cap), 1))
         self.grad = np.zeros_like(self.e.theta)
         self.loss_code = net._loss
-        self.act = int(self.shape[3][-1])
+        self.act = int(self.shape.acts[-1])
         # scikit-learn's squared error is a mean over the K outputs too; ours a sum over them
         self.loss_scale = 1.0 / Y.shape[1] if net.loss == "squared_error" else 1.0
-        self.loaded = None
+        self.loaded = False
 
     def run(self, order, start, mb, reuse=False):
-        """(sum over the batch of the per-sample loss, max |a - y|); mean gradient in self.grad.
+        """(sum_m s_m C_m over the batch, max |a - y|); weighted mean gradient in self.grad.
         reuse: the batch is the one loaded by the previous call (lbfgs: X never changes)."""
         e, k, bufs = self.e, self.k, self.bufs
         if not (reuse and self.loaded):
-            k.load_batch(bufs, self.shape, self.X, self.Y, order, start, mb)
+            k.load_batch(bufs, self.shape, self.X, self.Y, self.S, order, start, mb)
             self.loaded = True
         k.forward(e.theta, self.shape, bufs, mb, mb >= config.PARALLEL_MIN_SAMPLES,
                   config.PARALLEL_MIN_WORK, 1)
         a, z = e._out(bufs, mb)
-        y = bufs[3][:a.size].reshape(a.shape)
-        emax = k.sample_loss(bufs[4][:mb], a, z, y, self.act, self.loss_code)
-        k.backprop(e.theta, self.grad, self.shape, bufs, mb, self.loss_code)
-        return float(bufs[4][:mb].sum(dtype=np.float64)) * self.loss_scale, float(emax)
+        y = bufs.y[:a.size].reshape(a.shape)
+        emax = k.sample_loss(bufs.cost[:mb], a, z, y, self.act, self.loss_code)
+        k.backprop(e.theta, self.grad, self.shape, bufs, mb, self.loss_code, 0.0)
+        total = float((bufs.s[:mb].astype(np.float64) * bufs.cost[:mb]).sum())
+        return total * self.loss_scale, float(emax)
 
 
 class _SumsPass:
@@ -463,11 +465,11 @@ class _BaseMLP(BaseEstimator):
         return 0.5 * self.alpha * sq / n
 
     def _make_pass(self, net, X, Y, sw, cap):
-        if sp.issparse(X) or sw is not None or self.out_activation_ == "exp":
+        if sp.issparse(X) or self.out_activation_ == "exp" or (sw is not None and self.backend == "cuda"):
             return _NumpyPass(self, net, X, Y, sw, cap)
         if self.backend == "cuda":
             return _SumsPass(net, X, Y, cap)
-        return _KernelPass(net, X, Y, cap)
+        return _KernelPass(net, X, Y, sw, cap)
 
     # -- scikit-learn's initialisation: the same RNG draws in the same order
     def _initialize(self, y, layer_units, dtype):
@@ -748,20 +750,21 @@ class _BaseMLP(BaseEstimator):
 
     def _compiled_epoch(self, passer, opt, order, batch_size):
         """One epoch in nnjit.sklearn_loops.train_epoch; returns (sum of batch loss x mb, max |a - y|)."""
+        from . import rules
         from . import sklearn_loops as K
         theta = passer.e.theta
         if isinstance(opt, AdamOptimizer):
             rule, s1, s2, t = K.ADAM, opt.ms, opt.vs, opt.t
+            hyper = rules.hyper(opt.learning_rate_init, 0.0, (opt.beta_1, opt.beta_2), opt.epsilon,
+                                float(self.alpha), 0.0, "sklearn")
         else:
             rule, s1, s2, t = (K.NESTEROV if opt.nesterov else K.SGD), opt.velocities, opt._tmp, 0
+            hyper = rules.hyper(opt.learning_rate, opt.momentum, (0.0, 0.0), 1.0,
+                                float(self.alpha), 0.0, "sklearn")
         total, emax, t = K.train_epoch(
-            theta, s1, s2, passer.grad, passer.shape, passer.bufs, passer.X, passer.Y, order,
-            int(batch_size), float(self.alpha), rule, float(opt.learning_rate_init if rule == K.ADAM
-                                                            else opt.learning_rate),
-            float(getattr(opt, "momentum", 0.0)), float(getattr(opt, "beta_1", 0.0)),
-            float(getattr(opt, "beta_2", 0.0)), float(getattr(opt, "epsilon", 0.0)), int(t),
-            passer.loss_code, float(passer.loss_scale), config.PARALLEL_MIN_SAMPLES,
-            config.PARALLEL_MIN_WORK)
+            theta, s1, s2, passer.grad, passer.shape, passer.bufs, passer.X, passer.Y, passer.S,
+            order, int(batch_size), rule, hyper, int(t), passer.loss_code,
+            float(passer.loss_scale), config.PARALLEL_MIN_SAMPLES, config.PARALLEL_MIN_WORK)
         if rule == K.ADAM:
             opt.t = int(t)
             opt.learning_rate = (opt.learning_rate_init * np.sqrt(1 - opt.beta_2 ** opt.t)

@@ -17,47 +17,24 @@ with g = (sum_m a_i delta_j + alpha w_ij) / M, scikit-learn's gradient of
 mean loss + alpha / (2 M) sum ||W||^2 (no L2 on biases), and for Adam
 eta_t = eta sqrt(1 - b2^t) / (1 - b1^t) at step t (scikit-learn's bias correction).
 """
-import math
-
-import numpy as np
 from numba import njit, prange
 
-from . import loops
+from . import loops, rules
 from .config import FASTMATH
 
-SGD, NESTEROV, ADAM = range(3)
+SGD, NESTEROV, ADAM = rules.RULE_SGD, rules.RULE_NESTEROV, rules.RULE_ADAM
 
 _OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _rule_row(w, s1, s2, g, scale, alpha, rule, eta, mu, b1, b2, eps):
-    """One row of the update: g_i = (g_i + alpha w_i) scale, then the rule on w, s1, s2.
-
-    w, s1, s2, g (N,): parameters, first and second optimizer state (velocity, or Adam's m
-    and v), and the summed correction. Elementwise, so no sum order to keep."""
-    for i in range(w.shape[0]):
-        gi = (g[i] + alpha * w[i]) * scale
-        if rule == ADAM:
-            s1[i] = b1 * s1[i] + (1 - b1) * gi
-            s2[i] = b2 * s2[i] + (1 - b2) * (gi * gi)
-            w[i] += (-eta * s1[i]) / (math.sqrt(s2[i]) + eps)
-        else:
-            s1[i] = mu * s1[i] - eta * gi
-            if rule == NESTEROV:
-                w[i] += mu * s1[i] - eta * gi
-            else:
-                w[i] += s1[i]
-
-
-def _corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, alpha, rule, eta, mu,
-                      b1, b2, eps):
+def _corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, rule, c):
     """Corrections sum_m a_i delta_j (4 x 4 register blocks, as loops' blocked kernel) fused
     with scikit-learn's update of row j while it is in cache.
 
     W, S1W, S2W, dW (N_l, N_{l-1}); b, S1b, S2b, db (N_l,); delta (M, N_l); a_prev
-    (M, N_{l-1}). prange over blocks of 4 output units j: a step owns 4 rows. dW, db end up
-    holding the summed (not averaged) corrections."""
+    (M, N_{l-1}); rule, c: nnjit.loops.step_coefs (c[8] = alpha / n_batch). prange over
+    blocks of 4 output units j: a step owns 4 rows. dW, db end up holding the summed (not
+    averaged) corrections; the update is nnjit.loops' per-row rule (issue 10's helper)."""
     M, n_in = a_prev.shape
     n_out = delta.shape[1]
     zero = W.dtype.type(0.0)
@@ -99,9 +76,9 @@ def _corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, alpha, ru
                     row[i] += d * x[i]
                 db[j] += d
         for j in range(j0, j0 + nj):
-            _rule_row(W[j], S1W[j], S2W[j], dW[j], s, alpha, rule, eta, mu, b1, b2, eps)
-        _rule_row(b[j0:j0 + nj], S1b[j0:j0 + nj], S2b[j0:j0 + nj], db[j0:j0 + nj], s, 0.0,
-                  rule, eta, mu, b1, b2, eps)
+            loops._rule_row(rule, W[j], S1W[j], S2W[j], dW[j], s, c[8], c)
+        loops._rule_row(rule, b[j0:j0 + nj], S1b[j0:j0 + nj], S2b[j0:j0 + nj], db[j0:j0 + nj],
+                        s, 0.0, c)
 
 
 corrections_rule = njit(parallel=True, **_OPTS)(_corrections_rule)
@@ -109,73 +86,62 @@ _corrections_rule_s = loops._serial(_corrections_rule)
 
 
 @njit(**_OPTS)
-def _sum_sq_weights(theta, shape):
-    """sum over layers of ||W^(l)||^2 (biases excluded), in float64."""
-    sizes, w_off = shape[0], shape[1]
-    acc = 0.0
-    for l in range(1, sizes.shape[0]):
-        p0 = w_off[l - 1]
-        for p in range(p0, p0 + sizes[l] * sizes[l - 1]):
-            acc += float(theta[p]) * float(theta[p])
-    return acc
-
-
-@njit(**_OPTS)
-def train_epoch(theta, s1, s2, grad, shape, bufs, X, Y, order, batch_size, alpha, rule, eta,
-                mu, b1, b2, eps, t, loss, loss_scale, par_min, par_work):
+def train_epoch(theta, s1, s2, grad, shape, bufs, X, Y, S, order, batch_size, rule, hyper, t,
+                loss, loss_scale, par_min, par_work):
     """One epoch of scikit-learn's stochastic solver: for each batch (order[start:start+mb]),
-    feed-forward, per-sample loss, output error, then for l = L..1 the error recursion to
-    layer l-1 (with W^(l) before its update) and the fused correction + update of layer l.
+    feed-forward, per-sample loss, output error (weighted by S), then for l = L..1 the error
+    recursion to layer l-1 (with W^(l) before its update) and the fused correction + update
+    of layer l.
 
-    theta, s1, s2, grad (P,): parameters, optimizer state, scratch. t: Adam's step count
-    before the epoch. Returns (sum over batches of (mean loss + L2 term) * mb, max |a - y|,
+    theta, s1, s2, grad (P,): parameters, optimizer state (velocity or Adam's m; Adam's v),
+    scratch. X (n, D), Y (n, K), S (n,) sample weights. rule, hyper: nnjit.rules (hyper's
+    alpha is scikit-learn's L2 strength). t: updates made before the epoch (Adam's step).
+    Returns (sum over batches of scikit-learn's batch loss times mb -- the weighted mean cost
+    (times loss_scale) plus alpha/(2 sum_m s_m) sum ||W||^2 before the update --, max |a - y|,
     t after the epoch)."""
-    acts = shape[3]
-    L = shape[0].shape[0] - 1
-    K = shape[0][L]
+    acts = shape.acts
+    L = shape.sizes.shape[0] - 1
     n = order.shape[0]
+    alpha = hyper[rules.H_ALPHA]
     total = 0.0
     emax = 0.0
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
         par = mb >= par_min
-        loops.load_batch(bufs, shape, X, Y, order, start, mb)
+        loops.load_batch(bufs, shape, X, Y, S, order, start, mb)
         loops.forward(theta, shape, bufs, mb, par, par_work, 1)
-        aL, zL = loops._rows(bufs[0], shape, L, mb), loops._rows(bufs[1], shape, L, mb)
-        y = bufs[3][:mb * K].reshape((mb, K))
-        lossrow = bufs[4][:mb]
-        emax = max(emax, loops.sample_loss(lossrow, aL, zL, y, acts[L - 1], loss))
+        aL, zL = loops._rows(bufs.a, shape, L, mb), loops._rows(bufs.z, shape, L, mb)
+        y = loops._targets(bufs, shape, mb)
+        costs, sw = bufs.cost[:mb], bufs.s[:mb]
+        emax = max(emax, loops.sample_loss(costs, aL, zL, y, acts[L - 1], loss))
+        Sb = loops.weight_sum(sw)
         bl = 0.0
         for m in range(mb):
-            bl += lossrow[m]
-        bl = bl * loss_scale / mb
+            bl += sw[m] * costs[m]
+        bl = bl * loss_scale / Sb
         if alpha != 0.0:
-            bl += 0.5 * alpha * _sum_sq_weights(theta, shape) / mb
+            bl += 0.5 * alpha * loops.penalty(theta, shape) / Sb
         total += bl * mb
-        loops.output_error(loops._rows(bufs[2], shape, L, mb), aL, zL, y, acts[L - 1], loss)
         t += 1
-        eta_t = eta
-        if rule == ADAM:
-            eta_t = eta * math.sqrt(1 - b2 ** t) / (1 - b1 ** t)
+        c = loops.step_coefs(rule, hyper, t, alpha / Sb)
+        loops.output_error(loops._rows(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
         for l in range(L, 0, -1):
             W, b = loops._params(theta, shape, l)
             S1W, S1b = loops._params(s1, shape, l)
             S2W, S2b = loops._params(s2, shape, l)
             dW, db = loops._params(grad, shape, l)
-            delta, a_prev = loops._rows(bufs[2], shape, l, mb), loops._rows(bufs[0], shape, l - 1, mb)
+            delta, a_prev = loops._rows(bufs.delta, shape, l, mb), loops._rows(bufs.a, shape, l - 1, mb)
             if l > 1:       # error recursion first: it needs W^(l) before the update
                 if par:
-                    loops.backward_layer_blocked(loops._rows(bufs[2], shape, l - 1, mb), delta, W,
-                                                 loops._rows(bufs[1], shape, l - 1, mb), a_prev,
+                    loops.backward_layer_blocked(loops._rows(bufs.delta, shape, l - 1, mb), delta, W,
+                                                 loops._rows(bufs.z, shape, l - 1, mb), a_prev,
                                                  acts[l - 2])
                 else:
-                    loops._backward_layer_s(loops._rows(bufs[2], shape, l - 1, mb), delta, W,
-                                            loops._rows(bufs[1], shape, l - 1, mb), a_prev,
+                    loops._backward_layer_s(loops._rows(bufs.delta, shape, l - 1, mb), delta, W,
+                                            loops._rows(bufs.z, shape, l - 1, mb), a_prev,
                                             acts[l - 2])
             if par or W.size * mb >= par_work:
-                corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, alpha, rule,
-                                 eta_t, mu, b1, b2, eps)
+                corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, rule, c)
             else:
-                _corrections_rule_s(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, alpha, rule,
-                                    eta_t, mu, b1, b2, eps)
+                _corrections_rule_s(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, rule, c)
     return total, emax, t
