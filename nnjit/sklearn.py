@@ -211,6 +211,66 @@ class _SumsPass:
         return total * self.loss_scale, emax
 
 
+class _SparsePass:
+    """Sparse CSR X on the loops backend (nnjit.sparse): W^(1) and its optimizer state are
+    held transposed, (D, N_1), for the epoch and written back into theta after it."""
+
+    def __init__(self, net, X, Y, sw, cap, opt):
+        from .engine import make_batch, make_shape
+        e = net._engine
+        layers = [int(n) for n in net.layers]
+        D, N1 = layers[0], layers[1]
+        self.n1w = n1w = D * N1
+        theta = e.theta
+        dt = theta.dtype
+        self.net, self.opt = net, opt
+        self.X = X if X.dtype == dt else X.astype(dt)
+        self.indptr = self.X.indptr.astype(np.int64)
+        self.indices = self.X.indices.astype(np.int64)
+        self.Y = Y
+        self.S = np.ones(X.shape[0], dt) if sw is None else np.ascontiguousarray(sw, dt)
+        self.W1 = theta[:n1w].reshape(N1, D)
+        self.b1 = theta[n1w:n1w + N1]
+        self.tail = theta[n1w + N1:]
+        self.tshape, n_tail = make_shape(layers[1:], net._acts[1:])
+        assert n_tail == self.tail.size
+        self.tbufs = make_batch(self.tshape, max(int(cap), 1), dt)
+        self.GT = np.zeros((D, N1), dt)
+        self.gb1 = np.zeros(N1, dt)
+        self.mark = np.full(D, -1, np.int64)
+        self.zero_row = np.zeros(N1, dt)
+        self.z1, self.a1, self.d1 = (np.zeros((max(int(cap), 1), N1), dt) for _ in range(3))
+        self.tgrad = np.zeros_like(self.tail)
+        self.loss_code = net._loss
+        self.act1 = int(net._acts[0])
+        self.loss_scale = 1.0 / Y.shape[1] if net.loss == "squared_error" else 1.0
+        self.grad = None
+
+    def _state(self):
+        opt = self.opt
+        return (opt.ms, opt.vs) if isinstance(opt, AdamOptimizer) else (opt.velocities, opt._tmp)
+
+    def epoch(self, order, batch_size, rule, hyper, t):
+        from . import sparse
+        n1w, N1 = self.n1w, self.b1.size
+        s1, s2 = self._state()
+        WT = np.ascontiguousarray(self.W1.T)
+        V1 = np.ascontiguousarray(s1[:n1w].reshape(N1, -1).T)
+        Q1 = np.ascontiguousarray(s2[:n1w].reshape(N1, -1).T)
+        rowsq = np.einsum("ij,ij->i", WT, WT, dtype=np.float64)
+        total, emax, t = sparse.train_epoch(
+            WT, self.b1, V1, Q1, s1[n1w:n1w + N1], s2[n1w:n1w + N1], self.GT, self.gb1,
+            self.mark, rowsq, self.zero_row, self.z1, self.a1, self.d1, self.act1, self.tail,
+            s1[n1w + N1:], s2[n1w + N1:], self.tgrad, self.tshape, self.tbufs, self.indptr,
+            self.indices, self.X.data, self.Y, self.S, order, batch_size, rule, hyper, t,
+            self.loss_code, float(self.loss_scale), config.PARALLEL_MIN_SAMPLES,
+            config.PARALLEL_MIN_WORK)
+        self.W1[...] = WT.T
+        s1[:n1w].reshape(N1, -1)[...] = V1.T
+        s2[:n1w].reshape(N1, -1)[...] = Q1.T
+        return total, emax, t
+
+
 class _NumpyPass:
     """NumPy/SciPy twin of the loss and gradient, as scikit-learn computes them: for sparse X
     (scipy.sparse products), sample weights and the Poisson loss. Works on the net's flat theta.
@@ -657,6 +717,10 @@ class _BaseMLP(BaseEstimator):
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
         passer = self._make_pass(net, X_train, y_train, sw_train, batch_size)
         compiled = isinstance(passer, _KernelPass) and self.backend == "loops"
+        if (sp.issparse(X_train) and self.backend == "loops" and self.out_activation_ != "exp"
+                and len(self._layer_units) >= 3):       # nnjit.sparse: no densifying
+            passer = _SparsePass(net, X_train, y_train, sw_train, batch_size, opt)
+            compiled = True
         wsl = self._wslices()
         bar = None
         if self.progress:
@@ -749,10 +813,10 @@ class _BaseMLP(BaseEstimator):
             net._engine.set_params(theta)
 
     def _compiled_epoch(self, passer, opt, order, batch_size):
-        """One epoch in nnjit.sklearn_loops.train_epoch; returns (sum of batch loss x mb, max |a - y|)."""
+        """One epoch in nnjit.sklearn_loops.train_epoch (nnjit.sparse.train_epoch for sparse X);
+        returns (sum of batch loss x mb, max |a - y|)."""
         from . import rules
         from . import sklearn_loops as K
-        theta = passer.e.theta
         if isinstance(opt, AdamOptimizer):
             rule, s1, s2, t = K.ADAM, opt.ms, opt.vs, opt.t
             hyper = rules.hyper(opt.learning_rate_init, 0.0, (opt.beta_1, opt.beta_2), opt.epsilon,
@@ -761,10 +825,14 @@ class _BaseMLP(BaseEstimator):
             rule, s1, s2, t = (K.NESTEROV if opt.nesterov else K.SGD), opt.velocities, opt._tmp, 0
             hyper = rules.hyper(opt.learning_rate, opt.momentum, (0.0, 0.0), 1.0,
                                 float(self.alpha), 0.0, "sklearn")
-        total, emax, t = K.train_epoch(
-            theta, s1, s2, passer.grad, passer.shape, passer.bufs, passer.X, passer.Y, passer.S,
-            order, int(batch_size), rule, hyper, int(t), passer.loss_code,
-            float(passer.loss_scale), config.PARALLEL_MIN_SAMPLES, config.PARALLEL_MIN_WORK)
+        if isinstance(passer, _SparsePass):
+            total, emax, t = passer.epoch(order, int(batch_size), rule, hyper, int(t))
+        else:
+            total, emax, t = K.train_epoch(
+                passer.e.theta, s1, s2, passer.grad, passer.shape, passer.bufs, passer.X,
+                passer.Y, passer.S, order, int(batch_size), rule, hyper, int(t),
+                passer.loss_code, float(passer.loss_scale), config.PARALLEL_MIN_SAMPLES,
+                config.PARALLEL_MIN_WORK)
         if rule == K.ADAM:
             opt.t = int(t)
             opt.learning_rate = (opt.learning_rate_init * np.sqrt(1 - opt.beta_2 ** opt.t)
