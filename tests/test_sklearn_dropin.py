@@ -121,8 +121,9 @@ def test_loss_grad_lbfgs_equals_scikit_learns_and_finite_differences():
 
 @pytest.mark.parametrize("backend", ["vectorised", "loops"])
 def test_backends_and_numpy_pass_agree(backend):
-    """The kernel pass (loops, vectorised) and the NumPy pass (taken for sparse X and sample
-    weights) train the same model: with alpha=0, equal weights of 2 give the unweighted objective."""
+    """The kernel pass (loops: compiled epoch; vectorised: per batch), the sparse kernels
+    (nnjit.sparse, loops) or NumPy/SciPy pass (vectorised) for CSR X, and sample weights all
+    train the same model: with alpha=0, equal weights of 2 give the unweighted objective."""
     X, y = _data("multiclass")
     p = dict(hidden_layer_sizes=(7, 5), solver="adam", alpha=0.0, max_iter=5, batch_size=9,
              random_state=2, learning_rate_init=0.01)
@@ -170,3 +171,21 @@ def test_diverging_sgd_records_nan_score_or_raises():
         assert np.isnan(es.validation_scores_[-1]) and np.isfinite(es.coefs_[0]).all()
         with pytest.raises(ValueError, match="non-finite parameter weights"):
             nn.MLPRegressor(**p).fit(X * 1e3, y)
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd"])
+def test_sparse_kernels_match_scikit_learn_without_densifying(solver, monkeypatch):
+    """CSR X through nnjit.sparse (two hidden layers, odd sizes, sample weights, L2): the same
+    trajectory as scikit-learn; X is never made dense (toarray is refused)."""
+    rng = np.random.default_rng(4)
+    X = sp.random(83, 301, density=0.02, format="csr", random_state=1)
+    y = (X @ rng.normal(size=301) > 0).astype(int) + (X @ rng.normal(size=301) > 0.1)
+    sw = rng.uniform(0.5, 2.0, 83)
+    p = dict(hidden_layer_sizes=(7, 5), activation="tanh", solver=solver, alpha=0.01,
+             batch_size=19, max_iter=4, random_state=0, learning_rate_init=0.02)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        a = sk.MLPClassifier(**p).fit(X, y, sample_weight=sw)
+        monkeypatch.setattr(sp.csr_matrix, "toarray", lambda *a, **k: pytest.fail("densified"))
+        b = nn.MLPClassifier(**p).fit(X, y, sample_weight=sw)
+    _assert_same(a, b, tol=1e-12)

@@ -8,7 +8,8 @@ batch 32 on digits; (c) lbfgs on a 5,000-sample regression; (d) adam on a sparse
 time of each library, the ratio, epochs run (both stop by the same tol rule, so they run the
 same number unless their trajectories part), held-out score of each, and the largest
 difference between the two fitted weight sets. Compile time is excluded (one small warm-up fit
-first). ``--max-iter`` caps every case (the full 200 iterations of scikit-learn take minutes).
+first). ``--max-iter`` caps every case, ``--big-max-iter`` the two large ones (scikit-learn
+needs minutes for their 200 iterations).
 """
 import argparse
 import json
@@ -25,13 +26,14 @@ def _cases(args):
     import scipy.sparse as sp
     rng = np.random.default_rng(0)
     out = []
+    big = {} if args.big_max_iter is None else {"max_iter": args.big_max_iter}
     X, y = load_digits(return_X_y=True)
     X = X / 16.0
     if "a" in args.cases:
         out.append(("(a) defaults, digits 1797x64", "clf", X, y, {}))
         Xs, ys = make_classification(n_samples=args.big_samples, n_features=100, n_informative=40,
                                      n_classes=2, random_state=0)
-        out.append((f"(a) defaults, synthetic {args.big_samples}x100", "clf", Xs, ys, {}))
+        out.append((f"(a) defaults, synthetic {args.big_samples}x100", "clf", Xs, ys, big))
     if "b" in args.cases:
         out.append(("(b) sgd, batch 32, digits", "clf", X, y, {"solver": "sgd", "batch_size": 32,
                                                                "learning_rate_init": 0.01}))
@@ -45,7 +47,7 @@ def _cases(args):
         Xsp = sp.random(n, d, density=0.001, format="csr", random_state=0, dtype=np.float64)
         w = rng.normal(size=d)
         ysp = (Xsp @ w > 0).astype(int)
-        out.append((f"(d) adam, sparse {n}x{d} at 0.1%", "clf", Xsp, ysp, {}))
+        out.append((f"(d) adam, sparse {n}x{d} at 0.1%", "clf", Xsp, ysp, big))
     return out
 
 
@@ -77,7 +79,7 @@ def run(args):
     rows = []
     for name, kind, X, y, extra in _cases(args):
         Xtr, Xte, ytr, yte = train_test_split(X, y, test_size=0.2, random_state=0)
-        params = dict(random_state=0, max_iter=args.max_iter, **extra)
+        params = dict(dict(random_state=0, max_iter=args.max_iter), **extra)
         S, N = (sk.MLPClassifier, nn.MLPClassifier) if kind == "clf" else (sk.MLPRegressor, nn.MLPRegressor)
         with warnings.catch_warnings():       # compile (or load the cache) outside the timing
             warnings.simplefilter("ignore")
@@ -111,6 +113,8 @@ def build_parser(p=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cases", default="abcd", help="which of a, b, c, d to run (default all)")
     p.add_argument("--max-iter", type=int, default=200, help="max_iter of every fit (default 200)")
+    p.add_argument("--big-max-iter", type=int, default=None,
+                   help="max_iter of the two large cases, (a) synthetic and (d) (default --max-iter)")
     p.add_argument("--big-samples", type=int, default=50000, help="samples of case (a)'s synthetic problem")
     p.add_argument("--sparse-samples", type=int, default=20000, help="rows of case (d)")
     p.add_argument("--repeats", type=int, default=1, help="fits per library and case (median)")
