@@ -30,9 +30,7 @@ Dense X without sample weights runs on the backend's kernels; sparse X, non-unit
 and the Poisson loss (exponential output, which the kernels do not have) run on a NumPy/SciPy
 twin of the same equations (:class:`_NumpyPass`), as scikit-learn itself computes them.
 """
-import math
 import numbers
-import sys
 import warnings
 from itertools import chain
 
@@ -476,9 +474,6 @@ class _BaseMLP(BaseEstimator):
         net._engine.set_params(theta)
         return net
 
-    def _theta(self):
-        return self._net._engine.theta
-
     def _unpack_theta(self, theta=None):
         theta = self._net._engine.get_params() if theta is None else theta
         self.coefs_, self.intercepts_ = [], []
@@ -573,6 +568,10 @@ class _BaseMLP(BaseEstimator):
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         dtype = self._net_dtype(X.dtype)
+        if sp.issparse(X) and self.backend == "cuda":
+            raise ValueError("sparse X is not supported on the cuda backend (it would be "
+                             "densified); use backend='loops' (sparse loop kernels) or pass "
+                             "X.toarray()")
         X = X.astype(dtype, copy=False)
         if sp.issparse(X):
             X = X.tocsr()

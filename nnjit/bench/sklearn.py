@@ -44,7 +44,10 @@ def _cases(args):
         out.append(("(c) lbfgs, regression 5000x20", "reg", Xr, yr, {"solver": "lbfgs"}))
     if "d" in args.cases:
         n, d = args.sparse_samples, 50000
-        Xsp = sp.random(n, d, density=0.001, format="csr", random_state=0, dtype=np.float64)
+        k = max(1, round(0.001 * d))         # stored entries per row (scipy's sp.random would
+        indices = np.sort(rng.integers(0, d, (n, k)), axis=1).ravel()    # permute n*d indices)
+        Xsp = sp.csr_matrix((rng.random(n * k), indices, np.arange(0, n * k + 1, k)), shape=(n, d))
+        Xsp.sum_duplicates()
         w = rng.normal(size=d)
         ysp = (Xsp @ w > 0).astype(int)
         out.append((f"(d) adam, sparse {n}x{d} at 0.1%", "clf", Xsp, ysp, big))
