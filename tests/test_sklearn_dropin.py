@@ -189,3 +189,21 @@ def test_sparse_kernels_match_scikit_learn_without_densifying(solver, monkeypatc
         monkeypatch.setattr(sp.csr_matrix, "toarray", lambda *a, **k: pytest.fail("densified"))
         b = nn.MLPClassifier(**p).fit(X, y, sample_weight=sw)
     _assert_same(a, b, tol=1e-12)
+
+
+def test_cuda_backend_trains_the_same_and_refuses_sparse():
+    """backend="cuda" (Numba's simulator without a GPU): per batch through the engine's sums,
+    the same trajectory as the loops backend; sparse X is refused with a clear error."""
+    pytest.importorskip("numba.cuda")
+    X, y = _data("multiclass", n=11, d=5)
+    p = dict(hidden_layer_sizes=(3,), solver="adam", alpha=0.01, max_iter=2, batch_size=4,
+             random_state=0, learning_rate_init=0.05)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        g = nn.MLPClassifier(backend="cuda", **p).fit(X, y)
+        c = nn.MLPClassifier(backend="loops", **p).fit(X, y)
+    for u, v in zip(g.coefs_ + g.intercepts_, c.coefs_ + c.intercepts_):
+        np.testing.assert_allclose(u, v, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(g.predict_proba(X), c.predict_proba(X), rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="sparse X is not supported on the cuda backend"):
+        nn.MLPClassifier(backend="cuda", **p).fit(sp.csr_matrix(X), y)
