@@ -276,10 +276,10 @@ class _NumpyPass:
     z^(l) = a^(l-1) W^(l).T + b^(l); delta^L = s_m (a - y) (canonical pairs, s_m the sample
     weight); delta^(l) = f'(z^(l)) delta^(l+1) W^(l+1); dW = delta.T a / sum_m s_m."""
 
-    def __init__(self, est, net, X, Y, sw, cap):
+    def __init__(self, est, net, X, Y, sw, cap, theta):
         self.est, self.net = est, net
         self.X, self.Y, self.sw = X, Y, sw
-        self.theta = net._engine.theta
+        self.theta = theta
         self.grad = np.zeros_like(self.theta)
 
     def run(self, order, start, mb, reuse=False):
@@ -289,6 +289,13 @@ class _NumpyPass:
         swb = None if self.sw is None else self.sw[rows]
         loss, emax = _numpy_backprop(self.est, self.theta, self.grad, Xb, Yb, swb)
         return loss * (mb if swb is None else float(swb.sum())), emax
+
+
+def _host_params(net):
+    """The parameter vector to update in place: the engine's own (CPU engines), or a host copy
+    that the caller writes back with set_params after each change (the cuda engine)."""
+    theta = net._engine.theta
+    return theta if isinstance(theta, np.ndarray) else net._engine.get_params()
 
 
 def _layer_views(theta, layers):
@@ -519,9 +526,9 @@ class _BaseMLP(BaseEstimator):
             grad[s] += self.alpha * w / n
         return 0.5 * self.alpha * sq / n
 
-    def _make_pass(self, net, X, Y, sw, cap):
+    def _make_pass(self, net, X, Y, sw, cap, theta):
         if sp.issparse(X) or self.out_activation_ == "exp" or (sw is not None and self.backend == "cuda"):
-            return _NumpyPass(self, net, X, Y, sw, cap)
+            return _NumpyPass(self, net, X, Y, sw, cap, theta)
         if self.backend == "cuda":
             return _SumsPass(net, X, Y, cap)
         return _KernelPass(net, X, Y, sw, cap)
@@ -626,16 +633,16 @@ class _BaseMLP(BaseEstimator):
 
     def _lbfgs_objective(self, net, X, Y, sw):
         n = X.shape[0]
-        passer = self._make_pass(net, X, Y, sw, n)
+        theta = _host_params(net)      # the cuda engine's theta lives on the device
+        passer = self._make_pass(net, X, Y, sw, n, theta)
         order = np.arange(n, dtype=np.int64)
         sk_of_theta, theta_of_sk = self._sk_order()
-        theta = net._engine.theta
         wsl = self._wslices()
         sw_sum = n if sw is None else float(sw.sum())
 
         def f(x):
             theta[...] = x[sk_of_theta]
-            if isinstance(passer, _SumsPass):
+            if self.backend == "cuda":
                 net._engine.set_params(theta)
             with np.errstate(over="ignore", invalid="ignore"):
                 total, _ = passer.run(order, 0, n, reuse=True)
@@ -666,7 +673,7 @@ class _BaseMLP(BaseEstimator):
                              self.epsilon)
 
     def _fit_stochastic(self, net, X, Y, y, sample_weight, incremental):
-        theta = net._engine.theta
+        theta = _host_params(net)      # the cuda engine's theta lives on the device
         opt = getattr(self, "optimizer_", None)
         if (not incremental or opt is None or opt.__class__ is not
                 (SGDOptimizer if self.solver == "sgd" else AdamOptimizer)
@@ -714,7 +721,7 @@ class _BaseMLP(BaseEstimator):
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped")
             batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        passer = self._make_pass(net, X_train, y_train, sw_train, batch_size)
+        passer = self._make_pass(net, X_train, y_train, sw_train, batch_size, theta)
         compiled = isinstance(passer, _KernelPass) and self.backend == "loops"
         if (sp.issparse(X_train) and self.backend == "loops" and self.out_activation_ != "exp"
                 and len(self._layer_units) >= 3):       # nnjit.sparse: no densifying
@@ -747,7 +754,7 @@ class _BaseMLP(BaseEstimator):
                         l2 = self._l2(theta, grad, sw_sum, wsl)
                         accumulated_loss += (total / sw_sum + l2) * mb
                         opt.update_params(theta, grad)
-                        if isinstance(passer, _SumsPass):
+                        if self.backend == "cuda":
                             net._engine.set_params(theta)
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / X_train.shape[0]
@@ -809,7 +816,7 @@ class _BaseMLP(BaseEstimator):
                 bar.close()
         if early_stopping:
             theta[...] = best_theta
-            net._engine.set_params(theta)
+        net._engine.set_params(theta)
 
     def _compiled_epoch(self, passer, opt, order, batch_size):
         """One epoch in nnjit.sklearn_loops.train_epoch (nnjit.sparse.train_epoch for sparse X);
