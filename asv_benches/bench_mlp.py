@@ -250,3 +250,24 @@ class CacheLoad:
 
     def timeraw_cached_first_call(self, dirs, threads, backend):
         return _startup_code(backend, threads, dirs[backend])
+
+
+class Rules:
+    """Steady-state time of one training epoch (2048 samples, ``MLP.fit``) per update rule on
+    the loop form, float32: the rule is applied inside the fused correction kernels, so an
+    Adam epoch should cost little more than a momentum-SGD one (README "Update rules")."""
+    params = ([THREADS], ["784-128-10"], ["sgd", "nesterov", "adam", "adamw"], [32, 256])
+    param_names = ["threads", "network", "optimizer", "batch_size"]
+    timeout = 300
+
+    def setup(self, threads, network, optimizer, batch_size):
+        pin_threads(threads)
+        self.X, self.y = data(network)
+        self.kw = {"sgd": dict(momentum=MOMENTUM), "nesterov": dict(optimizer="nesterov", momentum=MOMENTUM),
+                   "adam": dict(optimizer="adam"), "adamw": dict(optimizer="adamw", weight_decay=0.01)}[optimizer]
+        new_net(network, "loops").fit(self.X[:2 * batch_size], self.y[:2 * batch_size], epochs=1,
+                                      lr=LR, batch_size=batch_size, **self.kw)   # compile
+        self.net = new_net(network, "loops")
+
+    def time_epoch(self, threads, network, optimizer, batch_size):
+        self.net.fit(self.X, self.y, epochs=1, lr=LR, batch_size=batch_size, shuffle=False, **self.kw)

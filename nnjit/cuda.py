@@ -15,8 +15,8 @@ sample_loss        C_m and max_k |a_k - y_k|                    sample m
 output_layer       softmax rows + sample_loss + output_error    sample m (a training step: 1 launch)
 backward_layer     delta_j = f'(z_j) sum_k w_jk delta_k         (m, j)
 corrections        dw_ij = scale sum_m a_i delta_j ; db_j       (j, i), i = N_{l-1} is the bias
-corrections_update the same, then v <- mu v - eta dw ; w <- w + v (j, i)
-update             v <- mu v - eta g ; w <- w + v               flat index, grid-stride
+corrections_update the same (+ alpha_n w_ij), then the update rule (j, i)
+update             the update rule on flat vectors              flat index, grid-stride
 load_batch         a^(0), y <- rows order[start:start+mb]       (m, column)
 =================  ===========================================  ===================
 
@@ -53,6 +53,7 @@ except ImportError as e:  # pragma: no cover - depends on the environment
 from . import config
 from .activations import (CROSS_ENTROPY, GELU, IDENTITY, RELU, SIGMOID, SOFTMAX,
                           SQUARED_ERROR, TANH)
+from .rules import H_ALPHA, RULE_NESTEROV, RULE_SGD
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -136,7 +137,23 @@ def _device(dtype):
             return HALF * (ONE + math.erf(z * R2)) + z * R2PI * math.exp(-HALF * z * z)
         return ONE
 
-    return f, fprime
+    @cuda.jit(device=True)
+    def rule_step(rule, w, v, q, g, eta, mu, b1, b2, A, B, eps, decay):
+        """One element of the update rule with gradient g (see nnjit.loops._rule_row);
+        returns the new (w, v, q): sgd v = mu v - eta g, w + v; nesterov the same v,
+        w + mu v - eta g; adam(w) m = b1 v + (1-b1) g, s = b2 q + (1-b2) g^2,
+        w decay - A m / (sqrt(s) B + eps)."""
+        if rule == RULE_SGD:
+            u = mu * v - eta * g
+            return w + u, u, q
+        if rule == RULE_NESTEROV:
+            u = mu * v - eta * g
+            return w + (mu * u - eta * g), u, q
+        m = b1 * v + (ONE - b1) * g
+        s2 = b2 * q + (ONE - b2) * g * g
+        return w * decay - A * m / (math.sqrt(s2) * B + eps), m, s2
+
+    return f, fprime, rule_step
 
 
 class _Kernels:
@@ -147,7 +164,7 @@ class _Kernels:
 def simple_kernels(dtype):
     """The simple kernels for one dtype: each is a loop body of nnjit.loops, indexed by thread."""
     dtype = np.dtype(dtype)
-    f, fprime = _device(dtype)
+    f, fprime, rule_step = _device(dtype)
     ZERO = dtype.type(0.0)
     HALF = dtype.type(0.5)
     k = _Kernels()
@@ -246,15 +263,16 @@ def simple_kernels(dtype):
     k.softmax = softmax
 
     @cuda.jit
-    def output_error(delta, a, z, y, act, loss):
-        """Output error delta^L = dC/dz^L (see error_unit). a, z, y, delta (M, K). Thread t
-        owns (m, k) = divmod(t, K)."""
+    def output_error(delta, a, z, y, sw, wscale, act, loss):
+        """Output error delta^L = dC/dz^L (see error_unit) times the sample weight factor
+        s_m wscale, wscale = M / sum_m s_m. a, z, y, delta (M, K); sw (M,). Thread t owns
+        (m, k) = divmod(t, K)."""
         M, K = a.shape
         t = cuda.grid(1)
         if t < M * K:
             m = t // K
             kk = t - m * K
-            delta[m, kk] = error_unit(a, z, y, m, kk, act, loss)
+            delta[m, kk] = error_unit(a, z, y, m, kk, act, loss) * (sw[m] * wscale)
     k.output_error = output_error
 
     @cuda.jit
@@ -268,18 +286,19 @@ def simple_kernels(dtype):
     k.sample_loss = sample_loss
 
     @cuda.jit
-    def output_layer(delta, out, err, a, z, y, act, loss):
+    def output_layer(delta, out, err, a, z, y, sw, wscale, act, loss):
         """A training step's output layer in one launch: softmax rows (if act is softmax;
-        forward_layer left them out), sample_loss, then output_error. delta, a, z, y
-        (M, K); out, err (M,). Thread m owns sample m."""
+        forward_layer left them out), sample_loss, then output_error (weighted by
+        s_m wscale). delta, a, z, y (M, K); out, err, sw (M,). Thread m owns sample m."""
         m = cuda.grid(1)
         if m < a.shape[0]:
             if act == SOFTMAX:
                 softmax_row(a, z, m)
             out[m] = cost_row(a, z, y, m, act, loss)
             err[m] = err_row(a, y, m)
+            f_m = sw[m] * wscale
             for kk in range(a.shape[1]):
-                delta[m, kk] = error_unit(a, z, y, m, kk, act, loss)
+                delta[m, kk] = error_unit(a, z, y, m, kk, act, loss) * f_m
     k.output_layer = output_layer
 
     @cuda.jit
@@ -300,11 +319,13 @@ def simple_kernels(dtype):
     k.backward_layer = backward_layer
 
     @cuda.jit
-    def corrections_update(W, b, vW, vb, dW, db, delta, a_prev, scale, eta, mu, upd):
-        """Corrections dw_ij = scale sum_m a_i delta_j ; db_j = scale sum_m delta_j, then if
-        upd: v <- mu v - eta dw ; w <- w + v (same for b). W, vW, dW (N_l, N_{l-1}); b, vb,
-        db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}). Thread t owns (j, i) =
-        divmod(t, N_{l-1} + 1); i = N_{l-1} is the bias, the weight of an input always 1."""
+    def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule,
+                           eta, mu, b1, b2, A, B, eps, decay):
+        """Corrections dw_ij = scale sum_m a_i delta_j + an w_ij ; db_j = scale sum_m
+        delta_j, then if upd the update rule (rule_step) on w, v, s. W, vW, sW, dW
+        (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}). Thread t
+        owns (j, i) = divmod(t, N_{l-1} + 1); i = N_{l-1} is the bias, the weight of an input
+        always 1 (and not penalised)."""
         M, n_in = a_prev.shape
         n_out = delta.shape[1]
         t = cuda.grid(1)
@@ -315,49 +336,49 @@ def simple_kernels(dtype):
             if i < n_in:
                 for m in range(M):
                     s += delta[m, j] * a_prev[m, i]
-                g = s * scale
+                g = s * scale + an * W[j, i]
                 dW[j, i] = g
                 if upd:
-                    v = mu * vW[j, i] - eta * g
-                    vW[j, i] = v
-                    W[j, i] += v
+                    W[j, i], vW[j, i], sW[j, i] = rule_step(rule, W[j, i], vW[j, i], sW[j, i], g,
+                                                            eta, mu, b1, b2, A, B, eps, decay)
             else:
                 for m in range(M):
                     s += delta[m, j]
                 g = s * scale
                 db[j] = g
                 if upd:
-                    v = mu * vb[j] - eta * g
-                    vb[j] = v
-                    b[j] += v
+                    b[j], vb[j], sb[j] = rule_step(rule, b[j], vb[j], sb[j], g,
+                                                   eta, mu, b1, b2, A, B, eps, decay)
     k.corrections_update = corrections_update
 
     @cuda.jit
-    def update(theta, vel, grad, eta, mu):
-        """Update with momentum: v <- mu v - eta g ; w <- w + v. theta, vel, grad flat (P,).
+    def update(theta, vel, sq, grad, rule, eta, mu, b1, b2, A, B, eps, decay):
+        """The update rule (rule_step) on flat theta, vel, sq, grad (P,).
         Grid-stride: thread t owns p = t, t + stride, ..."""
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for p in range(start, theta.shape[0], stride):
-            v = mu * vel[p] - eta * grad[p]
-            vel[p] = v
-            theta[p] += v
+            theta[p], vel[p], sq[p] = rule_step(rule, theta[p], vel[p], sq[p], grad[p],
+                                                eta, mu, b1, b2, A, B, eps, decay)
     k.update = update
 
     @cuda.jit
-    def load_batch(a0, y, X, Y, order, start):
-        """Gather a^(0)[m] = X[order[start + m]] and y[m] = Y[order[start + m]] on the device.
-        a0 (mb, D); y (mb, K); X (n, D); Y (n, K); order (n,). Thread t owns (m, column)."""
+    def load_batch(a0, y, sw, X, Y, S, order, start):
+        """Gather a^(0)[m] = X[order[start + m]], y[m] = Y[order[start + m]] and the weight
+        sw[m] = S[order[start + m]] on the device. a0 (mb, D); y (mb, K); sw (mb,); X (n, D);
+        Y (n, K); S (n,); order (n,). Thread t owns (m, column), column D + K the weight."""
         mb, D = a0.shape
         K = y.shape[1]
         t = cuda.grid(1)
-        if t < mb * (D + K):
-            m = t // (D + K)
-            c = t - m * (D + K)
+        if t < mb * (D + K + 1):
+            m = t // (D + K + 1)
+            c = t - m * (D + K + 1)
             r = order[start + m]
             if c < D:
                 a0[m, c] = X[r, c]
-            else:
+            elif c < D + K:
                 y[m, c - D] = Y[r, c - D]
+            else:
+                sw[m] = S[r]
     k.load_batch = load_batch
     return k
 
@@ -369,7 +390,7 @@ def tiled_kernels(dtype, tile):
     owns one), staging both operands through shared memory one tile of the summed index at a
     time, so each global element is read once per block instead of once per thread."""
     dtype = np.dtype(dtype)
-    f, fprime = _device(dtype)
+    f, fprime, rule_step = _device(dtype)
     T = numba.from_dtype(dtype)
     ZERO = dtype.type(0.0)
     ONE = dtype.type(1.0)
@@ -429,9 +450,10 @@ def tiled_kernels(dtype, tile):
     k.backward_layer = backward_layer
 
     @cuda.jit
-    def corrections_update(W, b, vW, vb, dW, db, delta, a_prev, scale, eta, mu, upd):
-        """Corrections (+ momentum update if upd), tiled: dw_ij = scale sum_m a_i delta_j,
-        db_j likewise with a_i = 1 at i = N_{l-1}. Shapes as corrections_update; thread
+    def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule,
+                           eta, mu, b1, b2, A, B, eps, decay):
+        """Corrections (+ the update rule if upd), tiled: dw_ij = scale sum_m a_i delta_j +
+        an w_ij, db_j likewise with a_i = 1 at i = N_{l-1}. Shapes as corrections_update; thread
         (ty, tx) owns j = bx TL + ty, i = by TL + tx, i in [0, N_{l-1}]."""
         Ds = cuda.shared.array((TL, TL1), T)      # Ds[t, r] = delta[m0 + t, j0 + r]
         As = cuda.shared.array((TL, TL), T)          # As[t, c] = a_prev[m0 + t, i0 + c], 1 for the bias
@@ -456,19 +478,17 @@ def tiled_kernels(dtype, tile):
             cuda.syncthreads()
         j, i = j0 + ty, i0 + tx
         if j < n_out and i < n_in:
-            g = s * scale
+            g = s * scale + an * W[j, i]
             dW[j, i] = g
             if upd:
-                v = mu * vW[j, i] - eta * g
-                vW[j, i] = v
-                W[j, i] += v
+                W[j, i], vW[j, i], sW[j, i] = rule_step(rule, W[j, i], vW[j, i], sW[j, i], g,
+                                                        eta, mu, b1, b2, A, B, eps, decay)
         elif j < n_out and i == n_in:
             g = s * scale
             db[j] = g
             if upd:
-                v = mu * vb[j] - eta * g
-                vb[j] = v
-                b[j] += v
+                b[j], vb[j], sb[j] = rule_step(rule, b[j], vb[j], sb[j], g,
+                                               eta, mu, b1, b2, A, B, eps, decay)
     k.corrections_update = corrections_update
     return k
 
@@ -537,50 +557,69 @@ def backward_layer_tiled(delta_prev, delta, W, z_prev, a_prev, act_prev):
         _launch2(_tiled(delta).backward_layer, M, n)(delta_prev, delta, W, z_prev, a_prev, act_prev)
 
 
-def _corr(kernels, launch, W, b, vW, vb, dW, db, delta, a_prev, scale, eta, mu, upd):
+def _coef_args(t, c):
+    """The rule's per-step scalars (nnjit.loops.step_coefs order, alpha_n left out) in the
+    kernels' dtype, so a float32 kernel does no float64 arithmetic."""
+    return tuple(t(x) for x in c[:8])
+
+
+def _corr(kernels, launch, W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule, c):
     t = dW.dtype.type
     n_out, n_in = dW.shape
     launch(kernels.corrections_update, n_out, n_in + 1)(
-        W, b, vW, vb, dW, db, delta, a_prev, t(scale), t(eta), t(mu), upd)
+        W, b, vW, vb, sW, sb, dW, db, delta, a_prev, t(scale), t(an), upd, rule, *_coef_args(t, c))
 
 
-def corrections(dW, db, delta, a_prev, scale):
-    """Corrections dW = scale delta^T a_prev ; db = scale sum_m delta (scale = 1/M: the mean)."""
-    _corr(_simple(dW), lambda k, r, c: _launch1(k, r * c), dW, db, dW, db, dW, db,
-          delta, a_prev, scale, 0.0, 0.0, 0)
+_NO_RULE = (0.0,) * 9
 
 
-def corrections_update(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
-    """Corrections (batch mean) fused with the momentum update v <- mu v - eta dw ; w <- w + v."""
-    _corr(_simple(W), lambda k, r, c: _launch1(k, r * c), W, b, vW, vb, dW, db,
-          delta, a_prev, 1.0 / delta.shape[0], eta, mu, 1)
+def corrections(dW, db, delta, a_prev, scale, W, an):
+    """Corrections dW = scale delta^T a_prev + an W ; db = scale sum_m delta (scale = 1/M:
+    the mean; an = alpha / n_batch: the L2 term)."""
+    _corr(_simple(dW), lambda k, r, c: _launch1(k, r * c), W, db, dW, db, dW, db, dW, db,
+          delta, a_prev, scale, an, 0, 0, _NO_RULE)
 
 
-def corrections_tiled(dW, db, delta, a_prev, scale):
+def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c):
+    """Corrections (batch mean + L2 term c[8] w) fused with the update rule (rule, c: see
+    nnjit.loops.step_coefs)."""
+    _corr(_simple(W), lambda k, r, cc: _launch1(k, r * cc), W, b, vW, vb, sW, sb, dW, db,
+          delta, a_prev, 1.0 / delta.shape[0], c[8], 1, rule, c)
+
+
+def corrections_tiled(dW, db, delta, a_prev, scale, W, an):
     """corrections with shared-memory tiles."""
-    _corr(_tiled(dW), _launch2, dW, db, dW, db, dW, db, delta, a_prev, scale, 0.0, 0.0, 0)
+    _corr(_tiled(dW), _launch2, W, db, dW, db, dW, db, dW, db, delta, a_prev, scale, an, 0, 0,
+          _NO_RULE)
 
 
-def corrections_update_tiled(W, b, vW, vb, dW, db, delta, a_prev, eta, mu):
+def corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c):
     """corrections_update with shared-memory tiles."""
-    _corr(_tiled(W), _launch2, W, b, vW, vb, dW, db, delta, a_prev,
-          1.0 / delta.shape[0], eta, mu, 1)
+    _corr(_tiled(W), _launch2, W, b, vW, vb, sW, sb, dW, db, delta, a_prev,
+          1.0 / delta.shape[0], c[8], 1, rule, c)
 
 
-def update(theta, vel, grad, eta, mu, blocks=None):
-    """v <- mu v - eta grad ; theta <- theta + v on flat vectors (grid-stride; blocks caps
-    the grid, so fewer threads than elements each take several)."""
+def update(theta, vel, sq, grad, rule, c, blocks=None):
+    """The update rule on flat vectors (grid-stride; blocks caps the grid, so fewer threads
+    than elements each take several). grad holds any L2 term already."""
     threads = int(config.CUDA_THREADS)
     n = _blocks(theta.shape[0], threads) if blocks is None else int(blocks)
     t = theta.dtype.type
-    _simple(theta).update[n, threads](theta, vel, grad, t(eta), t(mu))
+    _simple(theta).update[n, threads](theta, vel, sq, grad, rule, *_coef_args(t, c))
 
 
-def output_error(delta, a, z, y, act, loss):
-    """Output error delta^L (see simple_kernels' output_error)."""
+def _wscale(sw, M):
+    S = float(np.asarray(sw.copy_to_host() if hasattr(sw, "copy_to_host") else sw,
+                         np.float64).sum())
+    return M / S if S > 0 else 0.0
+
+
+def output_error(delta, a, z, y, sw, act, loss):
+    """Output error delta^L times s_m M / sum_m s_m (see simple_kernels' output_error)."""
     M, K = a.shape
     if M:
-        _launch1(_simple(a).output_error, M * K)(delta, a, z, y, act, loss)
+        _launch1(_simple(a).output_error, M * K)(delta, a, z, y, sw, a.dtype.type(_wscale(sw, M)),
+                                                 act, loss)
 
 
 def sample_loss(out, err, a, z, y, act, loss):
@@ -589,17 +628,21 @@ def sample_loss(out, err, a, z, y, act, loss):
         _launch1(_simple(a).sample_loss, a.shape[0])(out, err, a, z, y, act, loss)
 
 
-def output_layer(delta, out, err, a, z, y, act, loss):
-    """softmax rows (for a softmax output), sample_loss and output_error in one launch."""
+def output_layer(delta, out, err, a, z, y, sw, wscale, act, loss):
+    """softmax rows (for a softmax output), sample_loss and output_error (weighted by
+    s_m wscale) in one launch."""
     if a.shape[0]:
-        _launch1(_simple(a).output_layer, a.shape[0])(delta, out, err, a, z, y, act, loss)
+        _launch1(_simple(a).output_layer, a.shape[0])(delta, out, err, a, z, y, sw,
+                                                      a.dtype.type(wscale), act, loss)
 
 
-def load_batch(a0, y, X, Y, order, start):
-    """a0[m] = X[order[start + m]], y[m] = Y[order[start + m]] for m < a0.shape[0]."""
+def load_batch(a0, y, sw, X, Y, S, order, start):
+    """a0[m] = X[order[start + m]], y[m] = Y[order[start + m]], sw[m] = S[order[start + m]]
+    for m < a0.shape[0]."""
     mb = a0.shape[0]
     if mb:
-        _launch1(_simple(a0).load_batch, mb * (a0.shape[1] + y.shape[1]))(a0, y, X, Y, order, start)
+        _launch1(_simple(a0).load_batch, mb * (a0.shape[1] + y.shape[1] + 1))(
+            a0, y, sw, X, Y, S, order, start)
 
 
 #: The kernel sets the engine chooses between by config.CUDA_KERNELS.
@@ -621,17 +664,17 @@ def kernel_signatures(dtype, tile=None):
     s, t = simple_kernels(dtype), tiled_kernels(dtype, int(tile or config.CUDA_TILE))
     fwd = (m2, m2, m2, m2, v1, i8)
     bwd = (m2, m2, m2, m2, m2, i8)
-    corr = (m2, v1, m2, v1, m2, v1, m2, m2, T, T, T, i8)
+    corr = (m2, v1, m2, v1, m2, v1, m2, v1, m2, m2, T, T, i8, i8) + (T,) * 8
     sigs = [
         ("forward_layer", s.forward_layer, fwd),
         ("softmax", s.softmax, (m2, m2)),
-        ("output_error", s.output_error, (m2, m2, m2, m2, i8, i8)),
+        ("output_error", s.output_error, (m2, m2, m2, m2, v1, T, i8, i8)),
         ("sample_loss", s.sample_loss, (v1, v1, m2, m2, m2, i8, i8)),
-        ("output_layer", s.output_layer, (m2, v1, v1, m2, m2, m2, i8, i8)),
+        ("output_layer", s.output_layer, (m2, v1, v1, m2, m2, m2, v1, T, i8, i8)),
         ("backward_layer", s.backward_layer, bwd),
         ("corrections_update", s.corrections_update, corr),
-        ("update", s.update, (v1, v1, v1, T, T)),
-        ("load_batch", s.load_batch, (m2, m2, m2, m2, numba.int64[::1], i8)),
+        ("update", s.update, (v1, v1, v1, v1, i8) + (T,) * 8),
+        ("load_batch", s.load_batch, (m2, m2, v1, m2, m2, v1, numba.int64[::1], i8)),
         ("forward_layer_tiled", t.forward_layer, fwd),
         ("backward_layer_tiled", t.backward_layer, bwd),
         ("corrections_update_tiled", t.corrections_update, corr),
@@ -650,6 +693,7 @@ class _Batch:
         self.z = [None] + [cuda.device_array((cap, n), dtype) for n in sizes[1:]]
         self.delta = [None] + [cuda.device_array((cap, n), dtype) for n in sizes[1:]]
         self.y = cuda.device_array((cap, sizes[-1]), dtype)
+        self.s = cuda.device_array(cap, dtype)
         self.cost = cuda.device_array(cap, dtype)
         self.err = cuda.device_array(cap, dtype)
         self._views = {cap: self}
@@ -660,7 +704,7 @@ class _Batch:
             v.a = [x[:mb] for x in self.a]
             v.z = [None] + [x[:mb] for x in self.z[1:]]
             v.delta = [None] + [x[:mb] for x in self.delta[1:]]
-            v.y, v.cost, v.err = self.y[:mb], self.cost[:mb], self.err[:mb]
+            v.y, v.s, v.cost, v.err = self.y[:mb], self.s[:mb], self.cost[:mb], self.err[:mb]
             self._views[mb] = v
         return self._views[mb]
 
@@ -677,19 +721,21 @@ class CUDAEngine:
         check_available()
         self.shape = shape
         self.dtype = np.dtype(dtype)
-        self.sizes = [int(n) for n in shape[0]]
-        self.acts = [int(a) for a in shape[3]]
+        self.sizes = [int(n) for n in shape.sizes]
+        self.acts = [int(a) for a in shape.acts]
         self.theta = cuda.to_device(np.zeros(n_params, self.dtype))
         self.vel = cuda.to_device(np.zeros(n_params, self.dtype))
+        self.sq = cuda.to_device(np.zeros(n_params, self.dtype))
         self.grad = cuda.to_device(np.zeros(n_params, self.dtype))
+        self.step = np.zeros(1, np.int64)      # updates made (Adam's t), counted on the host
         # per-layer (W, b) views into the flat vectors, made once: they stay valid because
         # set_params copies into the same device memory
-        self._p = [self._layers(x) for x in (self.theta, self.vel, self.grad)]
+        self._p = [self._layers(x) for x in (self.theta, self.vel, self.grad, self.sq)]
         self._fit = None
         self._sum_buf = None
 
     def _layers(self, flat):
-        sizes, w_off, b_off = self.shape[0], self.shape[1], self.shape[2]
+        sizes, w_off, b_off = self.shape.sizes, self.shape.w_off, self.shape.b_off
         out = [None]
         for l in range(1, len(sizes)):
             n_out, n_in, w, b = int(sizes[l]), int(sizes[l - 1]), int(w_off[l - 1]), int(b_off[l - 1])
@@ -714,6 +760,21 @@ class CUDAEngine:
 
     def set_velocity(self, vel):
         self.vel.copy_to_device(np.ascontiguousarray(vel, self.dtype))
+
+    def get_state(self):
+        """The optimizer state: {"vel": (P,), "sq": (P,), "step": int} on the host."""
+        return {"vel": self.vel.copy_to_host(), "sq": self.sq.copy_to_host(),
+                "step": int(self.step[0])}
+
+    def set_state(self, state):
+        self.vel.copy_to_device(np.ascontiguousarray(state["vel"], self.dtype))
+        self.sq.copy_to_device(np.ascontiguousarray(state["sq"], self.dtype))
+        self.step[0] = int(state["step"])
+
+    def penalty(self):
+        """sum_l ||W^(l)||^2 (weights only), from a host copy of theta."""
+        from .vectorised import penalty
+        return penalty(self.get_params(), self.shape)
 
     # -- the passes over one batch already in v.a[0] (and v.y)
     def _forward(self, k, v, rows=True):
@@ -745,89 +806,129 @@ class CUDAEngine:
         self._chunks(X, None, take)
         return out
 
-    def loss(self, X, Y, loss):
-        """(mean cost over the samples, max |a - y|)."""
+    def loss(self, X, Y, loss, S=None, alpha=0.0):
+        """(weighted mean cost over the samples + alpha/(2 sum s) sum ||W||^2, max |a - y|)."""
         total = [0.0, 0.0]
         L = len(self.sizes) - 1
+        S = np.ones(X.shape[0]) if S is None else np.asarray(S, np.float64)
 
         def take(v, start, mb):
             sample_loss(v.cost, v.err, v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
-            total[0] += float(v.cost.copy_to_host().astype(np.float64).sum())
+            total[0] += float((v.cost.copy_to_host().astype(np.float64) * S[start:start + mb]).sum())
             total[1] = max(total[1], float(v.err.copy_to_host().max()))
         self._chunks(X, Y, take)
-        return total[0] / X.shape[0], total[1]
+        if alpha:
+            total[0] += 0.5 * alpha * self.penalty()
+        return total[0] / float(S.sum()), total[1]
 
-    def _backprop(self, X, Y, loss, scale, v=None):
-        """Forward, output layer and every layer's corrections scaled by scale into self.grad,
-        for all M samples as one batch; returns the batch buffers (cost and err filled)."""
+    def _backprop(self, X, Y, loss, S, scale, wscale, an, v=None):
+        """Forward, output layer (delta weighted by s_m wscale) and every layer's corrections
+        scaled by scale (+ an W) into self.grad, for all M samples as one batch; returns the
+        batch buffers (cost and err filled)."""
         M = X.shape[0]
         k = self._k()
         v = _Batch(self.sizes, M, self.dtype) if v is None else v.rows(M)
         v.a[0].copy_to_device(np.ascontiguousarray(X, self.dtype))
         v.y.copy_to_device(np.ascontiguousarray(Y, self.dtype))
+        v.s.copy_to_device(np.ascontiguousarray(np.ones(M) if S is None else S, self.dtype))
         self._forward(k, v, rows=False)
         L = len(self.sizes) - 1
-        output_layer(v.delta[L], v.cost, v.err, v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+        output_layer(v.delta[L], v.cost, v.err, v.a[L], v.z[L], v.y, v.s, wscale,
+                     self.acts[L - 1], loss)
         for l in range(L, 0, -1):
             W, _ = self._p[0][l]
             dW, db = self._p[2][l]
-            k["corrections"](dW, db, v.delta[l], v.a[l - 1], scale)
+            k["corrections"](dW, db, v.delta[l], v.a[l - 1], scale, W, an)
             if l > 1:
                 k["backward_layer"](v.delta[l - 1], v.delta[l], W, v.z[l - 1], v.a[l - 1],
                                     self.acts[l - 2])
         return v
 
-    def gradients(self, X, Y, loss):
-        """Flat gradient of the mean cost over all M samples (one batch: the lecture's mean)."""
-        self._backprop(X, Y, loss, 1.0 / X.shape[0])
+    def gradients(self, X, Y, loss, S=None, alpha=0.0):
+        """Flat gradient of the (weighted) mean cost over all M samples plus the L2 term."""
+        M = X.shape[0]
+        Ssum = float(M if S is None else np.asarray(S, np.float64).sum())
+        self._backprop(X, Y, loss, S, 1.0 / M, M / Ssum, alpha / Ssum)
         return self.grad.copy_to_host()
 
-    def sums(self, X, Y, loss):
-        """(sum_m Delta w_m as a flat vector, sum_m C_m, max |a - y|) over the M samples: the
-        per-shard pieces of the batch mean that nnjit.data and nnjit.distributed add up.
-        The buffers are kept between calls of at most the same size."""
+    def sums(self, X, Y, loss, S=None):
+        """(sum_m s_m Delta w_m as a flat vector, sum_m s_m C_m, max |a - y|, sum_m s_m) over
+        the M samples: the per-shard pieces of the batch mean that nnjit.data and
+        nnjit.distributed add up. The buffers are kept between calls of at most the same size."""
         M = X.shape[0]
         if self._sum_buf is None or self._sum_buf.cap < M:
             self._sum_buf = _Batch(self.sizes, M, self.dtype)
-        v = self._backprop(X, Y, loss, 1.0, self._sum_buf)
+        v = self._backprop(X, Y, loss, S, 1.0, 1.0, 0.0, self._sum_buf)
+        sw = np.ones(M) if S is None else np.asarray(S, np.float64)
         cost, err = v.cost.copy_to_host(), v.err.copy_to_host()
-        return self.grad.copy_to_host(), float(cost.astype(np.float64).sum()), float(err.max())
+        return (self.grad.copy_to_host(), float((cost.astype(np.float64) * sw).sum()),
+                float(err.max()), float(sw.sum()))
+
+    def update(self, grad, rule, hyper, alpha_n=0.0):
+        """One update with the flat mean gradient grad (any L2 term included); counts a step."""
+        from .vectorised import step_coefs
+        self.step[0] += 1
+        c = step_coefs(rule, hyper, int(self.step[0]), float(alpha_n))
+        self.grad.copy_to_device(np.ascontiguousarray(grad, self.dtype))
+        update(self.theta, self.vel, self.sq, self.grad, rule, c)
 
     # -- training: data on the device for the whole fit
-    def begin_fit(self, X, Y, batch_size):
+    def begin_fit(self, X, Y, batch_size, S=None):
         n = X.shape[0]
         self._fit = types.SimpleNamespace()
         f = self._fit
         f.X, f.Y = cuda.to_device(X), cuda.to_device(Y)
+        f.S_host = np.ones(n) if S is None else np.asarray(S, np.float64)
+        f.S = cuda.to_device(np.ascontiguousarray(f.S_host, self.dtype))
         f.order = cuda.device_array(n, np.int64)
         f.cost, f.err = cuda.device_array(n, self.dtype), cuda.device_array(n, self.dtype)
         f.buf = _Batch(self.sizes, min(batch_size, n), self.dtype)
 
-    def train_epoch(self, order, batch_size, eta, mu, loss):
+    def train_epoch(self, order, batch_size, rule, hyper, loss):
         """One epoch of the lecture's algorithm with every batch on the device (see
-        nnjit.loops.train_epoch): returns (sum of per-sample costs, max |a - y|)."""
+        nnjit.loops.train_epoch): returns (sum_m s_m C_m + the L2 terms, max |a - y|). The
+        batch loop and the rule's per-step scalars live on the host; the data, weights and
+        optimizer state stay on the device."""
+        from .vectorised import step_coefs
         f = self._fit
         k = self._k()
         n = order.shape[0]
-        f.order.copy_to_device(np.ascontiguousarray(order, np.int64))   # once per epoch
+        order = np.ascontiguousarray(order, np.int64)
+        f.order.copy_to_device(order)   # once per epoch
+        sw_epoch = f.S_host[order]
+        alpha = float(hyper[H_ALPHA])
         L = len(self.sizes) - 1
+        total = 0.0
         for start in range(0, n, batch_size):
             mb = min(batch_size, n - start)
             v = f.buf.rows(mb)
-            load_batch(v.a[0], v.y, f.X, f.Y, f.order, start)
+            Sb = 0.0
+            for x in sw_epoch[start:start + mb]:     # the loop form's order
+                Sb += x
+            load_batch(v.a[0], v.y, v.s, f.X, f.Y, f.S, f.order, start)
             self._forward(k, v, rows=False)      # output_layer does the softmax rows
             output_layer(v.delta[L], f.cost[start:start + mb], f.err[start:start + mb],
-                         v.a[L], v.z[L], v.y, self.acts[L - 1], loss)
+                         v.a[L], v.z[L], v.y, v.s, mb / Sb if Sb > 0 else 0.0,
+                         self.acts[L - 1], loss)
+            if Sb <= 0.0:
+                continue
+            if alpha > 0.0:
+                total += 0.5 * alpha * self.penalty()
+            self.step[0] += 1
+            c = step_coefs(rule, hyper, int(self.step[0]), alpha / Sb)
             for l in range(L, 0, -1):
                 W, b = self._p[0][l]
                 vW, vb = self._p[1][l]
                 dW, db = self._p[2][l]
+                sW, sb = self._p[3][l]
                 if l > 1:       # error recursion first: it needs W^(l) before the update
                     k["backward_layer"](v.delta[l - 1], v.delta[l], W, v.z[l - 1], v.a[l - 1],
                                         self.acts[l - 2])
-                k["corrections_update"](W, b, vW, vb, dW, db, v.delta[l], v.a[l - 1], eta, mu)
+                k["corrections_update"](W, b, vW, vb, sW, sb, dW, db, v.delta[l], v.a[l - 1],
+                                        rule, c)
         cost = f.cost.copy_to_host()          # one copy per epoch, after the last batch
-        return float(cost.astype(np.float64).sum()), float(f.err.copy_to_host().max())
+        total += float((cost.astype(np.float64) * sw_epoch).sum())
+        return total, float(f.err.copy_to_host().max())
 
     def end_fit(self):
         self._fit = None

@@ -64,11 +64,13 @@ def _worker_net(spec):
     return net
 
 
-def _prepare(spec, X, y):
-    """A shard as the engine wants it: X contiguous in the model's dtype, y as (M, K)."""
+def _prepare(spec, X, y, S=None):
+    """A shard as the engine wants it: X contiguous in the model's dtype, y as (M, K), the
+    sample weights S (M,) in the model's dtype (ones without weights)."""
     net = _worker_net(spec)
     X = net._check_X(X)
-    return X, net._check_y(y, X.shape[0], fit=True)
+    S = np.ones(X.shape[0]) if S is None else S
+    return X, net._check_y(y, X.shape[0], fit=True), np.ascontiguousarray(S, net.dtype)
 
 
 _local = threading.local()
@@ -92,33 +94,35 @@ def _engine(spec, theta, vel=None):
 
 
 def _shard_sums(spec, theta, shard, lo, hi):
-    """(Σ Δw flat, Σ C_m, max |a - y|, rows, seconds) over rows lo:hi of one shard."""
+    """(Σ s_m Δw_m flat, Σ s_m C_m, max |a - y|, Σ s_m, seconds) over rows lo:hi of one shard."""
     t0 = time.perf_counter()
-    X, Y = shard
+    X, Y, S = shard
     engine, loss = _engine(spec, theta)
     # pieces bound the activation buffers (3 x rows x all units) to about STREAM_CHUNK_BYTES
     step = max(1, config.STREAM_CHUNK_BYTES // (3 * int(engine.shape.a_off[-1]) * X.itemsize))
-    g, c, e = np.zeros(theta.shape, np.float64), 0.0, 0.0
+    g, c, e, w = np.zeros(theta.shape, np.float64), 0.0, 0.0, 0.0
     for s in range(lo, hi, step):
-        gs, cs, es, _ = engine.sums(X[s:min(s + step, hi)], Y[s:min(s + step, hi)], loss)
+        sl = slice(s, min(s + step, hi))
+        gs, cs, es, ws = engine.sums(X[sl], Y[sl], loss, S[sl])
         g += gs
-        c, e = c + cs, max(e, es)
-    return g.astype(theta.dtype), c, e, hi - lo, time.perf_counter() - t0
+        c, e, w = c + cs, max(e, es), w + ws
+    return g.astype(theta.dtype), c, e, w, time.perf_counter() - t0
 
 
 def _shard_epoch(spec, theta, vel, shard, batch_size, eta, mu, seed):
-    """One local epoch of SGD on a shard: (theta, vel, Σ C_m, max |a - y|, rows, seconds)."""
+    """One local epoch of SGD on a shard: (theta, vel, Σ s_m C_m, max |a - y|, Σ s_m, seconds)."""
     t0 = time.perf_counter()
-    X, Y = shard
+    X, Y, S = shard
     engine, loss = _engine(spec, theta, vel)
     M = X.shape[0]
     order = (np.arange(M) if seed is None else np.random.default_rng(seed).permutation(M))
-    engine.begin_fit(X, Y, min(batch_size, M))
+    engine.begin_fit(X, Y, min(batch_size, M), S)
     hyper = R.hyper(eta, mu, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch")
     total, emax = engine.train_epoch(order.astype(np.int64), min(batch_size, M), R.RULE_SGD,
                                      hyper, loss)
     engine.end_fit()
-    return engine.get_params(), engine.get_velocity(), total, emax, M, time.perf_counter() - t0
+    return (engine.get_params(), engine.get_velocity(), total, emax, float(S.astype(np.float64).sum()),
+            time.perf_counter() - t0)
 
 
 # ---------------------------------------------------------------- on the driver
@@ -176,7 +180,7 @@ def _labels(net, y):
 
 def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
         batch_size="auto", n_shards=None, shuffle=True, callbacks=None, timeout="10s",
-        worker_threads=None, timings=None):
+        worker_threads=None, timings=None, sample_weight=None):
     """Train ``net`` (an :class:`nnjit.MLP`) data-parallel on a Dask cluster; returns ``net``.
 
     X, y: Dask arrays, or anything MLP.fit takes (NumPy, memmap, zarr), cut into shards here.
@@ -193,7 +197,9 @@ def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
     core of the worker's machine; give cores / worker processes when several share one).
     timings: a list to which a dict per epoch is appended (wall seconds, the slowest
     worker's compute seconds per step summed, bytes of weights and sums moved); for
-    benchmarks.
+    benchmarks. sample_weight: (n,) weights as in MLP.fit (held in memory, cut with the
+    shards): sync mode's step is then the weighted mean Σ s_m Δw_m / Σ s_m over the step's
+    rows of all shards; average mode weights each shard's result by its weight sum.
     """
     if not isinstance(net, MLP):
         raise TypeError(f"net must be an nnjit.MLP, got {type(net).__name__}")
@@ -216,6 +222,7 @@ def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
     if len(y.shape) not in (1, 2) or y.shape[0] != X.shape[0]:
         raise ValueError(f"X has {X.shape[0]} samples but y has shape {tuple(y.shape)}")
     callbacks = list(callbacks or [])
+    S = net._check_weights(sample_weight, int(X.shape[0]))
     if worker_threads is not None:
         worker_threads = _check_positive_int("worker_threads", worker_threads)
 
@@ -223,7 +230,7 @@ def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
     try:
         with client.as_current():     # dask.compute and distributed.wait use this client
             _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, shuffle,
-                 callbacks, worker_threads, timings)
+                 callbacks, worker_threads, timings, S)
     finally:
         if opened:
             client.close()
@@ -231,7 +238,7 @@ def fit(net, X, y, client=None, mode="sync", epochs=10, lr=0.1, momentum=0.0,
 
 
 def _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, shuffle,
-         callbacks, threads, timings):
+         callbacks, threads, timings, S=None):
     """Build the shards on the workers (one per worker unless n_shards says otherwise), then train."""
     workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
     if not workers:
@@ -248,7 +255,9 @@ def _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, sh
                 threads=threads)
     import dask
     import distributed
-    shards = [client.compute(dask.delayed(_prepare, pure=False)(spec, xb, yb),
+    edges = np.concatenate([[0], np.cumsum(rows)])
+    shards = [client.compute(dask.delayed(_prepare, pure=False)(
+                  spec, xb, yb, None if S is None else S[edges[s]:edges[s + 1]]),
                              workers=[workers[s % len(workers)]], allow_other_workers=True)
               for s, (xb, yb) in enumerate(zip(_blocks(X, rows), _blocks(y, rows)))]
     distributed.wait(shards)
@@ -257,11 +266,11 @@ def _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, sh
             raise f.exception()
     seed0 = int(net._rng.integers(2**63)) if (mode == "average" and shuffle) else None
     _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_size,
-           seed0, callbacks, timings)
+           seed0, callbacks, timings, float(M) if S is None else float(S.sum()))
 
 
 def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_size, seed0,
-           callbacks, timings):
+           callbacks, timings, w_total):
     M = sum(rows)
     dtype = np.dtype(net.dtype)
     steps = 1 if (mode == "average" or batch_size is None) else -(-max(rows) // batch_size)
@@ -284,10 +293,12 @@ def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_si
                 g = np.zeros(theta.shape, np.float64)
                 for r in res:                     # in shard order: the same sum every run
                     g += r[0]
-                count = sum(r[3] for r in res)
+                count = sum(r[3] for r in res)          # the step's weight (rows unweighted)
                 total += sum(r[1] for r in res)
                 compute += max(r[4] for r in res)
                 moved += 2 * len(res) * theta.nbytes
+                if count <= 0:                        # only zero-weight rows: no step
+                    continue
                 vel = dtype.type(momentum) * vel - dtype.type(eta) * (g / count).astype(dtype)
                 theta = theta + vel
         else:
@@ -295,14 +306,15 @@ def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_si
                                   eta, momentum, None if seed0 is None else (seed0, epoch, s),
                                   pure=False) for s in range(len(shards))]
             res = client.gather(futs)
-            w = np.array([r[4] for r in res], np.float64) / M
+            w = np.array([r[4] for r in res], np.float64)
+            w /= w.sum()
             theta = sum(wi * r[0].astype(np.float64) for wi, r in zip(w, res)).astype(dtype)
             vel = sum(wi * r[1].astype(np.float64) for wi, r in zip(w, res)).astype(dtype)
             total = sum(r[2] for r in res)
             compute = max(r[5] for r in res)
             moved = 2 * len(res) * 2 * theta.nbytes      # weights and velocities, both ways
         wall = time.perf_counter() - t0
-        loss = total / M
+        loss = total / w_total
         if not math.isfinite(loss) or not np.isfinite(theta).all():
             net._engine.set_params(saved[0])
             net._engine.set_velocity(saved[1])

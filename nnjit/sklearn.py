@@ -194,18 +194,20 @@ class _KernelPass:
 
 
 class _SumsPass:
-    """The same through the engine's ``sums`` (the CUDA engine: rows are gathered on the host)."""
+    """The same through the engine's ``sums`` (the CUDA engine: rows gathered on the host)."""
 
-    def __init__(self, net, X, Y, cap):
+    def __init__(self, net, X, Y, sw, cap):
         self.e, self.X, self.Y, self.loss_code = net._engine, X, Y, net._loss
+        self.S = None if sw is None else np.ascontiguousarray(sw, X.dtype)
         self.loss_scale = 1.0 / Y.shape[1] if net.loss == "squared_error" else 1.0
         self.grad = None
 
     def run(self, order, start, mb, reuse=False):
         rows = order[start:start + mb]
-        g, total, emax = self.e.sums(np.ascontiguousarray(self.X[rows]),
-                                     np.ascontiguousarray(self.Y[rows]), self.loss_code)
-        self.grad = np.asarray(g) / mb
+        g, total, emax, ssum = self.e.sums(np.ascontiguousarray(self.X[rows]),
+                                           np.ascontiguousarray(self.Y[rows]), self.loss_code,
+                                           None if self.S is None else self.S[rows])
+        self.grad = np.asarray(g) / ssum          # the weighted sum -> the weighted mean
         return total * self.loss_scale, emax
 
 
@@ -527,10 +529,10 @@ class _BaseMLP(BaseEstimator):
         return 0.5 * self.alpha * sq / n
 
     def _make_pass(self, net, X, Y, sw, cap, theta):
-        if sp.issparse(X) or self.out_activation_ == "exp" or (sw is not None and self.backend == "cuda"):
+        if sp.issparse(X) or self.out_activation_ == "exp":
             return _NumpyPass(self, net, X, Y, sw, cap, theta)
         if self.backend == "cuda":
-            return _SumsPass(net, X, Y, cap)
+            return _SumsPass(net, X, Y, sw, cap)
         return _KernelPass(net, X, Y, sw, cap)
 
     # -- scikit-learn's initialisation: the same RNG draws in the same order

@@ -38,3 +38,16 @@ def test_sklearn_bench_runs_through_the_cli_and_writes_json(tmp_path):
     (row,) = json.loads(out.read_text())
     assert row["case"].startswith("(b)") and row["epochs_sklearn"] == row["epochs_nnjit"] == 2
     assert row["max_weight_diff"] < 1e-9 and row["sklearn_s"] > 0 and row["nnjit_s"] > 0
+
+
+def test_bench_times_each_optimizer(tmp_path):
+    out = tmp_path / "b.json"
+    rc = bench.main(["--layers", "8,5,3", "--samples", "32", "--repeats", "1", "--batch-sizes", "8",
+                     "--dtypes", "float32", "--skip", "torch,sklearn", "--no-compile",
+                     "--optimizer", "sgd,adam", "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["impl"], r["optimizer"]) for r in rows] == [
+        ("nnjit loops sgd", "sgd"), ("nnjit vectorised sgd", "sgd"),
+        ("nnjit loops adam", "adam"), ("nnjit vectorised adam", "adam")]
+    assert rows[0]["ratio_to_loops"] == 1.0 and all(r["epoch_s"] > 0 for r in rows)

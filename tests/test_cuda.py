@@ -58,6 +58,15 @@ def run_vec(name, args, n_out):
     return args[:n_out]
 
 
+def coefs(rule, t=3, an=0.05):
+    from nnjit import loops, rules as R
+    h = R.hyper(0.3, 0.9, (0.8, 0.95), 1e-3, 0.0, 0.02 if rule == R.RULE_ADAMW else 0.0, "pytorch")
+    return loops.step_coefs(rule, h, t, an)
+
+
+RULES = [0, 1, 2, 3]      # nnjit.rules: sgd, nesterov, adam, adamw
+
+
 def launcher(name, version):
     return getattr(nc, name + ("_tiled" if version == "tiled" else ""))
 
@@ -92,28 +101,32 @@ def test_backward_layer(version, dtype, act):
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_corrections(version, dtype):
-    delta, a_prev = data(dtype, (M, N_OUT), (M, N_IN))
-    args = nan((N_OUT, N_IN), (N_OUT,), dtype=dtype) + [delta, a_prev, 1.0 / M]
+    delta, a_prev, W = data(dtype, (M, N_OUT), (M, N_IN), (N_OUT, N_IN))
+    args = nan((N_OUT, N_IN), (N_OUT,), dtype=dtype) + [delta, a_prev, 1.0 / M, W, 0.25]
     got = run_cuda(launcher("corrections", version), args, 2)
     for x, y in zip(got, run_vec("corrections", args, 2)):
         assert_close(x, y, dtype)
-    dw = sum(np.outer(delta[m], a_prev[m]) for m in range(M)) / M   # mean_m a_i delta_j
+    dw = sum(np.outer(delta[m], a_prev[m]) for m in range(M)) / M + 0.25 * W   # mean + L2
     assert_close(got[0], dw, dtype)
     assert_close(got[1], delta.mean(axis=0), dtype)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_corrections_update(version, dtype):
+@pytest.mark.parametrize("rule", RULES)
+def test_corrections_update(version, dtype, rule):
     W, b, vW, vb, delta, a_prev = data(dtype, (N_OUT, N_IN), (N_OUT,), (N_OUT, N_IN), (N_OUT,),
                                        (M, N_OUT), (M, N_IN))
-    args = [W, b, vW, vb] + nan((N_OUT, N_IN), (N_OUT,), dtype=dtype) + [delta, a_prev, 0.3, 0.9]
+    sW, sb = [np.abs(x) for x in data(dtype, (N_OUT, N_IN), (N_OUT,), seed=5)]
+    args = [W, b, vW, vb, sW, sb] + nan((N_OUT, N_IN), (N_OUT,), dtype=dtype) + [
+        delta, a_prev, rule, coefs(rule)]
     got = run_cuda(launcher("corrections_update", version), args, 6)
     for x, y in zip(got, run_vec("corrections_update", args, 6)):
         assert_close(x, y, dtype)
-    v = 0.9 * vW - 0.3 * (delta.T @ a_prev / M)
-    assert_close(got[2], v, dtype)
-    assert_close(got[0], W + v, dtype)
+    if rule == 0:
+        v = 0.9 * vW - 0.3 * (delta.T @ a_prev / M + 0.05 * W)
+        assert_close(got[2], v, dtype)
+        assert_close(got[0], W + v, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -127,8 +140,8 @@ def test_tiled_equals_simple(dtype):
     a_act = vectorised.F[A.GELU](z_prev).astype(dtype)
     cases = [("forward_layer", nan((Mb, n_out), (Mb, n_out), dtype=dtype) + [a_prev, W, b, A.GELU], 2),
              ("backward_layer", nan((Mb, n_in), dtype=dtype) + [delta, W, z_prev, a_act, A.GELU], 1),
-             ("corrections_update", [W, b, vW, vb] + nan((n_out, n_in), (n_out,), dtype=dtype)
-              + [delta, a_prev, 0.3, 0.9], 6)]
+             ("corrections_update", [W, b, vW, vb, np.abs(vW), np.abs(vb)]
+              + nan((n_out, n_in), (n_out,), dtype=dtype) + [delta, a_prev, 3, coefs(3)], 6)]
     for name, args, n in cases:
         simple = run_cuda(launcher(name, "simple"), args, n)
         tiled = run_cuda(launcher(name, "tiled"), args, n)
@@ -139,13 +152,16 @@ def test_tiled_equals_simple(dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("blocks", [None, 1])
-def test_update(dtype, blocks):
+@pytest.mark.parametrize("rule", RULES)
+def test_update(dtype, blocks, rule):
     # blocks=1: 4 threads for 11 parameters, so each thread strides over several
     theta, vel, grad = data(dtype, (11,), (11,), (11,))
-    got = run_cuda(lambda *a: nc.update(*a, blocks=blocks), [theta, vel, grad, 0.1, 0.5], 2)
-    for x, y in zip(got, run_vec("update", [theta, vel, grad, 0.1, 0.5], 2)):
+    args = [theta, vel, np.abs(grad) + 0.5, grad, rule, coefs(rule)]
+    got = run_cuda(lambda *a: nc.update(*a, blocks=blocks), args, 3)
+    for x, y in zip(got, run_vec("update", args, 3)):
         assert_close(x, y, dtype)
-    assert_close(got[1], 0.5 * vel - 0.1 * grad, dtype)
+    if rule == 0:
+        assert_close(got[1], 0.9 * vel - 0.3 * grad, dtype)
 
 
 PAIRS = [(A.SOFTMAX, A.CROSS_ENTROPY), (A.SOFTMAX, A.SQUARED_ERROR),
@@ -161,9 +177,10 @@ def test_output_error_and_loss(dtype, act, loss):
     if loss == A.CROSS_ENTROPY:
         y = (y > 0).astype(dtype)
     a = vectorised.F[act](z).astype(dtype)
-    args = nan((M, N_OUT), dtype=dtype) + [a, z, y, act, loss]
-    got = run_cuda(nc.output_error, args, 1)
-    assert_close(got[0], run_vec("output_error", args, 1)[0], dtype)
+    for sw in (np.ones(M, dtype), np.linspace(0, 2, M).astype(dtype)):
+        args = nan((M, N_OUT), dtype=dtype) + [a, z, y, sw, act, loss]
+        got = run_cuda(nc.output_error, args, 1)
+        assert_close(got[0], run_vec("output_error", args, 1)[0], dtype)
     cost, err = run_cuda(nc.sample_loss, nan((M,), (M,), dtype=dtype) + [a, z, y, act, loss], 2)
     want = np.full(M, np.nan, dtype)
     emax = vectorised.sample_loss(want, a, z, y, act, loss)
@@ -182,10 +199,11 @@ def test_output_layer(dtype, act, loss):
         y = (y > 0).astype(dtype)
     a = vectorised.F[act](z).astype(dtype)
     a_in = np.full_like(a, np.nan) if act == A.SOFTMAX else a
+    sw = np.linspace(0, 2, M).astype(dtype)
     delta, cost, err, a_out = run_cuda(nc.output_layer, nan((M, N_OUT), (M,), (M,), dtype=dtype)
-                                       + [a_in, z, y, act, loss], 4)
+                                       + [a_in, z, y, sw, M / sw.astype(float).sum(), act, loss], 4)
     assert_close(a_out, a, dtype)
-    assert_close(delta, run_vec("output_error", [np.empty_like(a), a, z, y, act, loss], 1)[0], dtype)
+    assert_close(delta, run_vec("output_error", [np.empty_like(a), a, z, y, sw, act, loss], 1)[0], dtype)
     want = np.empty(M, dtype)
     vectorised.sample_loss(want, a, z, y, act, loss)
     assert_close(cost, want, dtype)
@@ -213,10 +231,12 @@ def test_softmax_is_stable(dtype):
 def test_load_batch():
     X, Y = data("float64", (M, N_IN), (M, N_OUT))
     order = np.array([6, 2, 0, 5, 1, 3, 4], np.int64)
-    a0, y = run_cuda(nc.load_batch, nan((3, N_IN), (3, N_OUT), dtype="float64")
-                     + [X, Y, order, 2], 2)
+    S = np.arange(M, dtype=np.float64) / 2
+    a0, y, sw = run_cuda(nc.load_batch, nan((3, N_IN), (3, N_OUT), (3,), dtype="float64")
+                         + [X, Y, S, order, 2], 3)
     np.testing.assert_array_equal(a0, X[order[2:5]])
     np.testing.assert_array_equal(y, Y[order[2:5]])
+    np.testing.assert_array_equal(sw, S[order[2:5]])
 
 
 # ---------------------------------------------------------------- the whole model
@@ -421,6 +441,7 @@ def test_engine_sums_match_the_cpu_engine(dtype):
     for n in (M, 4):
         Xc, Yc = lo._check_X(X[:n]), lo._check_y(Y[:n], n)
         want, got = lo._engine.sums(Xc, Yc, lo._loss), cu._engine.sums(Xc, Yc, cu._loss)
+        assert len(want) == len(got) == 4
         assert np.abs(want[0]).max() > 0
         assert_close(got[0], want[0], dtype, "sum of corrections")
         assert_close(got[1:], want[1:], dtype, "sum of costs, max error")

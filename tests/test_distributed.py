@@ -69,6 +69,26 @@ def test_sync_equals_single_machine_full_batch(client, xy, as_dask):
     assert net.history_["loss"][-1] < net.history_["loss"][0]
 
 
+@pytest.mark.parametrize("mode", ["sync", "average"])
+def test_sample_weights_equal_single_machine_full_batch(client, xy, mode):
+    """Weighted: sync is the weighted batch mean split into per-shard weighted sums; average
+    with full-batch local epochs is the same step, shards weighted by their weight sums."""
+    X, y = xy
+    sw = np.random.default_rng(1).uniform(0, 3, M)
+    sw[:40] = 0.0                       # a run of zero weights
+    ref = _net().fit(X, y, epochs=4, lr=0.5, momentum=0.7, batch_size=None, sample_weight=sw)
+    kw = dict(batch_size=None) if mode == "sync" else dict(batch_size=M, shuffle=False)
+    net = _dfit(_net(), X, y, client, mode=mode, epochs=4, lr=0.5, momentum=0.7,
+                sample_weight=sw, **kw)
+    if mode == "sync":
+        _assert_same(ref, net)
+        np.testing.assert_allclose(net.history_["loss"], ref.history_["loss"], rtol=1e-12)
+    unweighted = _net().fit(X, y, epochs=4, lr=0.5, momentum=0.7, batch_size=None)
+    assert np.abs(net.weights[0] - unweighted.weights[0]).max() > 1e-4
+    with pytest.raises(ValueError, match="sample_weight"):
+        _dfit(_net(), X, y, client, epochs=1, sample_weight=sw[:-1])
+
+
 def test_sync_large_batch_equals_the_same_steps_by_hand(client, xy):
     # 3 shards of 100/101/100 rows, 40 rows each per step: steps take rows [0:40], [40:80],
     # [80:] of every shard; the reference adds the same rows' mean gradient on one machine

@@ -202,8 +202,12 @@ def test_cuda_backend_trains_the_same_and_refuses_sparse():
         warnings.simplefilter("ignore", ConvergenceWarning)
         g = nn.MLPClassifier(backend="cuda", **p).fit(X, y)
         c = nn.MLPClassifier(backend="loops", **p).fit(X, y)
-    for u, v in zip(g.coefs_ + g.intercepts_, c.coefs_ + c.intercepts_):
+        sw = np.linspace(0.5, 2.0, 11)
+        gw = nn.MLPClassifier(backend="cuda", **p).fit(X, y, sample_weight=sw)
+        cw = nn.MLPClassifier(backend="loops", **p).fit(X, y, sample_weight=sw)
+    for u, v in zip(g.coefs_ + g.intercepts_ + gw.coefs_, c.coefs_ + c.intercepts_ + cw.coefs_):
         np.testing.assert_allclose(u, v, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(gw.loss_curve_, cw.loss_curve_, rtol=1e-9)
     np.testing.assert_allclose(g.predict_proba(X), c.predict_proba(X), rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="sparse X is not supported on the cuda backend"):
         nn.MLPClassifier(backend="cuda", **p).fit(sp.csr_matrix(X), y)

@@ -97,21 +97,28 @@ class _blas_threads:
 
 
 # ------------------------------------------------------------------ the contenders
-def time_nnjit(backend, dtype, layers, X, y, bs, lr, mu, repeats):
+#: the update rules --optimizer can time: MLP.fit keywords (lr and momentum are added)
+OPTIMIZERS = {"sgd": {}, "nesterov": {"optimizer": "nesterov"},
+              "adam": {"optimizer": "adam"}, "adamw": {"optimizer": "adamw", "weight_decay": 0.01}}
+
+
+def time_nnjit(backend, dtype, layers, X, y, bs, lr, mu, repeats, optimizer="sgd"):
     """Per-epoch wall times of MLP.fit: the gaps between the end-of-epoch callbacks, so the
     once-per-fit input checks are outside and every per-epoch cost is inside."""
     from .. import MLP
+    kw = dict(OPTIMIZERS[optimizer], lr=lr, momentum=mu if optimizer in ("sgd", "nesterov") else 0.0)
+
     def make():
         return MLP(layers, activation="sigmoid", output="softmax", backend=backend, dtype=dtype, seed=0)
-    make().fit(X[:64], y[:64], epochs=1, lr=lr, momentum=mu, batch_size=bs)   # compile / warm up
+    make().fit(X[:64], y[:64], epochs=1, batch_size=bs, **kw)   # compile / warm up
     net = make()
     stamps = []
-    net.fit(X, y, epochs=repeats + 1, lr=lr, momentum=mu, batch_size=bs, shuffle=True,
-            callbacks=[lambda *a: stamps.append(time.perf_counter())])
+    net.fit(X, y, epochs=repeats + 1, batch_size=bs, shuffle=True,
+            callbacks=[lambda *a: stamps.append(time.perf_counter())], **kw)
     return list(np.diff(stamps)), net
 
 
-def time_torch(dtype, layers, X, y, bs, lr, mu, repeats, threads):
+def time_torch(dtype, layers, X, y, bs, lr, mu, repeats, threads, optimizer="sgd"):
     import torch
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -122,7 +129,10 @@ def time_torch(dtype, layers, X, y, bs, lr, mu, repeats, threads):
         if l < len(layers) - 1:
             mods.append(torch.nn.Sigmoid())
     model = torch.nn.Sequential(*mods).to(tdt)
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=mu)
+    opt = {"sgd": lambda P: torch.optim.SGD(P, lr=lr, momentum=mu),
+           "nesterov": lambda P: torch.optim.SGD(P, lr=lr, momentum=mu, nesterov=True),
+           "adam": lambda P: torch.optim.Adam(P, lr=lr),
+           "adamw": lambda P: torch.optim.AdamW(P, lr=lr, weight_decay=0.01)}[optimizer](model.parameters())
     lossf = torch.nn.CrossEntropyLoss()                   # softmax + cross-entropy, as nnjit
     Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
     n = len(X)
@@ -143,12 +153,14 @@ def time_torch(dtype, layers, X, y, bs, lr, mu, repeats, threads):
     return ts
 
 
-def time_sklearn(dtype, layers, X, y, bs, lr, mu, repeats):
+def time_sklearn(dtype, layers, X, y, bs, lr, mu, repeats, optimizer="sgd"):
     import warnings
     from sklearn.neural_network import MLPClassifier
     clf = MLPClassifier(hidden_layer_sizes=tuple(layers[1:-1]), activation="logistic",
-                        solver="sgd", batch_size=bs, learning_rate_init=lr, momentum=mu,
-                        nesterovs_momentum=False, alpha=0.0, shuffle=True, random_state=0)
+                        solver="adam" if optimizer == "adam" else "sgd", batch_size=bs,
+                        learning_rate_init=lr, momentum=mu,
+                        nesterovs_momentum=optimizer == "nesterov", alpha=0.0, shuffle=True,
+                        random_state=0)
     classes = np.unique(y)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -252,20 +264,30 @@ def run(args):
         n = min(args.samples, args.online_samples) if bs == 1 else args.samples
         for dt in args.dtypes:
             X, y = Xall[:n].astype(dt), yall[:n]
-            res = {}
-            for backend in ("loops", "vectorised"):
-                with _blas_threads(threads):
-                    ts, _ = time_nnjit(backend, dt, layers, X, y, bs, args.lr, args.momentum, args.repeats)
-                res[f"nnjit {backend}"] = ts
-            if "torch" in have:
-                res["pytorch"] = time_torch(dt, layers, X, y, bs, args.lr, args.momentum, args.repeats, threads)
-            if "sklearn" in have and dt in ("float32", "float64"):
-                with _blas_threads(threads):
-                    res["sklearn"] = time_sklearn(dt, layers, X, y, bs, args.lr, args.momentum, args.repeats)
-            base = statistics.median(res["nnjit loops"])
+            res, opt_of = {}, {}
+            for opt in args.optimizer:
+                tag = "" if args.optimizer == ["sgd"] else f" {opt}"
+                for backend in ("loops", "vectorised"):
+                    if backend == "vectorised" and "vectorised" in args.skip:
+                        continue
+                    with _blas_threads(threads):
+                        ts, _ = time_nnjit(backend, dt, layers, X, y, bs, args.lr, args.momentum,
+                                           args.repeats, opt)
+                    res[f"nnjit {backend}{tag}"] = ts
+                    opt_of[f"nnjit {backend}{tag}"] = opt
+                if "torch" in have:
+                    res[f"pytorch{tag}"] = time_torch(dt, layers, X, y, bs, args.lr, args.momentum,
+                                                      args.repeats, threads, opt)
+                    opt_of[f"pytorch{tag}"] = opt
+                if "sklearn" in have and dt in ("float32", "float64") and opt in ("sgd", "nesterov", "adam"):
+                    with _blas_threads(threads):
+                        res[f"sklearn{tag}"] = time_sklearn(dt, layers, X, y, bs, args.lr, args.momentum,
+                                                            args.repeats, opt)
+                    opt_of[f"sklearn{tag}"] = opt
+            base = statistics.median(res[next(iter(res))])       # the first optimizer's loops
             for name, ts in res.items():
                 med = statistics.median(ts)
-                row = dict(batch_size=bs, dtype=dt, impl=name, samples=n, epoch_s=med,
+                row = dict(batch_size=bs, dtype=dt, impl=name, optimizer=opt_of[name], samples=n, epoch_s=med,
                            us_per_sample=med / n * 1e6, ratio_to_loops=med / base,
                            runs=len(ts), gflops=fl * n / med / 1e9)
                 row["fraction_of_gemm"] = row["gflops"] / gemm[dt]
@@ -377,6 +399,9 @@ def build_parser(p=None):
                    help="learning rate (0.1 with momentum 0.9 diverges online, and velocities "
                         "sinking into denormal floats slow every implementation)")
     p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--optimizer", type=lambda s: s.split(","), default=["sgd"],
+                   help="update rules to time, e.g. sgd,adam (of: " + ",".join(OPTIMIZERS) + "); "
+                        "'x loops' is relative to the first one's loops epoch")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[], help="e.g. torch,sklearn")
     p.add_argument("--no-compile", action="store_true", help="skip the compile/cache-load measurement")
     p.add_argument("--scaling", action="store_true", help="also time 3 sample counts and 3 widths, and peak RSS")
@@ -410,6 +435,9 @@ def cmd(args):
             raise SystemExit(f"nnjit bench: --{name.replace('_', '-')} must be positive")
     if len(args.layers) < 2 or min(args.layers) <= 0 or min(args.batch_sizes) <= 0:
         raise SystemExit("nnjit bench: --layers and --batch-sizes need positive sizes")
+    unknown = set(args.optimizer) - set(OPTIMIZERS)
+    if unknown:
+        raise SystemExit(f"nnjit bench: unknown --optimizer {sorted(unknown)}; choose from {','.join(OPTIMIZERS)}")
     bad = set(args.dtypes) - {"float32", "float64"}
     if bad:
         raise SystemExit(f"nnjit bench: unknown dtype(s) {sorted(bad)}")

@@ -31,6 +31,7 @@ import numpy as np
 
 from .. import config
 from ..model import MLP
+from ..rules import RULE_SGD, hyper as _hyper
 
 ARCHS = {"784-128-10": [784, 128, 10], "784-512-512-10": [784, 512, 512, 10]}
 TINY_ARCHS = {"6-5-3": [6, 5, 3], "6-7-5-3": [6, 7, 5, 3]}
@@ -38,6 +39,7 @@ BATCHES = (256, 1024, 4096)
 TINY_BATCHES = (5, 24)
 LR, MU = 0.05, 0.9
 ACT = "relu"
+_HYPER = _hyper(LR, MU, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch")   # heavy-ball sgd
 
 
 def make_data(M, D, K, seed=0):
@@ -146,7 +148,7 @@ def time_numba(layers, X, y, batch, kernels, reps):
     dev, host = [], []
     for r in range(reps + 1):           # the first epoch warms up (and compiles)
         order = rng.permutation(X.shape[0]).astype(np.int64)
-        _, ev, wall = nc.timed(lambda: eng.train_epoch(order, batch, LR, MU, net._loss))
+        _, ev, wall = nc.timed(lambda: eng.train_epoch(order, batch, RULE_SGD, _HYPER, net._loss))
         if r:
             dev.append(ev)
             host.append(wall)
@@ -186,7 +188,7 @@ def time_loops(layers, X, y, batch, n):
     eng.begin_fit(Xc, Y, batch)
     order = np.random.default_rng(0).permutation(n).astype(np.int64)
     t = time.perf_counter()
-    eng.train_epoch(order, batch, LR, MU, net._loss)
+    eng.train_epoch(order, batch, RULE_SGD, _HYPER, net._loss)
     dt = (time.perf_counter() - t) * 1e3
     eng.end_fit()
     return dict(ms=dt * X.shape[0] / n, wall_ms=dt * X.shape[0] / n, measured_samples=n,
