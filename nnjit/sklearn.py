@@ -45,7 +45,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, column_or_1d, gen_batches, shuffle
 from sklearn.utils._param_validation import Interval, Options, StrOptions
-from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+try:                        # scikit-learn's own shim for SciPy's iprint deprecation
+    from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
+except ImportError:         # pragma: no cover - older scikit-learn
+    def _get_additional_lbfgs_options_dict(key, value):
+        return {key: value}
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import _check_partial_fit_first_call, type_of_target, unique_labels
 from sklearn.utils.optimize import _check_optimize_result
