@@ -762,6 +762,11 @@ def _broken_pipe():
 def main(argv=None):
     command = "nnjit"
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
+        if argv[:1] == ["bench"] and "--sklearn" in argv:     # its own options: nnjit.bench.sklearn
+            from .bench import sklearn as skbench
+            command = "nnjit bench --sklearn"
+            return skbench.main([a for a in argv[1:] if a != "--sklearn"])
         try:
             parser = build_parser()
             args, extra = parser.parse_known_args(argv)

@@ -27,6 +27,19 @@ def test_bench_runs_and_writes_json_csv(tmp_path):
     assert csv.read_text().splitlines()[0].startswith("batch_size,dtype,impl")
 
 
+def test_sklearn_bench_runs_through_the_cli_and_writes_json(tmp_path):
+    """nnjit bench --sklearn: both libraries fit the same case from the same random_state and
+    end with the same weights (the table's last column)."""
+    import pytest
+    pytest.importorskip("sklearn")
+    from nnjit.cli import main
+    out = tmp_path / "s.json"
+    assert main(["bench", "--sklearn", "--cases", "b", "--max-iter", "2", "--json", str(out)]) == 0
+    (row,) = json.loads(out.read_text())
+    assert row["case"].startswith("(b)") and row["epochs_sklearn"] == row["epochs_nnjit"] == 2
+    assert row["max_weight_diff"] < 1e-9 and row["sklearn_s"] > 0 and row["nnjit_s"] > 0
+
+
 def test_bench_times_each_optimizer(tmp_path):
     out = tmp_path / "b.json"
     rc = bench.main(["--layers", "8,5,3", "--samples", "32", "--repeats", "1", "--batch-sizes", "8",

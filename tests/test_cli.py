@@ -464,6 +464,6 @@ def test_loss_curve_of_a_sklearn_estimator():
     from nnjit.plot import loss_curve
     from nnjit.sklearn import MLPClassifier
     X, y = _blobs()
-    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, tol=None, random_state=0).fit(X, y)
+    clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, tol=0.0, random_state=0).fit(X, y)
     ax = loss_curve(clf, ax=Figure().add_subplot())
     np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), clf.loss_curve_)

@@ -406,14 +406,30 @@ def build_parser(p=None):
     p.add_argument("--no-compile", action="store_true", help="skip the compile/cache-load measurement")
     p.add_argument("--scaling", action="store_true", help="also time 3 sample counts and 3 widths, and peak RSS")
     p.add_argument("--json"), p.add_argument("--csv"), p.add_argument("--plot", help="bar chart PNG")
+    p.add_argument("--sklearn", action="store_true",
+                   help="instead: scikit-learn's MLP vs nnjit.sklearn fit times (its own options "
+                        "follow: nnjit bench --sklearn --help; module nnjit.bench.sklearn)")
     return p
 
 
+def _sklearn_argv(argv):
+    """argv without --sklearn when it asks for the scikit-learn table, else None."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return [a for a in argv if a != "--sklearn"] if "--sklearn" in argv else None
+
+
 def main(argv=None):
+    rest = _sklearn_argv(argv)
+    if rest is not None:
+        from . import sklearn as skbench
+        return skbench.main(rest)
     return cmd(build_parser().parse_args(argv))
 
 
 def cmd(args):
+    if getattr(args, "sklearn", False):       # reached through a parser without its options
+        from . import sklearn as skbench
+        return skbench.main([])
     for name in ("samples", "online_samples", "repeats"):
         if getattr(args, name) <= 0:
             raise SystemExit(f"nnjit bench: --{name.replace('_', '-')} must be positive")
