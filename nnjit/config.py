@@ -34,3 +34,9 @@ CUDA_TILE = 16
 #: Which CUDA kernels compute the matrix products: "tiled" (shared-memory tiles, the fast
 #: version) or "simple" (one thread per output, the loop body indexed by thread).
 CUDA_KERNELS = "tiled"
+
+#: Model files are untrusted input: the largest header (JSON bytes) and the largest network
+#: (parameters, i.e. weights + biases) a file may declare before anything is allocated.
+#: Raise them to load bigger models; the check is against the architecture, before reading.
+MODEL_FILE_MAX_HEADER_BYTES = 64 * 2**20
+MODEL_FILE_MAX_PARAMS = 2**28

@@ -431,8 +431,8 @@ class MLP:
         best, stall, ckpt, saved = math.inf, 0, None, None
         if checkpoint is not None or resume:            # nnjit.io: checkpoints and resume
             from .io import Checkpoint
-            ckpt = Checkpoint(self, checkpoint, checkpoint_every, X, Y, epochs, lr, momentum=momentum,
-                              batch_size=batch_size, shuffle=shuffle, tol=tol,
+            ckpt = Checkpoint(self, checkpoint, checkpoint_every, X, stream.y if stream else Y,
+                              epochs, lr, momentum=momentum, batch_size=batch_size, shuffle=shuffle, tol=tol,
                               n_iter_no_change=n_iter_no_change, error_threshold=error_threshold)
             epochs, best, stall = ckpt.start(resume)     # epochs left; may load the checkpoint
 

@@ -141,3 +141,280 @@ def test_dataframe_with_bool_and_nullable_columns_is_accepted():
         a.fit(X, pd.Series(pd.array([0, None] * 100, dtype="Int64")), epochs=1)
     with pytest.raises(TypeError, match="numbers"):
         a.predict(df.assign(c=["x"] * len(df)))
+
+
+# ---------------------------------------------------------------- model files: exact labels
+import decimal  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tracemalloc  # noqa: E402
+import zipfile  # noqa: E402
+
+import nnjit.io as nio  # noqa: E402
+from nnjit import cli  # noqa: E402
+
+
+@pytest.mark.parametrize("labels", [
+    np.array(["a", "a\x00"], dtype=object),            # NumPy's <U drops trailing NULs
+    np.array([0.5, 2**53 + 1], dtype=object),           # float64 would round 2**53 + 1
+    np.array([1, 2**70], dtype=object),                 # beyond int64
+    np.array([True, 2], dtype=object),
+])
+def test_saved_class_labels_read_back_exactly(labels, tmp_path):
+    X, y01 = _binary(labels=(0, 1))
+    y = labels[y01]
+    net = MLP([4, 6, 1], output="sigmoid", backend="vectorised", dtype="float64", seed=0)
+    net.fit(X, y, epochs=5, lr=0.5)
+    net.save(tmp_path / "m.npz")
+    back = MLP.load(tmp_path / "m.npz")
+    assert [(type(v), v) for v in back.classes_.tolist()] == [(type(v), v) for v in net.classes_.tolist()]
+    pred, pred_back = net.predict(X), back.predict(X)
+    assert all(type(a) is type(b) and a == b for a, b in zip(pred.tolist(), pred_back.tolist()))
+    assert back.score(X, y) == net.score(X, y)
+    assert nio.info(tmp_path / "m.npz")["classes"] == net.classes_.tolist()
+
+
+def test_labels_that_cannot_be_stored_exactly_are_refused_at_save(tmp_path):
+    X, y01 = _binary(labels=(0, 1))
+    y = np.array([decimal.Decimal("0.1"), decimal.Decimal("0.2")], dtype=object)[y01]
+    net = MLP([4, 1], output="sigmoid", backend="vectorised", seed=0).fit(X, y, epochs=1)
+    with pytest.raises(TypeError, match="Decimal"):
+        net.save(tmp_path / "m.npz")
+    assert os.listdir(tmp_path) == []
+
+
+# ---------------------------------------------------------------- model files: untrusted input
+def _saved(tmp_path, **fit):
+    X, y = _binary()
+    net = MLP([4, 5, 3], backend="vectorised", dtype="float64", seed=0).fit(X, y, epochs=2, **fit)
+    path = tmp_path / "good.npz"
+    net.save(path)
+    return net, path, X
+
+
+def _rewrite(src, dst, header=None, **members):
+    """A copy of nnjit file src with its header dict changed by header(h) and members replaced
+    (name -> ndarray, or name -> (raw bytes, compress_type) for a hand-made member)."""
+    with np.load(src) as z:
+        arrays = {k: z[k] for k in z.files}
+    h = json.loads(arrays["header"].tobytes())
+    if header is not None:
+        h = header(h) or h
+    text = h if isinstance(h, str) else json.dumps(h)
+    arrays["header"] = np.frombuffer(text.encode(), np.uint8)
+    raw = {k: v for k, v in members.items() if isinstance(v, tuple)}
+    arrays.update({k: v for k, v in members.items() if not isinstance(v, tuple)})
+    for k in raw:
+        arrays.pop(k, None)
+    np.savez(dst, **arrays)
+    if raw:
+        with zipfile.ZipFile(dst, "a") as zf:
+            for k, (data, how) in raw.items():
+                zf.writestr(zipfile.ZipInfo(k + ".npy"), data, compress_type=how)
+    return dst
+
+
+def _npy_header(dtype, shape):
+    import io as _io
+    buf = _io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def _load_peak(path, *, call=MLP.load):
+    tracemalloc.start()
+    try:
+        with pytest.raises(nio.ModelFileError, match=os.path.basename(path)) as e:
+            call(path)
+        return tracemalloc.get_traced_memory()[1], e.value
+    finally:
+        tracemalloc.stop()
+
+
+def test_deflate_bomb_is_refused_before_decompressing(tmp_path):
+    _, good, _ = _saved(tmp_path)
+    bomb = _npy_header("<f8", (5, 4)) + bytes(60 * 2**20)          # 60 MiB of zeros, ~60 kB zipped
+    path = _rewrite(good, tmp_path / "bomb.npz", W1=(bomb, zipfile.ZIP_DEFLATED))
+    assert os.path.getsize(path) < 2**20
+    peak, err = _load_peak(path)
+    assert peak < 8 * 2**20 and "W1" in str(err)
+
+
+def test_npy_header_claiming_huge_array_is_refused_without_allocating(tmp_path):
+    _, good, _ = _saved(tmp_path)
+    liar = _npy_header("<f8", (10**6, 10**5)) + bytes(160)            # claims 8e11 bytes
+    path = _rewrite(good, tmp_path / "liar.npz", W1=(liar, zipfile.ZIP_STORED))
+    peak, _ = _load_peak(path)
+    assert peak < 8 * 2**20
+
+
+@pytest.mark.parametrize("cap", [None, 10**11])
+def test_header_claiming_a_huge_network_is_refused_before_allocating(tmp_path, monkeypatch, cap):
+    from nnjit import config
+    if cap:                          # even with the cap raised, the members must match first
+        monkeypatch.setattr(config, "MODEL_FILE_MAX_PARAMS", cap)
+    _, good, _ = _saved(tmp_path)
+
+    def huge(h):
+        h["architecture"]["layers"] = [100000, 100000]
+    path = _rewrite(good, tmp_path / "huge.npz", header=huge)       # the digest stays valid
+    peak, err = _load_peak(path)
+    assert peak < 8 * 2**20
+    peak, _ = _load_peak(path, call=nio.info)
+    assert peak < 8 * 2**20
+
+
+@pytest.mark.parametrize("name", ["seed", "random", "set_state", "default_rng", "__class__"])
+def test_rng_name_from_file_is_never_looked_up_on_numpy(tmp_path, name):
+    _, good, _ = _saved(tmp_path)
+
+    def evil(h):
+        h["rng"]["bit_generator"] = name
+    path = _rewrite(good, tmp_path / "rng.npz", header=evil)
+    before = np.random.get_state()
+    with pytest.raises(nio.ModelFileError, match="bit generator"):
+        MLP.load(path)
+    after = np.random.get_state()
+    assert before[0] == after[0] and np.array_equal(before[1], after[1]) and before[2:] == after[2:]
+
+
+@pytest.mark.parametrize("change", [
+    lambda h: "[" * 100000 + "]" * 100000,                                 # RecursionError
+    lambda h: h["architecture"].update(layers=[4, -5, 3]),
+    lambda h: h["architecture"].update(layers="45"),
+    lambda h: h["architecture"].update(layers=[4, 5.5, 3]),
+    lambda h: h["architecture"].update(activation="evil"),
+    lambda h: h["architecture"].update(activation=["relu", "tanh"]),
+    lambda h: h["architecture"].update(dtype="float16"),
+    lambda h: h["architecture"].update(backend="gpu"),
+    lambda h: h["architecture"].update(init_scale=-1),
+    lambda h: h["architecture"].update(seed="x"),
+    lambda h: h.update(n_epochs=-1),
+    lambda h: h.update(history={"loss": ["x"]}),
+    lambda h: h.update(history=[1, 2]),
+    lambda h: h.update(rng={"bit_generator": "PCG64", "state": "x"}),
+    lambda h: h.update(classes={"object": True, "values": [2, 1]}),        # unsorted labels
+    lambda h: h.update(classes={"object": True, "values": [[1], 2]}),
+    lambda h: h.update(classes=[1]),
+    lambda h: h.update(version="1"),
+    lambda h: h.pop("architecture"),
+])
+def test_every_crafted_header_is_a_model_file_error(tmp_path, change, capsys):
+    _, good, _ = _saved(tmp_path)
+    path = _rewrite(good, tmp_path / "crafted.npz", header=change)
+    with pytest.raises(nio.ModelFileError, match="crafted.npz"):
+        MLP.load(path)
+    assert cli.main(["info", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nnjit info: error: ") and err.count("\n") == 1
+
+
+def test_flipped_or_truncated_bytes_always_give_model_file_error(tmp_path, capsys):
+    """Fuzz: flip each of ~400 bytes spread over a valid file (all of the zip's central
+    directory at its end) and truncate it at ~100 lengths: loading either raises
+    ModelFileError or, where the byte carries nothing (a timestamp), loads the same model."""
+    net, good, X = _saved(tmp_path)
+    data = good.read_bytes()
+    n = len(data)
+    ref = net.forward(X)
+    where = sorted(set(range(0, n, max(1, n // 300))) | set(range(max(0, n - 120), n)))
+    bad = tmp_path / "bad.npz"
+    for pos in where:
+        for flip in (0xFF, 0x01):
+            bad.write_bytes(data[:pos] + bytes([data[pos] ^ flip]) + data[pos + 1:])
+            try:
+                back = MLP.load(bad)
+            except nio.ModelFileError as e:
+                assert "bad.npz" in str(e)
+                continue
+            np.testing.assert_array_equal(back.forward(X), ref)
+            assert back.history_ == net.history_
+    for cut in sorted(set(range(0, n, max(1, n // 100))) | {n - 1, 1, 3}):
+        bad.write_bytes(data[:cut])
+        with pytest.raises(nio.ModelFileError):
+            MLP.load(bad)
+    assert cli.main(["info", str(bad)]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+# ---------------------------------------------------------------- saving and checkpoints
+def test_history_with_inf_and_nan_saves_and_reads_back(tmp_path):
+    net, path, _ = _saved(tmp_path)
+    net.history_["val_loss"] = [1.0, float("inf")]
+    net.history_["val_score"] = [float("nan"), -float("inf")]
+    net.save(path)
+    back = MLP.load(path)
+    assert back.history_["val_loss"] == [1.0, float("inf")]
+    assert np.isnan(back.history_["val_score"][0]) and back.history_["val_score"][1] == -np.inf
+
+
+def test_checkpointing_fit_with_infinite_validation_loss_does_not_crash(tmp_path):
+    X, _ = _binary()
+    y = X[:, 0] * 3
+    net = MLP([4, 1], output="identity", backend="vectorised", dtype="float64", seed=0)
+    Xv = np.full((5, 4), 1e300)                 # finite, but its squared error overflows to inf
+    net.fit(X, y, epochs=2, lr=0.01, validation_data=(Xv, np.zeros(5)), checkpoint=tmp_path / "ck.npz")
+    assert net.history_["val_loss"] == [np.inf, np.inf]
+    net.fit(X, y, epochs=3, lr=0.01, validation_data=(Xv, np.zeros(5)),
+            checkpoint=tmp_path / "ck.npz", resume=True)       # refit resumes the same run
+    assert MLP.load(tmp_path / "ck.npz").n_epochs_ == 3     # that run extended to 3 epochs
+
+
+def test_memmap_checkpoint_fingerprint_reads_in_chunks(tmp_path, monkeypatch):
+    from nnjit import config
+    monkeypatch.setattr(config, "STREAM_CHUNK_BYTES", 64 * 1024)
+    rng = np.random.default_rng(1)
+    Xa = rng.normal(size=(20000, 8)).astype(np.float32)           # 640 kB: 10+ chunks
+    np.save(tmp_path / "X.npy", Xa)
+    X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    y = (Xa[:, 0] > 0).astype(np.int64)
+    seen = []
+    real = nio.zlib.crc32
+    monkeypatch.setattr(nio.zlib, "crc32", lambda b, c=0: (seen.append(memoryview(b).nbytes), real(b, c))[1])
+    net = MLP([8, 2], backend="vectorised", seed=0)
+    net.fit(X, y, epochs=1, checkpoint=tmp_path / "ck.npz")
+    crc = nio.info(tmp_path / "ck.npz")["checkpoint"]["settings"]["data_crc32"]
+    assert crc is not None and crc == real(y, real(Xa))
+    assert max(seen) <= 64 * 1024 and sum(seen) == Xa.nbytes + y.nbytes
+    Xb = Xa.copy()
+    Xb[-1, -1] += 1                              # other data: resuming refuses it
+    np.save(tmp_path / "X.npy", Xb)
+    X = np.load(tmp_path / "X.npy", mmap_mode="r")
+    with pytest.raises(ValueError, match="data_crc32"):
+        MLP([8, 2], backend="vectorised", seed=0).fit(X, y, epochs=2, checkpoint=tmp_path / "ck.npz",
+                                                      resume=True)
+
+
+def test_save_into_missing_directory_names_the_users_path(tmp_path):
+    net, _, _ = _saved(tmp_path)
+    target = tmp_path / "nope" / "model.npz"
+    with pytest.raises(FileNotFoundError) as e:
+        net.save(target)
+    assert str(target) in str(e.value) and ".tmp" not in str(e.value)
+
+
+def test_stale_temporaries_of_killed_saves_are_cleaned(tmp_path):
+    net, path, _ = _saved(tmp_path)
+    prefix = nio._tmp_prefix(str(path))
+    # a save SIGKILLed mid-write leaves its temporary behind ...
+    code = ("import os, signal, numpy as np\n"
+            "real = np.savez\n"
+            "def die(f, **a): real(f, **a); os.kill(os.getpid(), signal.SIGKILL)\n"
+            "np.savez = die\n"
+            f"from nnjit import MLP; MLP([4, 3]).save({str(path)!r})\n")
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    assert subprocess.run([sys.executable, "-c", code], env=env).returncode == -9
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{prefix}{dead.pid}-abc123.tmp"
+    live = tmp_path / f"{prefix}{os.getppid()}-def456.tmp"            # a live process: kept
+    other = tmp_path / ".good.npz.something-else.tmp"                  # not ours: kept
+    for f in (stale, live, other):
+        f.write_bytes(b"x" * 1000)
+    assert len([f for f in os.listdir(tmp_path) if f.startswith(prefix)]) == 3
+    net.save(path)                                   # ... the next save removes the stale ones
+    assert sorted(os.listdir(tmp_path)) == sorted(["good.npz", live.name, other.name])
+    assert MLP.load(path).n_epochs_ == 2
