@@ -509,6 +509,9 @@ def _apply(net, header, arrays, path):
         net._rng = np.random.Generator(bitgen)
         net.n_epochs_ = int(header["n_epochs"])
         net.history_ = {k: list(vs) for k, vs in header["history"].items()}
+        if "val_epoch" not in net.history_:     # files from before val_epoch: the latest epochs
+            n = len(net.history_.get("val_loss", []))
+            net.history_["val_epoch"] = list(range(net.n_epochs_ - n, net.n_epochs_))
     except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
         raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
     net.classes_ = _classes_from(header, arrays, path, net)

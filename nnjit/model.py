@@ -173,7 +173,9 @@ class MLP:
         self._rng = np.random.default_rng(seed)
         self._engine.set_params(self._initial_params())
         self.classes_ = None
-        self.history_ = {"loss": [], "val_loss": [], "val_score": []}
+        # val_epoch: the epoch (0-based, as n_epochs_ counts) of each val_loss/val_score entry,
+        # since a fit without validation_data adds epochs with none
+        self.history_ = {"loss": [], "val_loss": [], "val_score": [], "val_epoch": []}
         self.n_epochs_ = 0
 
     # ------------------------------------------------------------------ parameters
@@ -473,6 +475,7 @@ class MLP:
                     vloss = self._engine.loss(val[0], val[1], self._loss)[0]
                     self.history_["val_loss"].append(vloss)
                     self.history_["val_score"].append(self.score(val[0], val[2]))
+                    self.history_.setdefault("val_epoch", []).append(epoch)
                     metric = vloss
                 self.n_epochs_ += 1     # the commit point: from here on the epoch is complete
                 if bar is not None:

@@ -418,3 +418,24 @@ def test_stale_temporaries_of_killed_saves_are_cleaned(tmp_path):
     net.save(path)                                   # ... the next save removes the stale ones
     assert sorted(os.listdir(tmp_path)) == sorted(["good.npz", live.name, other.name])
     assert MLP.load(path).n_epochs_ == 2
+
+
+# ---------------------------------------------------------------- history and plots
+def test_validation_history_is_aligned_with_its_epochs_in_plot_and_file(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+    from nnjit.plot import loss_curve
+    X, y = _binary()
+    net = MLP([4, 3], backend="vectorised", seed=0)
+    net.fit(X, y, epochs=3, validation_data=(X[:50], y[:50]))
+    net.fit(X, y, epochs=2)                                    # no validation in epochs 4, 5
+    net.fit(X, y, epochs=2, validation_data=(X[:50], y[:50]))
+    assert net.history_["val_epoch"] == [0, 1, 2, 5, 6]
+    ax = loss_curve(net, Figure().add_subplot())
+    (train, val), score = ax.get_lines(), ax.figure.axes[1].get_lines()[0]
+    np.testing.assert_array_equal(train.get_xdata(), [1, 2, 3, 4, 5, 6, 7])
+    for line, values in ((val, net.history_["val_loss"]), (score, net.history_["val_score"])):
+        np.testing.assert_array_equal(line.get_xdata(), [1, 2, 3, np.nan, 6, 7])
+        np.testing.assert_array_equal(line.get_ydata(), np.insert(values, 3, np.nan))
+    net.save(tmp_path / "m.npz")
+    assert MLP.load(tmp_path / "m.npz").history_ == net.history_
