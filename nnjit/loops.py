@@ -24,9 +24,10 @@ from numba import njit, prange
 
 from .activations import (CROSS_ENTROPY, IDENTITY, SIGMOID, SOFTMAX, SQUARED_ERROR,
                           apply_f, mul_fprime)
+from ._numba_setup import CACHE   # False where no cache folder is writable
 from .config import FASTMATH
 
-_OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True)
+_OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
 
 
 # ---------------------------------------------------------------- one layer, forward and back

@@ -439,3 +439,102 @@ def test_validation_history_is_aligned_with_its_epochs_in_plot_and_file(tmp_path
         np.testing.assert_array_equal(line.get_ydata(), np.insert(values, 3, np.nan))
     net.save(tmp_path / "m.npz")
     assert MLP.load(tmp_path / "m.npz").history_ == net.history_
+
+
+# ---------------------------------------------------------------- other processes, other installs
+_FORK_AND_THREADS = """
+import multiprocessing as mp, threading, numpy as np, nnjit
+from nnjit import MLP
+X = np.random.default_rng(0).normal(size=(256, 16)); y = np.arange(256) % 3
+def work(i):
+    return MLP([16, 32, 3], seed=i).fit(X, y, epochs=2, batch_size=16).history_["loss"][-1]
+ref = [work(0), work(1)]                        # the parent has run parallel kernels
+print("layer", nnjit.threading_layer(), flush=True)
+with mp.get_context("fork").Pool(2) as pool:
+    assert pool.map(work, [0, 1]) == ref
+print("fork ok", flush=True)
+out = {}
+ts = [threading.Thread(target=lambda i=i: out.__setitem__(i, work(i))) for i in (0, 1, 0, 1)]
+[t.start() for t in ts]; [t.join() for t in ts]
+assert [out[0], out[1]] == ref
+print("threads ok", flush=True)
+"""
+
+
+def _run(code, timeout=480, cwd=None, **env):
+    full = dict(os.environ, PYTHONPATH=os.getcwd())
+    full.pop("NUMBA_THREADING_LAYER", None)
+    full.update(env)
+    return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
+                          timeout=timeout, cwd=cwd)
+
+
+def test_fork_after_fit_and_fitting_in_two_threads_do_not_hang_or_abort():
+    """A fork Pool after a loops fit used to hang (GNU OpenMP) and two threads fitting at
+    once aborted the process (workqueue); nnjit selects TBB, which is safe for both."""
+    r = _run(_FORK_AND_THREADS)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "layer tbb" in r.stdout and "fork ok" in r.stdout and "threads ok" in r.stdout
+    assert "RuntimeWarning" not in r.stderr
+
+
+def test_explicit_threading_layer_is_respected():
+    code = ("import warnings; warnings.simplefilter('error')\n"
+            "import numpy as np, nnjit\n"
+            "nnjit.MLP([4, 3]).fit(np.ones((64, 4)), np.arange(64) % 3, epochs=1)\n"
+            "print(nnjit.threading_layer(), nnjit._numba_setup.SELECTED)\n")
+    r = _run(code, NUMBA_THREADING_LAYER="workqueue")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split() == ["workqueue", "user"]
+
+
+def test_without_tbb_nnjit_warns_and_falls_back():
+    code = ("import ctypes\n"
+            "real = ctypes.CDLL\n"
+            "class NoTBB(real):\n"
+            "    def __init__(self, name, *a, **k):\n"
+            "        if 'tbb' in str(name): raise OSError('no tbb here')\n"
+            "        super().__init__(name, *a, **k)\n"
+            "ctypes.CDLL = NoTBB\n"
+            "import sys; sys.modules['numba.np.ufunc.tbbpool'] = None\n"
+            "import numpy as np, nnjit\n"
+            "net = nnjit.MLP([4, 3]).fit(np.ones((64, 4)), np.arange(64) % 3, epochs=1)\n"
+            "print(nnjit.threading_layer(), nnjit._numba_setup.SELECTED)\n")
+    r = _run(code)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.split()[1] == "default" and r.stdout.split()[0] in ("omp", "workqueue")
+    assert r.stderr.count("TBB threading layer could not be loaded") == 1
+
+
+def test_read_only_install_without_writable_home_imports_and_trains(tmp_path):
+    """A read-only package folder and a home where nothing can be created (emulated so that it
+    holds for root too: a regular file stands where Numba would create its folders)."""
+    import shutil
+    root = tmp_path / "site"
+    shutil.copytree(os.path.join(os.getcwd(), "nnjit"), root / "nnjit",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    for d in [root / "nnjit", *[p for p in (root / "nnjit").rglob("*") if p.is_dir()]]:
+        (d / "__pycache__").write_text("not a folder")
+    (tmp_path / "home").write_text("not a folder")
+    for p in [root, *root.rglob("*")]:
+        p.chmod(p.stat().st_mode & ~0o222)
+    code = ("import numpy as np, nnjit\n"
+            "assert nnjit.__file__.startswith(%r), nnjit.__file__\n"
+            "net = nnjit.MLP([4, 8, 3], seed=0).fit(np.eye(4).repeat(8, 0), np.arange(32) %% 3, epochs=2)\n"
+            "print('trained', net.n_epochs_, nnjit._numba_setup.CACHE)\n") % str(root)
+    env = {"PYTHONPATH": str(root), "HOME": str(tmp_path / "home" / "x"), "PYTHONDONTWRITEBYTECODE": "1",
+           "XDG_CACHE_HOME": str(tmp_path / "home" / "y")}
+    try:
+        r = _run(code, cwd=tmp_path, **env)
+    finally:
+        for p in [root, *root.rglob("*")]:
+            p.chmod(p.stat().st_mode | 0o200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.split() == ["trained", "2", "False"]
+    assert r.stderr.count("NUMBA_CACHE_DIR") == 1
+    # the README's fix; the vectorised backend keeps this run short (the activation ufuncs,
+    # compiled at import, are what the first run could not cache)
+    r = _run(code.replace("seed=0)", "seed=0, backend='vectorised')"), cwd=tmp_path,
+             NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env)
+    assert r.returncode == 0 and r.stdout.split() == ["trained", "2", "True"], r.stderr[-2000:]
+    assert "NUMBA_CACHE_DIR" not in r.stderr and any((tmp_path / "cache").rglob("*.nbi"))
