@@ -124,5 +124,52 @@ def threading_layer():
         return None
 
 
+def _others_running():
+    """Tasks runnable on the machine right now, other than this process's own threads
+    (Linux /proc); None where that cannot be read."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        mine = 0
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/stat") as f:
+                stat = f.read()
+            mine += stat[stat.rindex(")") + 2] == "R"
+        return max(0, running - mine)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class EpochThreads:
+    """Numba threads for each training epoch of the loops backend: as many as there are cores
+    not taken by other runnable tasks, at least 1 and at most what the caller had set.
+
+    A parallel region ends when its slowest thread does: a thread whose core another process
+    holds stalls the epoch for a scheduler time slice per region, so on a busy machine fewer
+    threads finish sooner (measured by ``nnjit bench --contention K``). Results do not depend
+    on the thread count (every sum runs in a fixed order). Off with config.ADAPTIVE_THREADS."""
+
+    def __init__(self):
+        self.user = numba.get_num_threads()
+
+    def adjust(self):
+        from . import config
+        if not config.ADAPTIVE_THREADS:
+            return
+        others = _others_running()
+        if others is not None:
+            numba.set_num_threads(max(1, min(self.user, _cores() - others)))
+
+    def restore(self):
+        numba.set_num_threads(self.user)
+
+
 choose_threading_layer()
 choose_cache()

@@ -40,3 +40,8 @@ CUDA_KERNELS = "tiled"
 #: Raise them to load bigger models; the check is against the architecture, before reading.
 MODEL_FILE_MAX_HEADER_BYTES = 64 * 2**20
 MODEL_FILE_MAX_PARAMS = 2**28
+
+#: Each epoch of the loops backend uses as many threads as cores not taken by other runnable
+#: tasks (at most numba.get_num_threads()), so a busy machine slows training gracefully
+#: (nnjit/_numba_setup.EpochThreads). False: always numba.get_num_threads().
+ADAPTIVE_THREADS = True

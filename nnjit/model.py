@@ -8,6 +8,7 @@ import numpy as np
 
 from . import activations as A
 from . import data as _data
+from ._numba_setup import EpochThreads as _EpochThreads
 from .engine import CPUEngine, make_shape
 
 BACKENDS = ("loops", "vectorised", "cuda")
@@ -448,8 +449,11 @@ class MLP:
 
         if stream is None:
             self._engine.begin_fit(X, Y, batch_size)
+        threads = _EpochThreads() if self.backend == "loops" else None    # other processes
         try:
             for _ in range(epochs):
+                if threads is not None:
+                    threads.adjust()
                 epoch = self.n_epochs_
                 eta = lr(epoch) if callable(lr) else lr
                 if not (isinstance(eta, numbers.Real) and eta > 0 and math.isfinite(eta)):
@@ -507,6 +511,8 @@ class MLP:
                     ckpt.save(best, stall)
             raise
         finally:
+            if threads is not None:
+                threads.restore()
             self._engine.end_fit()
             if bar is not None:
                 bar.close()

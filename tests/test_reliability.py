@@ -538,3 +538,45 @@ def test_read_only_install_without_writable_home_imports_and_trains(tmp_path):
              NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env)
     assert r.returncode == 0 and r.stdout.split() == ["trained", "2", "True"], r.stderr[-2000:]
     assert "NUMBA_CACHE_DIR" not in r.stderr and any((tmp_path / "cache").rglob("*.nbi"))
+
+
+def test_busy_machine_gets_fewer_threads_per_epoch(monkeypatch):
+    """With other runnable tasks holding cores, an epoch uses only the free ones (a thread
+    that must wait for a time slice stalls every parallel region); the caller's setting is
+    the ceiling and comes back after fit."""
+    import numba
+    from nnjit import _numba_setup as ns, config
+    seen = []
+    monkeypatch.setattr(ns, "_cores", lambda: 4)
+    busy = iter([0, 2, 3, 9, 0])
+    monkeypatch.setattr(ns, "_others_running", lambda: next(busy))
+    X, y = _binary()
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(2, before))
+    try:
+        cap = numba.get_num_threads()
+        net = MLP([4, 3], backend="loops", seed=0)
+        net.fit(X, y, epochs=4, callbacks=[lambda *a: seen.append(numba.get_num_threads())])
+        assert seen == [min(cap, 4), min(cap, 2), 1, 1]
+        assert numba.get_num_threads() == cap
+        monkeypatch.setattr(config, "ADAPTIVE_THREADS", False)
+        seen.clear()
+        net.fit(X, y, epochs=1, callbacks=[lambda *a: seen.append(numba.get_num_threads())])
+        assert seen == [cap]
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_others_running_reads_the_run_queue():
+    from nnjit import _numba_setup as ns
+    if not os.path.exists("/proc/loadavg"):
+        pytest.skip("Linux /proc only")
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        import time
+        time.sleep(0.5)
+        assert ns._others_running() >= 2
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
