@@ -25,10 +25,17 @@ The JSON header: ``format`` ("nnjit-mlp"), ``version`` (1), ``nnjit_version``, `
 (the ``MLP(...)`` arguments: layers, activation, output, loss, init, init_scale, backend, dtype,
 seed), ``n_epochs``, ``history`` (the ``history_`` lists), ``rng`` (the shuffling generator's
 ``bit_generator.state``, so the next epoch's order is the one the original would have drawn),
-``classes`` (null, or how the ``classes`` array is to be read back), ``fit`` (optional, the
+``classes`` (null, or ``{"object": bool}`` saying how the ``classes`` array is read back, or
+``{"object": true, "values": [...]}``: labels as JSON where an array would change them, e.g.
+strings ending in NUL or integers beyond int64), ``fit`` (optional, the
 hyperparameters of the training run, for ``nnjit info``), ``checkpoint`` (only in checkpoints:
 the state of the interrupted ``fit`` call) and ``sha256``, a digest of every other array (name,
-dtype, shape and bytes) that catches corruption the zip CRCs would miss.
+dtype, shape and bytes) that catches corruption the zip CRCs would miss. Non-finite floats
+(an infinite validation loss in ``history``) are written as ``{"__float__": "inf"}``.
+
+A file is untrusted input: reading (see ``_read``) checks the header and the architecture it
+declares before anything of that size is allocated, reads each member in bounded pieces after
+checking its declared size, and turns every failure into ModelFileError naming the file.
 
 Writes are atomic: the archive goes to a temporary file in the target's directory, is flushed
 and fsync'ed, then ``os.replace``'d over the target, so a crash or Ctrl-C during a save leaves
