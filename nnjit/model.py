@@ -268,18 +268,19 @@ class MLP:
 
     def _is_label_column(self, y):
         """Whether a (n, 1) y is a column of class labels (to ravel) rather than a one-unit
-        target matrix: always for softmax; for one sigmoid unit unless the model has no
-        classes_ and y holds probabilities that are not all 0/1 (soft targets)."""
+        target matrix: always for softmax and for a model fitted on labels; for one sigmoid
+        unit of an unfitted model only if y is not numbers in [0, 1] (0/1 or probability
+        targets, the lecture's y, stay targets; labels such as {0, 2} or strings are labels)."""
         if not self._is_classifier or y.ndim != 2 or y.shape[1] != 1:
             return False
         if self.output == "softmax" or self.classes_ is not None:
             return True
         if self.layers[-1] != 1:
             return False
-        if y.dtype.kind != "f":
+        if y.dtype.kind not in "biuf":
             return True
-        finite = y[np.isfinite(y)]
-        return not (((finite >= 0) & (finite <= 1)).all() and ((finite != 0) & (finite != 1)).any())
+        finite = y[np.isfinite(y)] if y.dtype.kind == "f" else y
+        return not ((finite >= 0) & (finite <= 1)).all()
 
     def _ravel_label_column(self, y):
         warnings.warn("a column-vector y of shape (n_samples, 1) was passed where 1-D class labels "

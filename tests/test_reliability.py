@@ -34,14 +34,19 @@ def test_label_column_is_ravelled_with_warning():
     assert soft.classes_.tolist() == [0, 2]
 
 
-def test_soft_probability_column_stays_a_target_for_one_sigmoid_unit():
-    X, _ = _binary()
-    p = 1 / (1 + np.exp(-X[:, :1]))                        # probabilities, not labels
-    net = MLP([4, 1], output="sigmoid", backend="vectorised", seed=0)
+@pytest.mark.parametrize("kind", ["soft", "hard", "one"])
+def test_probability_column_stays_a_target_for_one_sigmoid_unit(kind):
+    X, y = _binary(labels=(0, 1))
+    p = {"soft": 1 / (1 + np.exp(-X[:, :1])), "hard": y[:, None].astype(float),
+         "one": np.ones((len(y), 1))}[kind]              # targets, not labels
+    net = MLP([4, 1], output="sigmoid", backend="vectorised", dtype="float64", seed=0)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         net.fit(X, p, epochs=2)
+        dw, _ = net.gradients(X, p)
     assert net.classes_ is None
+    a = net.forward(X)
+    np.testing.assert_allclose(dw[0], ((a - p) * X).mean(0, keepdims=True), rtol=1e-10)
 
 
 @pytest.mark.parametrize("output,Y,match", [
