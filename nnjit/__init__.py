@@ -1,11 +1,12 @@
 """nnjit: the lecture's backpropagation as JIT-compiled loops, with NumPy and CUDA twins."""
 
 __version__ = "0.1.0"
-__all__ = ["MLP", "DivergenceError", "ModelFileError", "__version__"]
+__all__ = ["MLP", "DivergenceError", "ModelFileError", "threading_layer", "__version__"]
 
 # Imported on first use (PEP 562): importing numba and loading the kernels takes seconds, and
 # `nnjit --help`, `nnjit info` or a Ctrl-C during start-up should not wait for it.
-_LAZY = {"MLP": "model", "DivergenceError": "model", "ModelFileError": "io"}
+_LAZY = {"MLP": "model", "DivergenceError": "model", "ModelFileError": "io",
+         "threading_layer": "_numba_setup"}
 
 
 def __getattr__(name):

@@ -22,6 +22,7 @@ import numba
 import numpy as np
 from numba import njit
 
+from ._numba_setup import CACHE   # False where no cache folder is writable
 from .config import FASTMATH
 
 IDENTITY, SIGMOID, TANH, RELU, GELU, SOFTMAX = range(6)
@@ -38,7 +39,7 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-@numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
+@numba.vectorize(["float32(float32)", "float64(float64)"], cache=CACHE)
 def erf(x):
     """Elementwise erf as a NumPy ufunc (NumPy has none; SciPy is not a dependency)."""
     return math.erf(x)
@@ -75,7 +76,7 @@ F_PRIME = {
 
 # The loop form's twins: one row a[j] = f(z[j]) at a time, the branch on the code hoisted
 # out of the loop so each inner loop stays a plain SIMD-friendly loop.
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=CACHE)
 def apply_f(a, z, code):
     """a_j = f(z_j) for one sample's row; a, z: (N_l,)."""
     n = z.shape[0]
@@ -110,7 +111,7 @@ def apply_f(a, z, code):
             a[j] = z[j]
 
 
-@njit(fastmath=FASTMATH, cache=True)
+@njit(fastmath=FASTMATH, cache=CACHE)
 def mul_fprime(d, z, a, code):
     """d_j <- f'(z_j) d_j for one sample's row (elementwise f only); d, z, a: (N_l,)."""
     n = z.shape[0]

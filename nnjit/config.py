@@ -34,3 +34,14 @@ CUDA_TILE = 16
 #: Which CUDA kernels compute the matrix products: "tiled" (shared-memory tiles, the fast
 #: version) or "simple" (one thread per output, the loop body indexed by thread).
 CUDA_KERNELS = "tiled"
+
+#: Model files are untrusted input: the largest header (JSON bytes) and the largest network
+#: (parameters, i.e. weights + biases) a file may declare before anything is allocated.
+#: Raise them to load bigger models; the check is against the architecture, before reading.
+MODEL_FILE_MAX_HEADER_BYTES = 64 * 2**20
+MODEL_FILE_MAX_PARAMS = 2**28
+
+#: Each epoch of the loops backend uses as many threads as cores not taken by other runnable
+#: tasks (at most numba.get_num_threads()), so a busy machine slows training gracefully
+#: (nnjit/_numba_setup.EpochThreads). False: always numba.get_num_threads().
+ADAPTIVE_THREADS = True

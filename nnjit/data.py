@@ -159,11 +159,12 @@ class Stream:
         if y.ndim == 0 or y.shape[0] != self.M:
             raise ValueError(f"X has {self.M} samples but y has shape {tuple(y.shape)}")
         self.y = y
-        if net._is_classifier and y.ndim == 1 and net.classes_ is None:
+        column = len(y.shape) == 2 and y.shape[1] == 1 and net._is_classifier
+        if net._is_classifier and (y.ndim == 1 or column) and net.classes_ is None:
             # every chunk's labels are mapped with the classes of the whole y, found first
             labels = np.unique(np.concatenate(
                 [np.unique(yc) for _, yc, _ in chunks(y, None, chunk_rows(y))]))
-            net._check_y(labels, labels.shape[0], fit=True)
+            net._check_y(labels[:, None] if column else labels, labels.shape[0], fit=True)
 
     def _chunk(self, s, Xc, yc):
         e = s + Xc.shape[0]

@@ -33,7 +33,9 @@ The JSON header: ``format`` ("nnjit-mlp"), ``version`` (2), ``nnjit_version``, `
 (the ``MLP(...)`` arguments: layers, activation, output, loss, init, init_scale, backend, dtype,
 seed), ``n_epochs``, ``history`` (the ``history_`` lists), ``rng`` (the shuffling generator's
 ``bit_generator.state``, so the next epoch's order is the one the original would have drawn),
-``classes`` (null, or how the ``classes`` array is to be read back), ``scalers`` ({"x": kind,
+``classes`` (null, or ``{"object": bool}`` saying how the ``classes`` array is read back, or
+``{"object": true, "values": [...]}``: labels as JSON where an array would change them, e.g.
+strings ending in NUL or integers beyond int64), ``scalers`` ({"x": kind,
 "y": kind} for the scalers present; absent or {} for none), ``fit`` (optional, the
 hyperparameters of the training run, for ``nnjit info``), ``checkpoint`` (only in checkpoints:
 the state of the interrupted ``fit`` call) and ``sha256``, a digest of every other array (name,
@@ -41,6 +43,12 @@ dtype, shape and bytes) that catches corruption the zip CRCs would miss. Version
 arrays ``sW*``/``sb*`` and the header entry ``optimizer``: ``{"step": Adam's t, "t": t_,
 "lr": lr_, "best_epoch", "best_loss", "best_score"}``. Version-1 files (no ``sW``/``sb``, no
 ``optimizer``) still load, with zero second moments and step 0.
+Non-finite floats (an infinite validation loss in ``history``) are written as
+``{"__float__": "inf"}``.
+
+A file is untrusted input: reading (see ``_read``) checks the header and the architecture it
+declares before anything of that size is allocated, reads each member in bounded pieces after
+checking its declared size, and turns every failure into ModelFileError naming the file.
 
 Writes are atomic: the archive goes to a temporary file in the target's directory, is flushed
 and fsync'ed, then ``os.replace``'d over the target, so a crash or Ctrl-C during a save leaves
@@ -51,6 +59,7 @@ import json
 import math
 import numbers
 import os
+import socket
 import stat
 import tempfile
 import zipfile
@@ -78,24 +87,45 @@ def _digest(arrays):
     return h.hexdigest()
 
 
+def _exact_label(v):
+    """A class label as a JSON value that reads back equal and of the same kind, or raise."""
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (numbers.Integral,)):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v)             # repr round-trips every double; inf/NaN via _encode_floats
+    if isinstance(v, str):
+        return str(v)
+    raise TypeError(f"cannot save classes_ holding {type(v).__name__} labels exactly; labels must "
+                    "be numbers or strings")
+
+
 def _classes_arrays(classes):
-    """(header entry, arrays) for classes_; numbers and strings only, never object arrays."""
+    """(header entry, arrays) for classes_, stored so they read back exactly or refused.
+
+    Numeric and fixed-width string arrays go in the ``classes`` array (bit-exact). Object
+    arrays (Python ints beyond int64 or above 2**53 among floats, strings with trailing NULs,
+    which NumPy's fixed-width strings would drop) go in the header as JSON values, which
+    Python reads back exactly; anything else is refused, never changed."""
     if classes is None:
         return None, {}
     c = np.asarray(classes)
-    obj = c.dtype == object
-    if obj:
+    if c.ndim != 1:
+        raise TypeError(f"cannot save classes_ of shape {c.shape}")
+    if c.dtype == object:
         vals = c.tolist()
-        if all(isinstance(v, str) for v in vals):
-            c = np.array(vals, dtype=str)
-        elif all(isinstance(v, (bool, int, float, np.number)) for v in vals):
-            c = np.array(vals)
-        else:
-            raise TypeError("cannot save classes_ holding objects other than str or numbers: "
-                            f"{sorted({type(v).__name__ for v in vals})}")
-    if c.dtype.kind not in "biufUS" or c.ndim != 1:
-        raise TypeError(f"cannot save classes_ of dtype {c.dtype} and shape {c.shape}")
-    return {"object": bool(obj)}, {"classes": c}
+        try:                # a plain array where it reads back as the very same labels
+            arr = np.array(vals, dtype=str) if all(isinstance(v, str) for v in vals) else np.array(vals)
+            back = arr.tolist()
+            if arr.dtype.kind in "biufU" and all(type(a) is type(b) and a == b for a, b in zip(vals, back)):
+                return {"object": True}, {"classes": arr}
+        except (TypeError, ValueError, OverflowError):
+            pass
+        return {"object": True, "values": [_exact_label(v) for v in vals]}, {}
+    if c.dtype.kind not in "biufUS":
+        raise TypeError(f"cannot save classes_ of dtype {c.dtype}")
+    return {"object": False}, {"classes": c}
 
 
 def _plain(v):
@@ -153,10 +183,55 @@ def _state(net, fit=None, checkpoint=None, best_theta=None):
     return header, arrays
 
 
+_TMP_TAG = ".nnjit-"
+
+
+def _tmp_prefix(path):
+    return "." + os.path.basename(path) + _TMP_TAG + socket.gethostname().replace("-", "_") + "-"
+
+
+def _clean_stale_temporaries(path):
+    """Delete temporaries of earlier saves to the same path that a killed process left:
+    ours carry host and pid (``.NAME.nnjit-HOST-PID-XXXX.tmp``); one of this host whose
+    process is gone is stale. Other files are never touched."""
+    folder = os.path.dirname(os.path.abspath(path))
+    prefix = _tmp_prefix(path)
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return
+    for name in names:
+        if not (name.startswith(prefix) and name.endswith(".tmp")):
+            continue
+        pid = name[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue                    # alive: maybe saving right now
+        except ProcessLookupError:
+            pass
+        except OSError:                 # e.g. another user's live process
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+        except OSError:
+            pass
+
+
 def _atomic_savez(path, arrays):
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=folder)
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"cannot save to {path!r}: the directory {folder!r} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path!r}: it is a directory")
+    _clean_stale_temporaries(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path) + f"{os.getpid()}-", suffix=".tmp",
+                                   dir=folder)
+    except OSError as e:
+        raise type(e)(e.errno, f"cannot save to {path!r}: {e.strerror}") from e
     try:
         try:                    # mkstemp makes the file 0600; give it the mode a plain open would
             mode = stat.S_IMODE(os.stat(path).st_mode)
@@ -186,16 +261,223 @@ def _atomic_savez(path, arrays):
         pass
 
 
+def _encode_floats(obj):
+    """obj with every non-finite float as {"__float__": "inf" | "-inf" | "nan"}: JSON has no
+    inf/NaN, and history may hold them (an infinite validation loss); read back by _decode."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return {"__float__": repr(obj)}
+    if isinstance(obj, dict):
+        return {k: _encode_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_encode_floats(v) for v in obj]
+    return obj
+
+
+def _decode_floats(d):
+    if set(d) == {"__float__"}:
+        if d["__float__"] not in ("inf", "-inf", "nan"):
+            raise ValueError(f"bad float {d['__float__']!r}")
+        return float(d["__float__"])
+    return d
+
+
 def save(net, path, fit=None, checkpoint=None, best_theta=None):
     """Write net to path atomically in the format above. ``fit``: optional JSON-able dict of
     training hyperparameters to record; ``checkpoint``: the fit state (used by MLP.fit)."""
     header, arrays = _state(net, fit, checkpoint, best_theta)
-    text = json.dumps(header, allow_nan=False, sort_keys=True)
+    text = json.dumps(_encode_floats(header), allow_nan=False, sort_keys=True)
     arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     _atomic_savez(path, arrays)
 
 
 # ---------------------------------------------------------------- reading
+# A model file is untrusted input. Reading it never executes code (no pickle, no name from
+# the file is looked up on a module) and never allocates or decompresses more than the
+# architecture it declares needs, capped by config.MODEL_FILE_MAX_*; every way a file can be
+# bad ends in ModelFileError naming it.
+
+#: the shuffling generators a header may name, mapped to their classes (an allow-list:
+#: looking a file's name up with getattr(np.random, name) would call np.random.seed etc.)
+_BIT_GENERATORS = {name: getattr(np.random, name)
+                   for name in ("PCG64", "PCG64DXSM", "MT19937", "Philox", "SFC64")}
+_PIECE = 1 << 20                # bytes read from a zip member at a time
+_NPY_HEADER_MAX = 10000         # NumPy's own limit for a .npy header
+
+
+def _int(v, what, lo=0, hi=None):
+    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
+        raise _Bad(f"{what} must be an integer in [{lo}, {hi if hi is not None else 'inf'}], "
+                         f"got {str(v)[:40]!r}")
+    return v
+
+
+def _check_header(header):
+    """Types and sizes of every header entry nnjit reads, before anything is allocated."""
+    from . import config
+    if header.get("format") != FORMAT:
+        raise _Bad(f"its header names the format {str(header.get('format'))[:40]!r}")
+    version = header.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _Bad(f"invalid format version {str(version)[:40]!r}")
+    if version > VERSION:
+        raise _TooNew(f"it uses format version {version}, written by a newer nnjit "
+                      f"({str(header.get('nnjit_version'))[:40]}); this nnjit reads version {VERSION}")
+    for key in ("architecture", "n_epochs", "history", "rng"):
+        if key not in header:
+            raise _Bad(f"it lacks the header entry {key!r}")
+    arch = header["architecture"]
+    if not isinstance(arch, dict) or set(arch) != set(_ARCH):
+        raise _Bad(f"malformed architecture entry: "
+                         f"{sorted(arch)[:20] if isinstance(arch, dict) else type(arch).__name__}")
+    layers = arch["layers"]
+    if not isinstance(layers, list) or not 2 <= len(layers) <= 1000:
+        raise _Bad("architecture.layers must list 2 to 1000 layer sizes")
+    cap = int(config.MODEL_FILE_MAX_PARAMS)
+    for n in layers:
+        _int(n, "a layer size", 1, cap)
+    n_params = sum(layers[l] * layers[l - 1] + layers[l] for l in range(1, len(layers)))
+    if n_params > cap:
+        raise _Bad(f"it declares {n_params} parameters, more than "
+                         f"nnjit.config.MODEL_FILE_MAX_PARAMS = {cap} (raise it to load bigger models)")
+    if arch["dtype"] not in ("float32", "float64"):
+        raise _Bad(f"unknown dtype {str(arch['dtype'])[:40]!r}")
+    if arch["backend"] not in ("loops", "vectorised", "cuda"):
+        raise _Bad(f"unknown backend {str(arch['backend'])[:40]!r}")
+    _int(header["n_epochs"], "n_epochs")
+    hist = header["history"]
+    if not isinstance(hist, dict) or not all(
+            isinstance(k, str) and isinstance(v, list)
+            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+            for k, v in hist.items()):
+        raise _Bad("history must map names to lists of numbers")
+    rng = header["rng"]
+    if not isinstance(rng, dict) or rng.get("bit_generator") not in _BIT_GENERATORS:
+        raise _Bad("rng names no known bit generator "
+                         f"({str(rng.get('bit_generator') if isinstance(rng, dict) else rng)[:40]!r}; "
+                         f"known: {', '.join(_BIT_GENERATORS)})")
+    for key in ("classes", "fit", "checkpoint", "optimizer", "scalers"):
+        if header.get(key) is not None and not isinstance(header[key], dict):
+            raise _Bad(f"header entry {key!r} must be an object or null")
+    entry = header.get("classes")
+    if entry is not None and entry.get("object") and "values" in entry:
+        vals = entry["values"]
+        if not isinstance(vals, list) or not all(
+                isinstance(v, (int, float, str, bool)) for v in vals):
+            raise _Bad("classes.values must list numbers or strings")
+    return layers, np.dtype(arch["dtype"])
+
+
+class _Bad(ValueError):
+    """A problem _read found and describes itself."""
+
+
+class _TooNew(_Bad):
+    pass
+
+
+def _expected_members(layers, dtype, version):
+    """({member name: (dtype, shape)} every nnjit file of this architecture and format version
+    holds, {name: (dtype, shape)} of the members it may hold): weights, biases and optimizer
+    state always (second moments sW/sb from version 2 on); a checkpoint's best_theta and the
+    scalers' offsets and scales only where present."""
+    out = {}
+    for l in range(1, len(layers)):
+        for pre in ("", "v", "s") if version >= 2 else ("", "v"):
+            out[f"{pre}W{l}"] = (dtype, (layers[l], layers[l - 1]))
+            out[f"{pre}b{l}"] = (dtype, (layers[l],))
+    n_params = sum(layers[l] * layers[l - 1] + layers[l] for l in range(1, len(layers)))
+    optional = {"best_theta": (dtype, (n_params,))}
+    for which, n in (("x", layers[0]), ("y", layers[-1])):
+        for part in ("offset", "scale"):
+            optional[f"{which}_{part}"] = (np.dtype(np.float64), (n,))
+    return out, optional
+
+
+def _read_member(zf, name, max_bytes, want=None):
+    """The array in zip member ``name``.npy, read in bounded pieces. Its .npy header is read
+    first and checked (dtype kind, ``want`` = (dtype, shape) or a size cap) against what the
+    architecture allows, and the member's declared size must match it exactly, before
+    anything the size of the data is allocated or decompressed."""
+    info = zf.getinfo(name + ".npy")
+    if info.file_size > max_bytes + _NPY_HEADER_MAX:
+        raise _Bad(f"member {name!r} declares {info.file_size} bytes, more than its "
+                         f"architecture allows ({max_bytes})")
+    with zf.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise _Bad(f"member {name!r} has .npy version {version}")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                       np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(f, max_header_size=_NPY_HEADER_MAX)
+        if dtype.hasobject or dtype.kind not in "biufUS" or dtype.fields is not None:
+            raise _Bad(f"member {name!r} has dtype {dtype}")
+        if want is not None and (dtype != want[0] or tuple(shape) != want[1]):
+            raise _Bad(f"array {name!r} is {dtype}{tuple(shape)}, the architecture needs "
+                             f"{want[0]}{want[1]}")
+        if len(shape) > 2:
+            raise _Bad(f"member {name!r} has shape {shape}")
+        nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if nbytes > max_bytes:
+            raise _Bad(f"member {name!r} declares {nbytes} bytes, more than its "
+                             f"architecture allows ({max_bytes})")
+        if info.file_size != f.tell() + nbytes:
+            raise _Bad(f"member {name!r} is {info.file_size} bytes, its .npy header "
+                             f"declares {f.tell() + nbytes}")
+        buf = bytearray(nbytes)
+        view, pos = memoryview(buf), 0
+        while pos < nbytes:
+            piece = f.read(min(_PIECE, nbytes - pos))
+            if not piece:
+                raise EOFError(f"member {name!r} ends after {pos} of {nbytes} bytes")
+            view[pos:pos + len(piece)] = piece
+            pos += len(piece)
+        f.read(1)       # reach the end, so zipfile checks the member's CRC
+    a = np.frombuffer(buf, dtype=dtype).reshape(shape[::-1] if fortran else shape)
+    return a.T if fortran else a
+
+
+def _read(path):
+    from . import config
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"PK\x03\x04":
+        raise _Bad("it is empty" if not magic else "it is not a NumPy .npz archive")
+    with zipfile.ZipFile(path) as zf:
+        names = zf.namelist()
+        if "header.npy" not in names:
+            raise _Bad("it is a .npz archive but not an nnjit model file (it has no 'header' array)")
+        raw = _read_member(zf, "header", int(config.MODEL_FILE_MAX_HEADER_BYTES))
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise _Bad("corrupted header: not a byte string")
+        try:
+            header = json.loads(raw.tobytes().decode("utf-8"), object_hook=_decode_floats)
+        except RecursionError:
+            raise _Bad("corrupted header: JSON nested too deeply") from None
+        except ValueError as e:
+            raise _Bad(f"corrupted header ({e})") from e
+        if not isinstance(header, dict):
+            raise _Bad("corrupted header: not a JSON object")
+        layers, dtype = _check_header(header)
+        expected, optional = _expected_members(layers, dtype, header["version"])
+        expected.update(optional)
+        allowed = set(expected) | {"classes", "header"}
+        arrays = {}
+        for member in names:
+            name = member[:-4] if member.endswith(".npy") else member
+            if name not in allowed or name in arrays or member != name + ".npy":
+                raise _Bad(f"it holds an unexpected member {member[:60]!r}")
+            if name == "header":
+                continue
+            if name == "classes":
+                arrays[name] = _read_member(zf, name, 8 * 1024 * max(2, layers[-1]))
+                if arrays[name].ndim != 1 or arrays[name].shape[0] > max(2, layers[-1]):
+                    raise _Bad(f"classes has shape {arrays[name].shape}")
+            else:
+                dt, shape = expected[name]
+                arrays[name] = _read_member(zf, name, dt.itemsize * int(np.prod(shape)), expected[name])
+    return header, arrays
+
+
 def read(path):
     """(header, arrays) of an nnjit file, checked; raises ModelFileError for anything else."""
     path = os.fspath(path)
@@ -203,44 +485,20 @@ def read(path):
         raise FileNotFoundError(f"no such model file: {path!r}")
     if os.path.isdir(path):
         raise ModelFileError(f"{path!r} is a directory, not an nnjit model file")
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"PK\x03\x04":
-        what = "it is empty" if not magic else "it is not a NumPy .npz archive"
-        raise ModelFileError(f"{path!r} is not an nnjit model file: {what}")
     try:
-        with np.load(path, allow_pickle=False) as z:
-            if "header" not in z.files:
-                raise ModelFileError(f"{path!r} is a .npz archive but not an nnjit model file "
-                                     "(it has no 'header' array)")
-            arrays = {name: z[name] for name in z.files}
-    except ModelFileError:
+        header, arrays = _read(path)
+    except _TooNew as e:
+        raise ModelFileError(f"{path!r}: {e}") from None
+    except _Bad as e:
+        raise ModelFileError(f"{path!r} is not an nnjit model file: {e}") from None
+    except (MemoryError, KeyboardInterrupt, PermissionError):
         raise
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError) as e:
-        raise ModelFileError(f"{path!r} is truncated or corrupted ({type(e).__name__}: {e})") from e
-    raw = arrays.pop("header")
-    try:
-        if raw.dtype != np.uint8 or raw.ndim != 1:
-            raise ValueError("header is not a byte string")
-        header = json.loads(raw.tobytes().decode("utf-8"))
-        if not isinstance(header, dict):
-            raise ValueError("header is not a JSON object")
-    except ValueError as e:
-        raise ModelFileError(f"{path!r} has a corrupted header ({e})") from e
-    if header.get("format") != FORMAT:
-        raise ModelFileError(f"{path!r} is not an nnjit model file (format {header.get('format')!r})")
-    version = header.get("version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ModelFileError(f"{path!r} has an invalid format version {version!r}")
-    if version > VERSION:
-        raise ModelFileError(f"{path!r} uses format version {version}, written by a newer nnjit "
-                             f"({header.get('nnjit_version')}); this nnjit reads version {VERSION}")
+    except Exception as e:      # zipfile, zlib, numpy and JSON raise many kinds for bad bytes
+        raise ModelFileError(f"{path!r} is truncated or corrupted ({type(e).__name__}: "
+                             f"{str(e)[:200]})") from None
     if header.get("sha256") != _digest(arrays):
         raise ModelFileError(f"{path!r} is corrupted: its arrays do not match the checksum "
                              "recorded when it was written")
-    for key in ("architecture", "n_epochs", "history", "rng"):
-        if key not in header:
-            raise ModelFileError(f"{path!r} lacks the header entry {key!r}")
     return header, arrays
 
 
@@ -258,6 +516,31 @@ def _params_from(net, arrays, prefix, path):
                                      f"architecture needs {net.dtype}{want}")
             out.append(a)
     return net._join(Ws, bs)
+
+
+def _classes_from(header, arrays, path, net):
+    """classes_ as saved: exact values, sorted and unique (labels are found by binary search)."""
+    entry = header.get("classes")
+    if entry is None:
+        return None
+    if entry.get("object") and "values" in entry:
+        c = np.empty(len(entry["values"]), dtype=object)
+        c[:] = entry["values"]
+    elif "classes" not in arrays:
+        raise ModelFileError(f"{path!r} lacks the array 'classes'")
+    else:
+        c = arrays["classes"]
+        if entry.get("object"):         # files written before labels moved to the header
+            c = np.array(c.tolist(), dtype=object)
+    limit = net.layers[-1] if net.output == "softmax" else 2
+    try:
+        ok = 0 < len(c) <= limit and (len(c) == 1 or bool(np.all(c[1:] > c[:-1])))
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ModelFileError(f"{path!r} has malformed classes (they must be 1 to {limit} sorted, "
+                             "distinct labels of one kind)")
+    return c
 
 
 def _apply(net, header, arrays, path):
@@ -279,22 +562,31 @@ def _apply(net, header, arrays, path):
         net.best_loss_ = opt.get("best_loss")
         net.best_score_ = opt.get("best_score")
         state = header["rng"]
-        bitgen = getattr(np.random, state["bit_generator"])()
+        bitgen = _BIT_GENERATORS[state["bit_generator"]]()     # an allow-list, never getattr
         bitgen.state = state
         net._rng = np.random.Generator(bitgen)
         net.n_epochs_ = int(header["n_epochs"])
         net.history_ = {k: list(vs) for k, vs in header["history"].items()}
-    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        if "val_epoch" not in net.history_:     # files from before val_epoch: the latest epochs
+            n = len(net.history_.get("val_loss", []))
+            net.history_["val_epoch"] = list(range(net.n_epochs_ - n, net.n_epochs_))
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
         raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
     _apply_scalers(net, header, arrays, path)
-    entry = header.get("classes")
-    if entry is None:
-        net.classes_ = None
-    else:
-        if "classes" not in arrays:
-            raise ModelFileError(f"{path!r} lacks the array 'classes'")
-        c = arrays["classes"]
-        net.classes_ = np.array(c.tolist(), dtype=object) if entry.get("object") else c
+    net.classes_ = _classes_from(header, arrays, path, net)
+
+
+def _build(header, arrays, path, backend):
+    from .model import MLP
+    arch = dict(header["architecture"])
+    try:
+        net = MLP(**dict(arch, backend="vectorised"))     # the stored values, checked
+    except (ValueError, TypeError) as e:
+        raise ModelFileError(f"{path!r} has an invalid architecture ({e})") from None
+    if (backend or arch["backend"]) != "vectorised":
+        net = MLP(**dict(arch, backend=backend or arch["backend"]))
+    _apply(net, header, arrays, path)
+    return net
 
 
 def _apply_scalers(net, header, arrays, path):
@@ -325,44 +617,49 @@ def _apply_scalers(net, header, arrays, path):
 def load(path, backend=None):
     """The MLP stored at path. ``backend`` overrides the stored one (e.g. load a model trained
     with "cuda" on a machine without a GPU); predictions are bit-identical on the same backend."""
-    from .model import MLP
-    header, arrays = read(path)
-    arch = dict(header["architecture"])
-    if set(arch) != set(_ARCH):
-        raise ModelFileError(f"{path!r} has a malformed architecture entry: {sorted(arch)}")
-    if backend is not None:
-        arch["backend"] = backend
-    net = MLP(**arch)
-    _apply(net, header, arrays, path)
-    return net
+    return _build(*read(path), os.fspath(path), backend)
 
 
 def info(path):
     """A summary dict of the file at path (header facts and parameter count), for ``nnjit info``."""
     header, arrays = read(path)
+    _build(header, arrays, os.fspath(path), "vectorised")     # what load would refuse, info refuses
     arch = header["architecture"]
     layers = arch["layers"]
     n_params = sum(layers[l] * layers[l - 1] + layers[l] for l in range(1, len(layers)))
     hist = header["history"]
+    entry = header.get("classes") or {}
+    classes = (entry.get("values") if entry.get("object") and "values" in entry else
+               arrays["classes"].tolist() if "classes" in arrays else None)
     out = {"file": os.fspath(path), "format_version": header["version"],
            "nnjit_version": header.get("nnjit_version"), "architecture": arch,
            "n_params": int(n_params), "n_epochs": header["n_epochs"],
            "final_loss": hist.get("loss", [None])[-1] if hist.get("loss") else None,
            "final_val_loss": hist.get("val_loss", [None])[-1] if hist.get("val_loss") else None,
            "final_val_score": hist.get("val_score", [None])[-1] if hist.get("val_score") else None,
-           "classes": arrays["classes"].tolist() if "classes" in arrays else None,
-           "fit": header.get("fit"), "checkpoint": header.get("checkpoint"),
+           "classes": classes, "fit": header.get("fit"), "checkpoint": header.get("checkpoint"),
            "scalers": header.get("scalers") or {}}
     return out
 
 
 # ---------------------------------------------------------------- checkpoints
 def _data_crc(*arrays):
+    """CRC-32 of the training data's bytes, row chunk by row chunk: O(chunk) memory for a
+    memmap (its pages are released as it goes), zarr or Dask array as for an ndarray; the
+    same value as one crc32 of the whole contiguous array. None where no bytes define the
+    data (object arrays)."""
+    from . import data as _data
     crc = 0
     for a in arrays:
-        if not isinstance(a, np.ndarray):
-            return None         # e.g. streamed data: not fingerprinted
-        crc = zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), crc)
+        if a is None:
+            continue
+        if getattr(a, "dtype", np.dtype(object)) == object or not hasattr(a, "shape"):
+            return None
+        rows = _data.chunk_rows(a)
+        for s in range(0, max(1, a.shape[0]), rows):
+            block = np.ascontiguousarray(_data.read(a, s, s + rows))
+            crc = zlib.crc32(block.reshape(-1).view(np.uint8), crc)
+            _data.release(a)
     return crc
 
 

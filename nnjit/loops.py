@@ -30,6 +30,7 @@ from numba import njit, prange
 
 from .activations import (CROSS_ENTROPY, IDENTITY, SIGMOID, SOFTMAX, SQUARED_ERROR,
                           apply_f, mul_fprime)
+from ._numba_setup import CACHE   # False where no cache folder is writable
 from .config import FASTMATH
 from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_WD, RULE_ADAM, \
     RULE_ADAMW, RULE_NESTEROV, RULE_SGD
@@ -37,7 +38,7 @@ from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_
 # error_model="numpy": a division is a plain IEEE division (x/0 gives inf, which the wrapper
 # reports as divergence) instead of a branch raising ZeroDivisionError, which would stop LLVM
 # from vectorising Adam's w -= A m / (sqrt(v) B + eps) (measured: 3 ns -> 0.4 ns an element)
-_OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True, error_model="numpy")
+_OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------- one layer, forward and back

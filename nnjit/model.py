@@ -2,12 +2,14 @@
 hands every batch of an epoch to a backend's compiled or vectorised ``train_epoch``."""
 import math
 import numbers
+import warnings
 
 import numpy as np
 
 from . import activations as A
 from . import data as _data
 from . import rules as R
+from ._numba_setup import EpochThreads as _EpochThreads
 from .engine import CPUEngine, make_shape
 
 BACKENDS = ("loops", "vectorised", "cuda")
@@ -16,6 +18,66 @@ INITS = ("normal", "xavier", "he")
 
 class DivergenceError(FloatingPointError):
     """Training produced a NaN/inf loss or weight; the model keeps its last finite weights."""
+
+
+class DataConversionWarning(UserWarning):
+    """Input was converted to what it must mean (e.g. an (n, 1) label column ravelled to 1-D),
+    as scikit-learn's warning of the same name says."""
+
+
+def _as_array(X, name):
+    """X as a NumPy array. pandas DataFrames/Series whose columns are all numeric or bool,
+    nullable ones (Int64, Float64, boolean) included, become float64 with missing values as
+    NaN (refused later, naming X), as scikit-learn converts them; plain numpy columns of one
+    dtype keep it."""
+    if hasattr(X, "to_numpy") and (hasattr(X, "dtypes") or hasattr(X, "dtype")):
+        dtypes = X.dtypes if hasattr(X, "dtypes") else X.dtype
+        dtypes = [dtypes] if hasattr(dtypes, "kind") else list(dtypes)   # a Series: one dtype
+        if dtypes and all(getattr(d, "kind", "O") in "biuf" for d in dtypes):
+            if len(set(dtypes)) == 1 and isinstance(dtypes[0], np.dtype):
+                return X.to_numpy()
+            return X.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.asarray(X)
+    if hasattr(X, "__array__") or isinstance(X, (list, tuple)):
+        return np.asarray(X)
+    raise TypeError(f"{name} must be an array-like of numbers, got {type(X).__name__}")
+
+
+def _check_real(a, name):
+    """Refuse complex and non-numeric arrays: casting them to float would drop parts silently."""
+    if a.dtype.kind == "c":
+        raise TypeError(f"{name} is complex (dtype {a.dtype}); nnjit trains on real numbers only "
+                        "(pass the real part, or the real and imaginary parts as separate features)")
+    if a.dtype == object or not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+        raise TypeError(f"{name} must hold numbers, got dtype {a.dtype}")
+
+
+def _unique_labels(y):
+    """np.unique(y) for labels, with our own message where NumPy's sort fails (None, mixed
+    int/str) or a label is missing (NaN, None)."""
+    if y.dtype.kind == "c":
+        raise TypeError(f"y is complex (dtype {y.dtype}); class labels must be numbers or strings")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError("y contains NaN or inf")
+    if y.dtype == object:
+        vals = y.tolist()
+        if any(v is None or (isinstance(v, float) and math.isnan(v)) or type(v).__name__ == "NAType"
+               for v in vals):
+            raise ValueError("y contains missing labels (None, NaN or pd.NA)")
+        kinds = {"str" if isinstance(v, (str, np.str_)) else
+                 "bytes" if isinstance(v, bytes) else
+                 "number" if isinstance(v, (numbers.Number, np.bool_)) else type(v).__name__
+                 for v in vals}
+        if len(kinds) > 1:
+            raise TypeError(f"y mixes label types {sorted(kinds)}; labels must be all numbers or "
+                            "all strings (convert them, e.g. y.astype(str))")
+        if any(isinstance(v, complex) for v in vals):
+            raise TypeError("y holds complex labels; class labels must be real numbers or strings")
+    try:
+        return np.unique(y)
+    except TypeError as e:
+        raise TypeError(f"y's labels cannot be ordered ({e}); labels must be all numbers or all "
+                        "strings") from e
 
 
 def _engine(backend, shape, n_params, dtype):
@@ -115,7 +177,9 @@ class MLP:
         self.classes_ = None
         self.x_scaler = None    # nnjit.preprocessing.Scaler for X, or None (saved with the model)
         self.y_scaler = None    # the same for regression targets: fitted on y, inverted by predict
-        self.history_ = {"loss": [], "val_loss": [], "val_score": []}
+        # val_epoch: the epoch (0-based, as n_epochs_ counts) of each val_loss/val_score entry,
+        # since a fit without validation_data adds epochs with none
+        self.history_ = {"loss": [], "val_loss": [], "val_score": [], "val_epoch": []}
         self.n_epochs_ = 0
         self.t_ = 0             # training samples seen (scikit-learn's t_), drives "invscaling"
         self.lr_ = None         # the lr of the last epoch trained
@@ -158,8 +222,7 @@ class MLP:
             want = (self.layers[l], self.layers[l - 1]) if kind == "weight" else (self.layers[l],)
             if x.shape != want:
                 raise ValueError(f"{kind} array {l} has shape {x.shape}; layer {l} needs {want}")
-            if not np.issubdtype(x.dtype, np.number):
-                raise TypeError(f"{kind} array {l} is not numeric (dtype {x.dtype})")
+            _check_real(x, f"{kind} array {l}")
             if not np.isfinite(x).all():
                 raise ValueError(f"{kind} array {l} contains NaN or inf")
             out.append(x.astype(self.dtype))
@@ -191,12 +254,8 @@ class MLP:
 
     # ------------------------------------------------------------------ data checks
     def _check_X(self, X, name="X"):
-        if hasattr(X, "__array__") or isinstance(X, (list, tuple)):
-            X = np.asarray(X)
-        else:
-            raise TypeError(f"{name} must be an array-like of numbers, got {type(X).__name__}")
-        if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
-            raise TypeError(f"{name} must hold numbers, got dtype {X.dtype}")
+        X = _as_array(X, name)
+        _check_real(X, name)
         if X.ndim != 2:
             raise ValueError(f"{name} must be 2-D (samples, features), got {X.ndim}-D shape {X.shape}")
         if X.shape[0] == 0:
@@ -213,25 +272,52 @@ class MLP:
     def _is_classifier(self):
         return self.output in ("softmax", "sigmoid")
 
-    def _check_y(self, y, n, fit=False):
-        """Targets as the (M, K) matrix the output layer is compared with."""
-        y = np.asarray(y)
+    def _is_label_column(self, y):
+        """Whether a (n, 1) y is a column of class labels (to ravel) rather than a one-unit
+        target matrix: always for softmax and for a model fitted on labels; for one sigmoid
+        unit of an unfitted model only if y is not numbers in [0, 1] (0/1 or probability
+        targets, the lecture's y, stay targets; labels such as {0, 2} or strings are labels)."""
+        if not self._is_classifier or y.ndim != 2 or y.shape[1] != 1:
+            return False
+        if self.output == "softmax" or self.classes_ is not None:
+            return True
+        if self.layers[-1] != 1:
+            return False
+        if y.dtype.kind not in "biuf":
+            return True
+        finite = y[np.isfinite(y)] if y.dtype.kind == "f" else y
+        return not ((finite >= 0) & (finite <= 1)).all()
+
+    def _ravel_label_column(self, y):
+        warnings.warn("a column-vector y of shape (n_samples, 1) was passed where 1-D class labels "
+                      "are expected; it is used as y.ravel() (pass a 1-D array to silence this)",
+                      DataConversionWarning, stacklevel=4)
+        return y[:, 0]
+
+    def _check_y(self, y, n, fit=False, infer=False):
+        """Targets as the (M, K) matrix the output layer is compared with.
+
+        fit: the first fit sets classes_ from y's labels. infer: an unfitted model encodes
+        labels with y's own classes for this call only (gradients, loss_value), leaving
+        classes_ unset, so a later fit still chooses its own."""
+        y = _as_array(y, "y")
         K = self.layers[-1]
         if y.ndim == 0 or y.ndim > 2:
             raise ValueError(f"y must be 1-D labels or a 2-D (samples, {K}) target matrix, got shape {y.shape}")
         if y.shape[0] != n:
             raise ValueError(f"X has {n} samples but y has {y.shape[0]}")
-        if y.ndim == 2 and y.shape[1] == 1 and K == 1:
-            y = y[:, 0] if not self._is_classifier else y
+        if self._is_label_column(y):
+            y = self._ravel_label_column(y)
+        elif y.ndim == 2 and y.shape[1] == 1 and K == 1 and not self._is_classifier:
+            y = y[:, 0]                     # a regression target column: the same as 1-D
         if y.ndim == 2:
             if y.shape[1] != K:
                 raise ValueError(f"y has {y.shape[1]} columns but the output layer has K = {K} units")
             return self._finite_targets(y)
         if self._is_classifier:
-            if y.dtype.kind == "f" and not np.isfinite(y).all():
-                raise ValueError("y contains NaN or inf")
-            labels = np.unique(y)
-            if fit and self.classes_ is None:
+            labels = _unique_labels(y)
+            classes = self.classes_
+            if classes is None and (fit or infer):
                 limit = K if self.output == "softmax" else 2
                 if len(labels) > limit:
                     raise ValueError(f"y has {len(labels)} classes but the output layer can "
@@ -239,13 +325,15 @@ class MLP:
                 if self.output == "sigmoid" and K != 1:
                     raise ValueError("1-D labels with a sigmoid output need 1 output unit; for "
                                      f"{K} sigmoid outputs pass a 2-D (samples, {K}) 0/1 matrix")
-                self.classes_ = labels
-            if self.classes_ is None:
+                classes = labels
+                if fit:
+                    self.classes_ = labels
+            if classes is None:
                 raise ValueError("1-D labels given but the model was not fitted on labels")
-            unseen = np.setdiff1d(labels, self.classes_)
+            unseen = np.setdiff1d(labels, classes)
             if unseen.size:
                 raise ValueError(f"y has labels not seen in fit: {unseen[:5].tolist()}")
-            idx = np.searchsorted(self.classes_, y)
+            idx = np.searchsorted(classes, y)
             Y = np.zeros((n, K), self.dtype)
             if self.output == "softmax":
                 Y[np.arange(n), idx] = 1
@@ -257,11 +345,30 @@ class MLP:
         return self._finite_targets(y[:, None])
 
     def _finite_targets(self, Y):
+        """A target matrix, refused where the loss cannot mean it: cross-entropy compares
+        probabilities, so its targets lie in [0, 1], and with softmax each row sums to 1 (else
+        delta^L = a - y is not the gradient of the cost and training drifts to a negative loss)."""
+        if Y.dtype.kind == "c":
+            _check_real(Y, "y")
         if Y.dtype == object or not (np.issubdtype(Y.dtype, np.number) or Y.dtype == bool):
             raise TypeError(f"y must hold numbers as a target matrix, got dtype {Y.dtype}")
         Y = np.ascontiguousarray(Y, dtype=self.dtype)
         if not _all_finite(Y):
             raise ValueError("y contains NaN or inf")
+        if self.loss == "cross_entropy":
+            lo, hi = float(Y.min()), float(Y.max())
+            if lo < 0 or hi > 1:
+                raise ValueError(f"cross-entropy targets must be probabilities in [0, 1], but y "
+                                 f"holds values from {lo:g} to {hi:g}; pass class labels, a one-hot "
+                                 "matrix, or use loss='squared_error' for other targets")
+            if self.output == "softmax":
+                dev = np.abs(Y.sum(axis=1, dtype=np.float64) - 1.0)
+                tol = 1e-3 if self.dtype == "float32" else 1e-6
+                if dev.max() > tol:
+                    m = int(dev.argmax())
+                    raise ValueError(f"softmax + cross-entropy targets must be probability rows that "
+                                     f"sum to 1 (one-hot or soft labels); row {m} of y sums to "
+                                     f"{float(Y[m].sum(dtype=np.float64)):g}")
         return Y
 
     # ------------------------------------------------------------------ scaling (nnjit.preprocessing)
@@ -339,7 +446,7 @@ class MLP:
         weighted mean sum_m s_m Delta w_m / sum_m s_m; ``alpha`` adds the L2 term alpha W /
         sum_m s_m (scikit-learn's penalty; biases not penalised). Does not change the weights."""
         X = self._check_X(self._scale_X(X))
-        Y = self._scale_Y(self._check_y(Y, X.shape[0], fit=True))
+        Y = self._scale_Y(self._check_y(Y, X.shape[0], infer=True))
         S = self._check_weights(sample_weight, X.shape[0])
         alpha = R._real("alpha", alpha, 0)
         return self._split(self._engine.gradients(X, Y, self._loss,
@@ -351,7 +458,7 @@ class MLP:
         X = self._check_X(self._scale_X(X))
         S = self._check_weights(sample_weight, X.shape[0])
         alpha = R._real("alpha", alpha, 0)
-        Y = self._scale_Y(self._check_y(y, X.shape[0], fit=True))
+        Y = self._scale_Y(self._check_y(y, X.shape[0], infer=True))
         return self._engine.loss(X, Y, self._loss,
                                  None if S is None else S.astype(self.dtype), alpha)[0]
 
@@ -454,7 +561,8 @@ class MLP:
         ckpt = None
         if checkpoint is not None or resume:            # nnjit.io: checkpoints and resume
             from .io import Checkpoint
-            ckpt = Checkpoint(self, checkpoint, checkpoint_every, X, Y, epochs, lr, momentum=momentum,
+            ckpt = Checkpoint(self, checkpoint, checkpoint_every, X, stream.y if stream else Y,
+                              epochs, lr, momentum=momentum,
                               batch_size=batch_size, shuffle=shuffle, tol=tol,
                               n_iter_no_change=n_iter_no_change, error_threshold=error_threshold,
                               optimizer=optimizer, nesterov=bool(nesterov), betas=list(betas),
@@ -476,8 +584,11 @@ class MLP:
         if stream is None:
             self._engine.begin_fit(X, Y, batch_size, S_fit)
         saved = None
+        threads = _EpochThreads() if self.backend == "loops" else None    # other processes
         try:
             for _ in range(epochs):
+                if threads is not None:
+                    threads.adjust()
                 epoch = self.n_epochs_
                 if callable(lr):
                     eta = lr(epoch)
@@ -512,6 +623,7 @@ class MLP:
                     vscore = self.score(val[3], val[2])     # raw X_val: score scales it
                     self.history_["val_loss"].append(vloss)
                     self.history_["val_score"].append(vscore)
+                    self.history_.setdefault("val_epoch", []).append(epoch)
                     metric = vloss
                 self.n_epochs_ += 1     # the commit point: from here on the epoch is complete
                 best.after_epoch(epoch, metric, vscore)
@@ -530,6 +642,8 @@ class MLP:
                     ckpt.save(state(), best_theta=best.theta)
             raise
         finally:
+            if threads is not None:
+                threads.restore()
             self._engine.end_fit()
             if bar is not None:
                 bar.close()
@@ -551,8 +665,10 @@ class MLP:
 
     def _predict_from(self, a):
         if self.output == "softmax":
-            idx = a.argmax(axis=1)
-            return self.classes_[idx] if self.classes_ is not None else idx
+            if self.classes_ is None:
+                return a.argmax(axis=1)
+            # units beyond the classes seen in fit were never a target: never predict them
+            return self.classes_[a[:, :len(self.classes_)].argmax(axis=1)]
         if self.output == "sigmoid":
             hit = (a > 0.5).astype(np.int64)
             if a.shape[1] == 1:
@@ -567,9 +683,11 @@ class MLP:
         if _data.is_out_of_core(X):         # memmap, zarr, Dask: chunk by chunk (nnjit.data)
             return _data.score(self, X, y)
         X = self._check_X(self._scale_X(X))
-        y = np.asarray(y)
+        y = _as_array(y, "y")
         if y.shape[:1] != (X.shape[0],):
             raise ValueError(f"X has {X.shape[0]} samples but y has shape {y.shape}")
+        if self._is_label_column(y):        # labels as a column: compare labels, not units
+            y = self._ravel_label_column(y)
         a = self._engine.forward(X)
         if self._is_classifier and y.ndim == 2:     # a target matrix: compare unit by unit
             if y.shape[1] != a.shape[1]:

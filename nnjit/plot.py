@@ -16,6 +16,27 @@ def _history(obj):
     return history
 
 
+def _val_epochs(history, n_loss, n_val):
+    """1-based epochs of the validation entries: from history["val_epoch"] (epochs without
+    validation data leave gaps, drawn as breaks in the line); histories without it (an old
+    dict) are taken to have validated the latest epochs."""
+    import numpy as np
+    epochs = history.get("val_epoch")
+    if epochs is not None and len(epochs) == n_val:
+        return np.asarray(epochs, dtype=float) + 1
+    return np.arange(n_loss - n_val + 1, n_loss + 1, dtype=float)
+
+
+def _with_gaps(x, v):
+    """Insert NaN between entries whose epochs are not consecutive, so lines break there."""
+    import numpy as np
+    x, v = np.asarray(x, float), np.asarray(v, float)
+    if len(x) < 2:
+        return x, v
+    cut = np.nonzero(np.diff(x) > 1)[0] + 1
+    return np.insert(x, cut, np.nan), np.insert(v, cut, np.nan)
+
+
 def loss_curve(net, ax=None, log=False):
     """Plot training loss (and validation loss and score, when recorded) per epoch.
 
@@ -37,9 +58,10 @@ def loss_curve(net, ax=None, log=False):
     epochs = range(1, len(loss) + 1)
     ax.plot(epochs, loss, label="training loss", color="C0")
     val = list(history.get("val_loss", []))
+    val_x = _val_epochs(history, len(loss), len(val))
     if val:
-        # validation may have been recorded for the latest epochs only (a later fit added it)
-        ax.plot(range(len(loss) - len(val) + 1, len(loss) + 1), val, label="validation loss", color="C1")
+        ax.plot(*_with_gaps(val_x, val), label="validation loss", color="C1",
+                marker="." if len(val) < 50 else None)
     from matplotlib.ticker import MaxNLocator
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
@@ -50,8 +72,8 @@ def loss_curve(net, ax=None, log=False):
     score = list(history.get("val_score", []))
     if score:
         ax2 = ax.twinx()
-        ax2.plot(range(len(loss) - len(score) + 1, len(loss) + 1), score, label="validation score",
-                 color="C2", linestyle="--")
+        ax2.plot(*_with_gaps(_val_epochs(history, len(loss), len(score)), score), label="validation score",
+                 color="C2", linestyle="--", marker="." if len(score) < 50 else None)
         ax2.set_ylabel("validation score")
         more = ax2.get_legend_handles_labels()
         ax2.legend(lines + more[0], labels + more[1], loc="center right")   # on top of both axes

@@ -20,11 +20,12 @@ eta_t = eta sqrt(1 - b2^t) / (1 - b1^t) at step t (scikit-learn's bias correctio
 from numba import njit, prange
 
 from . import loops, rules
+from ._numba_setup import CACHE   # False where no cache folder is writable
 from .config import FASTMATH
 
 SGD, NESTEROV, ADAM = rules.RULE_SGD, rules.RULE_NESTEROV, rules.RULE_ADAM
 
-_OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True)
+_OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
 
 
 def _corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, rule, c):

@@ -18,10 +18,11 @@ from numba import njit, prange
 
 from . import loops, rules
 from .activations import apply_f
+from ._numba_setup import CACHE   # False where no cache folder is writable
 from .config import FASTMATH
 from .sklearn_loops import _corrections_rule_s, corrections_rule
 
-_OPTS = dict(fastmath=FASTMATH, cache=True, nogil=True)
+_OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
 
 
 def _sparse_forward(z1, a1, WT, b1, indptr, indices, data, order, start, act):

@@ -51,3 +51,16 @@ def test_bench_times_each_optimizer(tmp_path):
         ("nnjit loops sgd", "sgd"), ("nnjit vectorised sgd", "sgd"),
         ("nnjit loops adam", "adam"), ("nnjit vectorised adam", "adam")]
     assert rows[0]["ratio_to_loops"] == 1.0 and all(r["epoch_s"] > 0 for r in rows)
+
+
+def test_bench_contention_runs_each_layer_and_writes_json(tmp_path):
+    out = tmp_path / "c.json"
+    rc = bench.main(["--contention", "1", "--layers", "8,5,3", "--samples", "64", "--batch-sizes", "8",
+                     "--dtypes", "float32", "--repeats", "1", "--layers-to-compare", "nnjit,workqueue",
+                     "--json", str(out)])
+    assert rc == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["asked"], r["busy"]) for r in rows] == [(a, k) for a in ("nnjit", "workqueue") for k in (0, 1)]
+    assert {r["layer"] for r in rows if r["asked"] == "workqueue"} == {"workqueue"}
+    assert all(r["epoch_s"] > 0 and r["bound"] == r["busy"] + 1 for r in rows)
+    assert [r["ratio"] for r in rows if r["busy"] == 0] == [1.0, 1.0]

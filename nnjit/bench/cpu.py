@@ -11,6 +11,7 @@ time in fresh processes. ``--scaling`` shows epoch time against samples and para
 peak memory. Not a test: nothing here asserts a speed.
 
     python -m nnjit.bench                       # 784-128-10, batch sizes 1, 32, 256
+    nnjit bench --contention 2                  # epoch time with 0, 1, 2 busy processes competing
     nnjit bench --batch-sizes 32 --threads 2 --json out.json --plot out.png
 """
 import argparse
@@ -317,6 +318,88 @@ def run(args):
     return out
 
 
+# ------------------------------------------------------------------ contention
+_CONTENTION_CHILD = """
+import json, sys, numba, nnjit
+from nnjit.bench.cpu import _contention_times
+args = json.loads(sys.argv[1])
+nnjit.config.ADAPTIVE_THREADS = args.pop()
+print(json.dumps(_contention_times(*args)))
+"""
+
+
+def _busy():
+    """A process that keeps one core busy (pure Python, no threads) until it is killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True:\n    pass"])
+
+
+def _contention_times(layers, n, bs, dtype, ks, repeats, threads):
+    """{k: per-epoch times of a loops fit with k busy processes competing}, in this process
+    (its threading layer is fixed at its first parallel call)."""
+    import numba
+    if threads:
+        numba.set_num_threads(threads)
+    X, y = make_data(n, layers[0], layers[-1], dtype)
+    time_nnjit("loops", dtype, layers, X, y, bs, 0.01, 0.9, 1)          # compile, warm up
+    out = {}
+    for k in ks:
+        procs = [_busy() for _ in range(k)]
+        try:
+            time.sleep(0.3 if k else 0)                                  # let them start
+            out[k] = time_nnjit("loops", dtype, layers, X, y, bs, 0.01, 0.9, repeats)[0]
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    from .. import threading_layer
+    return {"layer": threading_layer(), "threads": numba.get_num_threads(), "times": out}
+
+
+def contention(args):
+    """Epoch time of the loops backend while K other processes keep cores busy, against the
+    quiet machine, under each threading layer (a fresh process per layer). With k busy
+    processes an epoch should cost no more than about (k + 1) times its quiet time."""
+    layers = args.layers if args.layers != [784, 128, 10] else [64, 64, 10]      # digits-shaped
+    n = args.samples if args.samples != 60000 else 1797
+    bs = args.batch_sizes[0] if args.batch_sizes != [1, 32, 256] else 32
+    ks = list(range(0, args.contention + 1))
+    print(f"nnjit bench --contention {args.contention}: loops epoch, network {'-'.join(map(str, layers))}, "
+          f"{n} samples, batch {bs}, {args.dtypes[0]}, median of {args.repeats} epochs, "
+          f"{os.cpu_count()} CPUs; k busy processes (pure-Python loops) compete")
+    print(f"load average before: {os.getloadavg()[0]:.2f} (other jobs on the machine count too)")
+    results = []
+    for layer in args.layers_to_compare:
+        env = dict(os.environ)
+        if layer != "nnjit":
+            env["NUMBA_THREADING_LAYER"] = layer
+        else:
+            env.pop("NUMBA_THREADING_LAYER", None)
+        payload = json.dumps([layers, n, bs, args.dtypes[0], ks, args.repeats, args.threads,
+                              not args.fixed_threads])
+        r = subprocess.run([sys.executable, "-c", _CONTENTION_CHILD, payload], env=env,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            print(f"  {layer}: failed ({r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode})")
+            continue
+        res = json.loads(r.stdout.strip().splitlines()[-1])
+        quiet = statistics.median(res["times"]["0"])
+        how = "fixed" if args.fixed_threads else "adaptive (config.ADAPTIVE_THREADS)"
+        print(f"\nthreading layer {res['layer']} ({layer}), up to {res['threads']} threads, {how}: "
+              f"quiet epoch {quiet * 1e3:.1f} ms")
+        print(f"  {'busy':>4} {'epoch ms':>9} {'x quiet':>8} {'bound k+1':>9}")
+        for k in ks:
+            med = statistics.median(res["times"][str(k)])
+            ok = med / quiet <= k + 1 + 0.25
+            print(f"  {k:>4} {med * 1e3:>9.1f} {med / quiet:>8.2f} {k + 1:>9} {'' if ok else '  over'}")
+            results.append(dict(layer=res["layer"], asked=layer, threads=res["threads"], busy=k,
+                                adaptive=not args.fixed_threads,
+                                epoch_s=med, ratio=med / quiet, bound=k + 1))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(layers=layers, samples=n, batch_size=bs, rows=results), f, indent=1)
+    return results
+
+
 def _print_block(rows):
     r0 = rows[0]
     print(f"\nbatch {r0['batch_size']}, {r0['dtype']}, {r0['samples']} samples, median of {r0['runs']} epochs")
@@ -409,6 +492,14 @@ def build_parser(p=None):
     p.add_argument("--sklearn", action="store_true",
                    help="instead: scikit-learn's MLP vs nnjit.sklearn fit times (its own options "
                         "follow: nnjit bench --sklearn --help; module nnjit.bench.sklearn)")
+    p.add_argument("--contention", type=int, default=None, metavar="K",
+                   help="instead: time a loops epoch (digits-shaped 64-64-10, 1797 samples, batch 32, "
+                        "unless --layers/--samples/--batch-sizes say otherwise) with 0..K busy "
+                        "processes competing, under each threading layer")
+    p.add_argument("--fixed-threads", action="store_true",
+                   help="--contention with nnjit.config.ADAPTIVE_THREADS off (always all threads)")
+    p.add_argument("--layers-to-compare", type=lambda s: s.split(","), default=["nnjit", "omp"],
+                   help="threading layers for --contention: nnjit (nnjit's choice), tbb, omp, workqueue")
     return p
 
 
@@ -441,6 +532,11 @@ def cmd(args):
     bad = set(args.dtypes) - {"float32", "float64"}
     if bad:
         raise SystemExit(f"nnjit bench: unknown dtype(s) {sorted(bad)}")
+    if args.contention is not None:
+        if args.contention < 0:
+            raise SystemExit("nnjit bench: --contention must be >= 0")
+        contention(args)
+        return 0
     run(args)
     return 0
 

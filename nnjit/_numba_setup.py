@@ -1,0 +1,175 @@
+"""How nnjit sets up Numba before any kernel is compiled: the threading layer and the disk cache.
+
+What it is for: making ``import nnjit`` and training work where Numba's defaults fail, with
+other processes and threads around. Imported first by ``nnjit/__init__.py``; not for users.
+
+Threading layer. Numba's parallel kernels run on one of three layers; only TBB is both
+fork-safe and thread-safe:
+
+* GNU OpenMP (Numba's usual pick on Linux) hangs a child process that uses it after a
+  ``fork()`` (a ``multiprocessing`` Pool with the default start method after one fit), and
+  its spinning threads wait for descheduled peers, so a busy CPU slows training 10-200x;
+* ``workqueue`` aborts the process when two threads run parallel kernels at once;
+* TBB does neither (work stealing, no spinning). Numba chooses it first when it can load
+  ``libtbb``, but the ``tbb`` wheel (a core dependency of nnjit) puts ``libtbb.so.12`` in
+  ``<prefix>/lib``, where the dynamic loader does not look; loading it here with
+  ``RTLD_GLOBAL`` lets Numba's ``tbbpool`` find it.
+
+Policy: if ``NUMBA_THREADING_LAYER`` (or ``numba.config.THREADING_LAYER``) is set explicitly,
+nnjit respects it and does nothing. Otherwise it loads TBB and selects it; where TBB cannot be
+loaded it warns once and leaves Numba's default (OpenMP if present, else workqueue).
+``nnjit.threading_layer()`` says which layer parallel kernels use (once one has run).
+
+Disk cache. Kernels are compiled with ``cache=True`` so a new process loads them in
+milliseconds. Numba needs a writable ``__pycache__`` beside the package or a writable user
+cache directory (``NUMBA_CACHE_DIR``, else ``~/.cache``); in a read-only install with no
+writable home it raises at decoration time. :data:`CACHE` is False there, kernels compile in
+memory in every process, and one warning says to set ``NUMBA_CACHE_DIR``.
+"""
+import ctypes
+import os
+import site
+import sys
+import warnings
+
+import numba
+
+#: the layer nnjit selected ("tbb"), "user" when NUMBA_THREADING_LAYER was set, or "default"
+SELECTED = None
+#: whether kernels use Numba's disk cache (False where no cache location is writable)
+CACHE = True
+
+
+def _tbb_candidates():
+    names = {"linux": ["libtbb.so.12"], "darwin": ["libtbb.12.dylib"],
+             "win32": ["tbb12.dll"]}.get(sys.platform, ["libtbb.so.12"])
+    dirs = []
+    for prefix in dict.fromkeys([sys.prefix, sys.base_prefix, getattr(site, "USER_BASE", None) or ""]):
+        if prefix:
+            dirs += [os.path.join(prefix, "lib"), os.path.join(prefix, "Library", "bin"), prefix]
+    for name in names:
+        for d in dirs:
+            path = os.path.join(d, name)
+            if os.path.exists(path):
+                yield path
+        yield name                      # wherever the dynamic loader finds it
+
+
+def _load_tbb():
+    mode = getattr(ctypes, "RTLD_GLOBAL", 0)
+    for path in _tbb_candidates():
+        try:
+            ctypes.CDLL(path, mode=mode)
+        except OSError:
+            continue
+        try:                            # Numba's own check: the library and its version
+            from numba.np.ufunc import tbbpool  # noqa: F401
+            from numba.np.ufunc.parallel import _check_tbb_version_compatible
+            _check_tbb_version_compatible()
+            return True
+        except (ImportError, OSError, ValueError) as e:
+            warnings.warn(f"nnjit: TBB found at {path} but Numba cannot use it ({e})",
+                          RuntimeWarning, stacklevel=3)
+            return False
+    return False
+
+
+def choose_threading_layer():
+    global SELECTED
+    if os.environ.get("NUMBA_THREADING_LAYER") or str(numba.config.THREADING_LAYER).lower() != "default":
+        SELECTED = "user"
+        return SELECTED
+    if _load_tbb():
+        numba.config.THREADING_LAYER = "tbb"
+        SELECTED = "tbb"
+    else:
+        SELECTED = "default"
+        warnings.warn("nnjit: the TBB threading layer could not be loaded (pip install tbb); "
+                      "using Numba's default layer, with which a fork()ed process (a "
+                      "multiprocessing Pool with the 'fork' start method) can hang after a fit, "
+                      "threads fitting at once can abort (workqueue), and a busy CPU slows "
+                      "training much more. Set NUMBA_THREADING_LAYER to choose one and silence this.",
+                      RuntimeWarning, stacklevel=3)
+    return SELECTED
+
+
+def _cache_works():
+    """Whether Numba finds a writable cache location for functions of this package: decorating
+    a function of this folder with cache=True is where Numba looks (nothing is compiled)."""
+    def probe():            # lives in nnjit's folder, as every kernel does
+        pass
+    try:
+        numba.njit(cache=True)(probe)
+        return True
+    except RuntimeError:    # "cannot cache function 'probe': no locator available"
+        return False
+
+
+def choose_cache():
+    global CACHE
+    CACHE = _cache_works()
+    if not CACHE:
+        warnings.warn("nnjit: no writable Numba cache location (read-only install, no writable "
+                      "home); kernels are compiled in memory in every process. Set "
+                      "NUMBA_CACHE_DIR to a writable folder to cache them.",
+                      RuntimeWarning, stacklevel=3)
+    return CACHE
+
+
+def threading_layer():
+    """The threading layer Numba's parallel kernels use; None before any has run."""
+    try:
+        return numba.threading_layer()
+    except ValueError:
+        return None
+
+
+def _others_running():
+    """Tasks runnable on the machine right now, other than this process's own threads
+    (Linux /proc); None where that cannot be read."""
+    try:
+        with open("/proc/loadavg") as f:
+            running = int(f.read().split()[3].split("/")[0])
+        mine = 0
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/stat") as f:
+                stat = f.read()
+            mine += stat[stat.rindex(")") + 2] == "R"
+        return max(0, running - mine)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:      # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class EpochThreads:
+    """Numba threads for each training epoch of the loops backend: as many as there are cores
+    not taken by other runnable tasks, at least 1 and at most what the caller had set.
+
+    A parallel region ends when its slowest thread does: a thread whose core another process
+    holds stalls the epoch for a scheduler time slice per region, so on a busy machine fewer
+    threads finish sooner (measured by ``nnjit bench --contention K``). Results do not depend
+    on the thread count (every sum runs in a fixed order). Off with config.ADAPTIVE_THREADS."""
+
+    def __init__(self):
+        self.user = numba.get_num_threads()
+
+    def adjust(self):
+        from . import config
+        if not config.ADAPTIVE_THREADS:
+            return
+        others = _others_running()
+        if others is not None:
+            numba.set_num_threads(max(1, min(self.user, _cores() - others)))
+
+    def restore(self):
+        numba.set_num_threads(self.user)
+
+
+choose_threading_layer()
+choose_cache()
