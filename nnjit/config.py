@@ -13,6 +13,36 @@ FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 #: region costs about a microsecond, more than the work of a handful of samples.
 PARALLEL_MIN_SAMPLES = 8
 
+#: Cache blocking of the loop kernels (loops.*_tiled) for layers whose W^(l) has at least
+#: TILE_MIN_WEIGHTS elements; smaller layers run the register-blocked loop order
+#: (loops._blocks). Sizes are in samples / units (0: the whole layer):
+#: feed-forward, chunks of TILE_FORWARD[0] samples x blocks of TILE_FORWARD[1] units j;
+#: error recursion, chunks of TILE_BACKWARD[0] samples x blocks of TILE_BACKWARD[1] units j;
+#: corrections, blocks of TILE_CORRECTIONS[0] units j x blocks of TILE_CORRECTIONS[1] inputs i.
+#: Results do not depend on them (every element is summed in the same order) as long as the
+#: forward sizes and the corrections' first size are multiples of 4.
+#: Chosen by measurement (float32, 2-core AMD EPYC, 512 KiB L2 a core, AVX2; shapes
+#: 1024x1024x1024, 1024x784x1024, 256x784x128): blocking the units or inputs of a pass made
+#: every product slower or no faster (the shorter vector loops cost more than L3 traffic
+#: does here), so the defaults keep whole rows; the error recursion's 4-sample pass (each
+#: load of w_jk serves 4 samples) runs at 1.5-2.5x the one-sample pass and is always on.
+TILE_MIN_WEIGHTS = 2**17
+TILE_FORWARD = (4, 0)
+TILE_BACKWARD = (4, 0)
+TILE_CORRECTIONS = (4, 0)
+
+
+def tiles():
+    """The tile tuple loops.train_epoch takes (see loops._blocks), from the values above."""
+    for name, v in (("TILE_FORWARD", TILE_FORWARD), ("TILE_BACKWARD", TILE_BACKWARD),
+                    ("TILE_CORRECTIONS", TILE_CORRECTIONS)):
+        if len(v) != 2 or v[0] < 1 or v[1] < 0 or (name != "TILE_BACKWARD" and v[0] % 4):
+            raise ValueError(f"nnjit.config.{name} must be (a positive size, a size or 0), the "
+                             f"first a multiple of 4 except for TILE_BACKWARD; got {v!r}")
+    return tuple(int(x) for x in (*TILE_FORWARD, *TILE_BACKWARD, *TILE_CORRECTIONS,
+                                  TILE_MIN_WEIGHTS))
+
+
 #: Rows per chunk when predicting or scoring, so memory stays O(chunk x width).
 PREDICT_CHUNK = 4096
 

@@ -182,7 +182,8 @@ class CPUEngine:
             return self.k.train_epoch(self.theta, self.vel, self.sq, self.step, self.grad,
                                       self.shape, bufs, X, Y, S, order, batch_size, int(rule),
                                       np.asarray(hyper, np.float64), loss,
-                                      config.PARALLEL_MIN_SAMPLES, config.PARALLEL_MIN_WORK)
+                                      config.PARALLEL_MIN_SAMPLES, config.PARALLEL_MIN_WORK,
+                                      config.tiles())
 
     def end_fit(self):
         self._fit = None

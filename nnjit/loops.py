@@ -256,11 +256,18 @@ def _dot(w, x):
 @njit(**_OPTS)
 def _dot_rows(z, a_prev, W, b, m0, nm):
     """z[m0:m0+nm, :] = a_prev[m0:m0+nm] W^T + b for nm <= 4 samples, 4 units at a time."""
-    n_out, n_in = W.shape
-    j = 0
+    _dot_rows_range(z, a_prev, W, b, m0, nm, 0, W.shape[0])
+
+
+@njit(**_OPTS)
+def _dot_rows_range(z, a_prev, W, b, m0, nm, j_lo, j_hi):
+    """z[m0:m0+nm, j_lo:j_hi] = a_prev[m0:m0+nm] W[j_lo:j_hi]^T + b[j_lo:j_hi] for nm <= 4
+    samples, 4 units at a time from j_lo (the units left over use the fixed-order _dot)."""
+    n_in = W.shape[1]
+    j = j_lo
     if nm == 4:
         x0, x1, x2, x3 = a_prev[m0], a_prev[m0 + 1], a_prev[m0 + 2], a_prev[m0 + 3]
-        while j + 4 <= n_out:
+        while j + 4 <= j_hi:
             w0, w1, w2, w3 = W[j], W[j + 1], W[j + 2], W[j + 3]
             s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = z.dtype.type(0.0)
             s20 = s21 = s22 = s23 = s30 = s31 = s32 = s33 = z.dtype.type(0.0)
@@ -281,10 +288,10 @@ def _dot_rows(z, a_prev, W, b, m0, nm):
             j += 4
     for m in range(m0, m0 + nm):        # fewer than 4 samples: the shared fixed-order dot
         x = a_prev[m]
-        for jj in range(j, n_out):
+        for jj in range(j, j_hi):
             z[m, jj] = _dot(W[jj], x)
     for m in range(m0, m0 + nm):
-        for jj in range(n_out):
+        for jj in range(j_lo, j_hi):
             z[m, jj] += b[jj]
 
 
@@ -318,33 +325,81 @@ def _forward_layer_units(z, a, a_prev, W, b, act):
         apply_f(a[m], z[m], act)
 
 
+@njit(**_OPTS)
+def _backward_row_range(row, d, W, j_lo, j_hi):
+    """row[j] = sum_k w_jk d_k for j in [j_lo, j_hi), 4 units k per pass (W[k, j] = w_jk).
+    The loops index slices from 0: from a run-time j_lo, Numba's negative-index wraparound
+    check stays in the loop and stops LLVM from vectorising it (measured 5x slower)."""
+    n_out = W.shape[0]
+    r = row[j_lo:j_hi]
+    n = r.shape[0]
+    zero = row.dtype.type(0.0)
+    for j in range(n):
+        r[j] = zero
+    k = 0
+    while k + 4 <= n_out:
+        d0, d1, d2, d3 = d[k], d[k + 1], d[k + 2], d[k + 3]
+        w0, w1 = W[k, j_lo:j_hi], W[k + 1, j_lo:j_hi]
+        w2, w3 = W[k + 2, j_lo:j_hi], W[k + 3, j_lo:j_hi]
+        for j in range(n):
+            r[j] += w0[j] * d0 + w1[j] * d1 + w2[j] * d2 + w3[j] * d3
+        k += 4
+    while k < n_out:
+        dk = d[k]
+        wk = W[k, j_lo:j_hi]
+        for j in range(n):
+            r[j] += wk[j] * dk
+        k += 1
+
+
+@njit(**_OPTS)
+def _backward_rows4_range(delta_prev, delta, W, m0, j_lo, j_hi):
+    """_backward_row_range for the 4 samples m0..m0+3 at once: each load of w_jk serves 4
+    samples. Every element gets the same sum, in the same order, as from _backward_row_range."""
+    n_out = W.shape[0]
+    r0, r1 = delta_prev[m0, j_lo:j_hi], delta_prev[m0 + 1, j_lo:j_hi]
+    r2, r3 = delta_prev[m0 + 2, j_lo:j_hi], delta_prev[m0 + 3, j_lo:j_hi]
+    e0, e1, e2, e3 = delta[m0], delta[m0 + 1], delta[m0 + 2], delta[m0 + 3]
+    n = r0.shape[0]
+    zero = delta_prev.dtype.type(0.0)
+    for j in range(n):
+        r0[j] = zero
+        r1[j] = zero
+        r2[j] = zero
+        r3[j] = zero
+    k = 0
+    while k + 4 <= n_out:
+        w0, w1 = W[k, j_lo:j_hi], W[k + 1, j_lo:j_hi]
+        w2, w3 = W[k + 2, j_lo:j_hi], W[k + 3, j_lo:j_hi]
+        for j in range(n):
+            u0, u1, u2, u3 = w0[j], w1[j], w2[j], w3[j]
+            r0[j] += u0 * e0[k] + u1 * e0[k + 1] + u2 * e0[k + 2] + u3 * e0[k + 3]
+            r1[j] += u0 * e1[k] + u1 * e1[k + 1] + u2 * e1[k + 2] + u3 * e1[k + 3]
+            r2[j] += u0 * e2[k] + u1 * e2[k + 1] + u2 * e2[k + 2] + u3 * e2[k + 3]
+            r3[j] += u0 * e3[k] + u1 * e3[k + 1] + u2 * e3[k + 2] + u3 * e3[k + 3]
+        k += 4
+    while k < n_out:
+        wk = W[k, j_lo:j_hi]
+        for j in range(n):
+            u = wk[j]
+            r0[j] += u * e0[k]
+            r1[j] += u * e1[k]
+            r2[j] += u * e2[k]
+            r3[j] += u * e3[k]
+        k += 1
+
+
 def _backward_layer_blocked(delta_prev, delta, W, z_prev, a_prev, act_prev):
     """Error recursion delta_j = f'(z_j) sum_k w_jk delta_k, 4 units k per pass over row j.
 
     delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l).
     prange over samples m.
     """
-    M, n_out = delta.shape
+    M = delta.shape[0]
     n_in = W.shape[1]
-    zero = delta.dtype.type(0.0)
     for m in prange(M):
-        row = delta_prev[m]
-        for j in range(n_in):
-            row[j] = zero
-        k = 0
-        while k + 4 <= n_out:
-            d0, d1, d2, d3 = delta[m, k], delta[m, k + 1], delta[m, k + 2], delta[m, k + 3]
-            w0, w1, w2, w3 = W[k], W[k + 1], W[k + 2], W[k + 3]
-            for j in range(n_in):
-                row[j] += w0[j] * d0 + w1[j] * d1 + w2[j] * d2 + w3[j] * d3
-            k += 4
-        while k < n_out:
-            dk = delta[m, k]
-            wk = W[k]
-            for j in range(n_in):
-                row[j] += wk[j] * dk
-            k += 1
-        mul_fprime(row, z_prev[m], a_prev[m], act_prev)
+        _backward_row_range(delta_prev[m], delta[m], W, 0, n_in)
+        mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
 
 
 def _corrections_update_blocked(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c):
@@ -411,6 +466,146 @@ def _corrections_update_blocked(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rul
             _rule_at(rule, b, vb, sb, j, db[j], c)
 
 
+# ---------------------------------------------------------------- cache-blocked kernels
+# The same sums as the register-blocked kernels above, element for element and in the same
+# order, with the loops reordered so a block of W (or of the activations) stays in the
+# core's L2 cache while a chunk of samples (or a block of units) passes over it: for a wide
+# layer (W^(l) larger than L2) the blocked kernels stream all of W from L3 or memory for
+# every 4 samples, and the memory bus, not the multiply-adds, bounds them. Block sizes come
+# from nnjit.config (TILE_*) as plain values; with mc = 4 (1 for the error recursion) and a
+# block as wide as the layer they are the blocked kernels' loops exactly.
+
+def _forward_layer_tiled(z, a, a_prev, W, b, act, mc, nc):
+    """Feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j), cache-blocked.
+
+    a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l). prange over chunks of mc
+    samples m (mc a multiple of 4), each owning its rows of z and a; inside a chunk, blocks
+    of nc units j (a multiple of 4): nc rows of W stay in cache while every 4-sample group
+    of the chunk is summed against them (the 4 x 4 register block of _dot_rows_range).
+    """
+    M = a_prev.shape[0]
+    n_out = W.shape[0]
+    for ch in prange((M + mc - 1) // mc):
+        m_lo = ch * mc
+        m_hi = min(M, m_lo + mc)
+        for j_lo in range(0, n_out, nc):
+            j_hi = min(n_out, j_lo + nc)
+            for m0 in range(m_lo, m_hi, 4):
+                _dot_rows_range(z, a_prev, W, b, m0, min(4, m_hi - m0), j_lo, j_hi)
+        for m in range(m_lo, m_hi):
+            apply_f(a[m], z[m], act)
+
+
+def _backward_layer_tiled(delta_prev, delta, W, z_prev, a_prev, act_prev, mc, nc):
+    """Error recursion delta_j = f'(z_j) sum_k w_jk delta_k, cache-blocked.
+
+    delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l).
+    prange over chunks of mc samples m, each owning its rows of delta_prev; inside a chunk,
+    blocks of nc units j: the columns W[:, j block] stay in cache for every sample of the
+    chunk, and each load of w_jk serves 4 samples (_backward_rows4_range). Sums over k as in
+    _backward_row_range, whatever the blocks.
+    """
+    M = delta.shape[0]
+    n_in = W.shape[1]
+    for ch in prange((M + mc - 1) // mc):
+        m_lo = ch * mc
+        m_hi = min(M, m_lo + mc)
+        for j_lo in range(0, n_in, nc):
+            j_hi = min(n_in, j_lo + nc)
+            m = m_lo
+            while m + 4 <= m_hi:
+                _backward_rows4_range(delta_prev, delta, W, m, j_lo, j_hi)
+                m += 4
+            for mm in range(m, m_hi):
+                _backward_row_range(delta_prev[mm], delta[mm], W, j_lo, j_hi)
+        for m in range(m_lo, m_hi):
+            mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
+
+
+@njit(**_OPTS)
+def _corr_rows_range(dW, db, delta, a_prev, j0, nj, i_lo, i_hi, bias):
+    """dW[j, i] += sum_m delta_mj a_mi for nj <= 4 units j from j0 and i in [i_lo, i_hi), 4
+    samples per pass; with bias, db[j] += sum_m delta_mj too. Samples run m = 0..M-1 in
+    groups of 4, then one by one, so every element is summed in one order whatever i block.
+    Loops index slices from 0 (see _backward_row_range)."""
+    M = a_prev.shape[0]
+    n = i_hi - i_lo
+    m = 0
+    if nj == 4:
+        r0, r1 = dW[j0, i_lo:i_hi], dW[j0 + 1, i_lo:i_hi]
+        r2, r3 = dW[j0 + 2, i_lo:i_hi], dW[j0 + 3, i_lo:i_hi]
+        while m + 4 <= M:
+            x0, x1 = a_prev[m, i_lo:i_hi], a_prev[m + 1, i_lo:i_hi]
+            x2, x3 = a_prev[m + 2, i_lo:i_hi], a_prev[m + 3, i_lo:i_hi]
+            c00, c01, c02, c03 = delta[m, j0], delta[m + 1, j0], delta[m + 2, j0], delta[m + 3, j0]
+            c10, c11, c12, c13 = (delta[m, j0 + 1], delta[m + 1, j0 + 1],
+                                  delta[m + 2, j0 + 1], delta[m + 3, j0 + 1])
+            c20, c21, c22, c23 = (delta[m, j0 + 2], delta[m + 1, j0 + 2],
+                                  delta[m + 2, j0 + 2], delta[m + 3, j0 + 2])
+            c30, c31, c32, c33 = (delta[m, j0 + 3], delta[m + 1, j0 + 3],
+                                  delta[m + 2, j0 + 3], delta[m + 3, j0 + 3])
+            for i in range(n):
+                a0, a1, a2, a3 = x0[i], x1[i], x2[i], x3[i]
+                r0[i] += c00 * a0 + c01 * a1 + c02 * a2 + c03 * a3
+                r1[i] += c10 * a0 + c11 * a1 + c12 * a2 + c13 * a3
+                r2[i] += c20 * a0 + c21 * a1 + c22 * a2 + c23 * a3
+                r3[i] += c30 * a0 + c31 * a1 + c32 * a2 + c33 * a3
+            if bias:
+                for j in range(j0, j0 + 4):
+                    db[j] += delta[m, j] + delta[m + 1, j] + delta[m + 2, j] + delta[m + 3, j]
+            m += 4
+    for mm in range(m, M):
+        x = a_prev[mm, i_lo:i_hi]
+        for j in range(j0, j0 + nj):
+            row, d = dW[j, i_lo:i_hi], delta[mm, j]
+            for i in range(n):
+                row[i] += d * x[i]
+            if bias:
+                db[j] += d
+
+
+def _corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c, ju, ic):
+    """Corrections dw_ij = mean_m a_i delta_j + alpha_n w_ij fused with the update rule
+    (see _rule_row), cache-blocked.
+
+    W, vW, sW, dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}).
+    prange over blocks of ju output units j (a multiple of 4), each owning its rows of W, vW,
+    sW, dW; inside a block, column blocks of ic inputs i: a_prev[:, i block] stays in cache
+    while every 4-unit group of the block adds its samples (_corr_rows_range). Each row gets
+    its update once all its sums are done. With one sample the correction goes straight into
+    the update; dW is scratch and its contents afterwards are unspecified.
+    """
+    M, n_in = a_prev.shape
+    n_out = delta.shape[1]
+    zero = W.dtype.type(0.0)
+    s = 1.0 / M
+    an = c[8]
+    for jb in prange((n_out + ju - 1) // ju):
+        j_lo = jb * ju
+        j_hi = min(n_out, j_lo + ju)
+        if M == 1:
+            x = a_prev[0]
+            for j in range(j_lo, j_hi):
+                _rule_row(rule, W[j], vW[j], sW[j], x, delta[0, j], an, c)
+                db[j] = delta[0, j]
+        else:
+            for j in range(j_lo, j_hi):
+                row = dW[j]
+                for i in range(n_in):
+                    row[i] = zero
+                db[j] = zero
+            for i_lo in range(0, n_in, ic):
+                i_hi = min(n_in, i_lo + ic)
+                for j0 in range(j_lo, j_hi, 4):
+                    _corr_rows_range(dW, db, delta, a_prev, j0, min(4, j_hi - j0), i_lo, i_hi,
+                                     i_lo == 0)
+            for j in range(j_lo, j_hi):
+                _rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
+                db[j] *= W.dtype.type(s)
+        for j in range(j_lo, j_hi):
+            _rule_at(rule, b, vb, sb, j, db[j], c)
+
+
 def _update_forward_next(W, b, vW, vb, sW, sb, delta, x, x_next, z_next, rule, c):
     """Online learning, first layer: the update rule with dw_ij = x_i delta_j + alpha_n w_ij
     fused with the next sample's feed-forward sum z'_j = sum_i w_ij x'_i + b_j, computed
@@ -439,6 +634,9 @@ forward_layer_units = njit(parallel=True, **_OPTS)(_forward_layer_units)
 update_forward_next = njit(parallel=True, **_OPTS)(_update_forward_next)
 backward_layer_blocked = njit(parallel=True, **_OPTS)(_backward_layer_blocked)
 corrections_update_blocked = njit(parallel=True, **_OPTS)(_corrections_update_blocked)
+forward_layer_tiled = njit(parallel=True, **_OPTS)(_forward_layer_tiled)
+backward_layer_tiled = njit(parallel=True, **_OPTS)(_backward_layer_tiled)
+corrections_update_tiled = njit(parallel=True, **_OPTS)(_corrections_update_tiled)
 
 
 def _serial(fn):
@@ -565,17 +763,40 @@ def _targets(bufs, shape, mb):
 
 
 @njit(**_OPTS)
+def _blocks(tile, n_out, n_in):
+    """A layer's block sizes (forward mc, nc; error recursion mc, nc; corrections ju, ic) for
+    W (n_out, n_in): tile[:6] when W has at least tile[6] > 0 elements (a size 0 there: the
+    whole layer), else (4, n_out, 4, n_in, 4, n_in), the register-blocked kernels' loops
+    (with 4 samples a pass in the error recursion). See config.TILE_*."""
+    if tile[6] > 0 and n_out * n_in >= tile[6]:
+        return (tile[0], tile[1] if tile[1] > 0 else n_out, tile[2],
+                tile[3] if tile[3] > 0 else n_in, tile[4], tile[5] if tile[5] > 0 else n_in)
+    return 4, n_out, 4, n_in, 4, n_in
+
+
+#: tile value that turns cache blocking off (see _blocks)
+NO_TILE = (0, 0, 0, 0, 0, 0, 0)
+
+
+@njit(**_OPTS)
 def forward(theta, shape, bufs, mb, par, par_work, l0):
     """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
     par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units.
     (No default arguments: Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
+    forward_tiled(theta, shape, bufs, mb, par, par_work, l0, (0, 0, 0, 0, 0, 0, 0))
+
+
+@njit(**_OPTS)
+def forward_tiled(theta, shape, bufs, mb, par, par_work, l0, tile):
+    """forward() with the cache-blocked kernel's block sizes per layer from tile (_blocks)."""
     L = shape.sizes.shape[0] - 1
     for l in range(l0, L + 1):
         W, b = _params(theta, shape, l)
         a_prev = _rows(bufs.a, shape, l - 1, mb)
         z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
         if par:
-            forward_layer_blocked(z, a, a_prev, W, b, shape.acts[l - 1])
+            mc, nc, _, _, _, _ = _blocks(tile, W.shape[0], W.shape[1])
+            forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], mc, nc)
         elif W.size * mb >= par_work:
             forward_layer_units(z, a, a_prev, W, b, shape.acts[l - 1])
         else:
@@ -634,7 +855,7 @@ def penalty(theta, shape):
 
 @njit(**_OPTS)
 def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
-                hyper, loss, par_min, par_work):
+                hyper, loss, par_min, par_work, tile):
     """One epoch of the lecture's algorithm, every batch inside compiled code: for each
     batch, feed-forward, output error (weighted by S), then from l = L down to 1 the error
     recursion to layer l-1 (with W^(l) before its update) and the fused correction + update
@@ -643,7 +864,9 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
     alpha/2 ||W||^2 before the batch's update, max |a - y|): the wrapper divides by sum_m s_m.
 
     par_min: batches of fewer samples run the per-sample kernels serially; par_work: a
-    layer's correction runs in parallel anyway once N_l N_{l-1} mb reaches it."""
+    layer's correction runs in parallel anyway once N_l N_{l-1} mb reaches it; tile: the
+    cache-blocked kernels' block sizes and the layer size from which they block (_blocks,
+    nnjit.config.tiles())."""
     acts = shape.acts
     L = shape.sizes.shape[0] - 1
     n = order.shape[0]
@@ -657,9 +880,9 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
         load_batch(bufs, shape, X, Y, S, order, start, mb)
         if ahead:
             apply_f(_rows(bufs.a, shape, 1, 1)[0], _rows(bufs.z, shape, 1, 1)[0], acts[0])
-            forward(theta, shape, bufs, mb, par, par_work, 2)
+            forward_tiled(theta, shape, bufs, mb, par, par_work, 2, tile)
         else:
-            forward(theta, shape, bufs, mb, par, par_work, 1)
+            forward_tiled(theta, shape, bufs, mb, par, par_work, 1, tile)
         aL, zL = _rows(bufs.a, shape, L, mb), _rows(bufs.z, shape, L, mb)
         y = _targets(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
@@ -683,8 +906,10 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
             delta, a_prev = _rows(bufs.delta, shape, l, mb), _rows(bufs.a, shape, l - 1, mb)
             if l > 1:       # error recursion first: it needs W^(l) before the update
                 if par:
-                    backward_layer_blocked(_rows(bufs.delta, shape, l - 1, mb), delta, W,
-                                           _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
+                    _, _, mc, nc, _, _ = _blocks(tile, W.shape[0], W.shape[1])
+                    backward_layer_tiled(_rows(bufs.delta, shape, l - 1, mb), delta, W,
+                                         _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
+                                         mc, nc)
                 else:
                     _backward_layer_s(_rows(bufs.delta, shape, l - 1, mb), delta, W,
                                       _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
@@ -698,7 +923,9 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
                     _update_forward_next_s(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
                                            z_next, rule, c)
             elif par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
-                corrections_update_blocked(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c)
+                _, _, _, _, ju, ic = _blocks(tile, W.shape[0], W.shape[1])
+                corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                         ju, ic)
             else:
                 _corrections_update_s(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c)
     return total, emax

@@ -175,8 +175,9 @@ def penalty(theta, shape):
 
 
 def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
-                hyper, loss, par_min, par_work):
-    """One epoch, batch by batch in Python (see nnjit.loops.train_epoch)."""
+                hyper, loss, par_min, par_work, tile):
+    """One epoch, batch by batch in Python (see nnjit.loops.train_epoch; par_min, par_work
+    and tile choose loop kernels and mean nothing here)."""
     acts, L = shape.acts, len(shape.sizes) - 1
     n = order.shape[0]
     alpha = float(hyper[H_ALPHA])

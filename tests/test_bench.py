@@ -64,3 +64,31 @@ def test_bench_contention_runs_each_layer_and_writes_json(tmp_path):
     assert {r["layer"] for r in rows if r["asked"] == "workqueue"} == {"workqueue"}
     assert all(r["epoch_s"] > 0 and r["bound"] == r["busy"] + 1 for r in rows)
     assert [r["ratio"] for r in rows if r["busy"] == 0] == [1.0, 1.0]
+
+
+def test_bench_sweep_times_every_contender_and_the_products(tmp_path):
+    out = tmp_path / "s.json"
+    rc = bench.main(["--sweep", "--layers", "12,9,3", "--batch-sizes", "1,32", "--samples", "64",
+                     "--online-samples", "16", "--repeats", "1", "--skip", "torch,sklearn",
+                     "--json", str(out)])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert res["sgemm_gflops"] > 0
+    assert [(r["net"], r["batch_size"], r["samples"]) for r in res["rows"]] == [
+        ("12-9-3", 1, 16), ("12-9-3", 32, 64)]
+    for r in res["rows"]:
+        assert set(r["us_per_sample"]) == {"loops", "vectorised", "numpy"}
+        assert r["loops_over_numpy"] == r["us_per_sample"]["loops"] / r["us_per_sample"]["numpy"]
+    assert res["rows"][0]["products"] == {}                 # online: no batch products
+    assert set(res["rows"][1]["products"]) == {f"{p}{m}" for p in ("forward", "recursion", "corrections")
+                                               for m in ("", "_matmul")}
+
+
+def test_numpy_epoch_learns():
+    """The hand-written NumPy contender trains (its loss would not fall if a sign were wrong)."""
+    import numpy as np
+    from nnjit.bench.cpu import time_numpy, make_data
+    X, y = make_data(2048, 12, 3, "float32")
+    ts, acc = time_numpy("float32", [12, 9, 3], X, y, 16, 0.1, 0.9, 5)
+    assert len(ts) == 5 and all(t > 0 for t in ts)
+    assert acc > 0.8 > np.bincount(y).max() / len(y)      # far above the majority class

@@ -183,9 +183,11 @@ def test_sample_loss_is_finite_where_a_saturates(dtype):
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
 @pytest.mark.parametrize("par_min,par_work", [(2, 10**9), (1, 1)])   # serial and parallel paths
 @pytest.mark.parametrize("rule", RULES)
-def test_train_epoch(dtype, batch_size, par_min, par_work, rule):
+@pytest.mark.parametrize("tile", [loops.NO_TILE, (4, 4, 2, 2, 4, 2, 1)])  # tiny blocks: remainders
+def test_train_epoch(dtype, batch_size, par_min, par_work, rule, tile):
     """The whole compiled epoch equals the vectorised one, batch by batch (7 = 3 + 3 + 1),
-    for every rule with momentum, L2 penalty and sample weights (one of them zero) on."""
+    for every rule with momentum, L2 penalty and sample weights (one of them zero) on, with
+    and without cache blocking."""
     shape, P = make_shape([5, 4, 3], [A.TANH, A.SOFTMAX])
     rng = np.random.default_rng(1)
     theta = (rng.normal(size=P) * 0.5).astype(dtype)
@@ -202,7 +204,8 @@ def test_train_epoch(dtype, batch_size, par_min, par_work, rule):
         bufs = make_batch(shape, batch_size, dtype)
         for _ in range(2):
             tot, emax = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, order,
-                                        batch_size, rule, h, A.CROSS_ENTROPY, par_min, par_work)
+                                        batch_size, rule, h, A.CROSS_ENTROPY, par_min, par_work,
+                                        tile)
         outs.append((th, vel, sq, step, tot, emax))
     for x, y in zip(*outs):
         assert_close(x, y, dtype)
@@ -298,3 +301,67 @@ def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
             z, a = np.full((1, n_out), np.nan, dtype), np.empty((1, n_out), dtype)
             fwd(z, a, x_next[None], p[0], p[1], A.IDENTITY)
             np.testing.assert_array_equal(z[0], z_fused)
+
+
+# ---------------------------------------------------------------- the cache-blocked kernels
+# Blocks smaller than the shapes leave a remainder in every blocked dimension: 13 samples in
+# chunks of 8 (8 + 5, whose 4-groups leave 1), 11 inputs in column blocks of 4 (4 + 4 + 3),
+# 10 units in blocks of 4 or 8 (a 4-group + 2 left over). Block sizes as wide as the layer
+# (and mc = 4, or 1 for the error recursion) are the loops of the register-blocked kernels.
+TILED_SHAPES = [(13, 11, 10), (9, 5, 7), (1, 6, 9), (8, 12, 8)]
+TILES = [(8, 4), (4, 8), (12, 1000), (4, 1000)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
+@pytest.mark.parametrize("mc,nc", TILES)
+def test_tiled_forward(dtype, M_, n_in, n_out, mc, nc):
+    a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
+    z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
+    loops.forward_layer_tiled(z, a, a_prev, W, b, A.TANH, mc, nc)
+    z2, a2 = np.empty_like(z), np.empty_like(a)
+    vectorised.forward_layer(z2, a2, a_prev, W, b, A.TANH)
+    assert_close(z, z2, dtype)
+    assert_close(a, a2, dtype)
+    z3, a3 = poisoned((M_, n_out), (M_, n_out), dtype=dtype)   # same sums, same order
+    loops.forward_layer_blocked(z3, a3, a_prev, W, b, A.TANH)
+    np.testing.assert_array_equal(z, z3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
+@pytest.mark.parametrize("mc,nc", [(3, 4), (8, 5), (1, 1000), (5, 1)])
+def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc):
+    delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
+    a_prev = vectorised.F[A.GELU](z_prev).astype(dtype)
+    d, = poisoned((M_, n_in), dtype=dtype)
+    loops.backward_layer_tiled(d, delta, W, z_prev, a_prev, A.GELU, mc, nc)
+    d2 = np.empty_like(d)
+    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, A.GELU)
+    assert_close(d, d2, dtype)
+    d3, = poisoned((M_, n_in), dtype=dtype)
+    loops.backward_layer_blocked(d3, delta, W, z_prev, a_prev, A.GELU)
+    np.testing.assert_array_equal(d, d3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
+@pytest.mark.parametrize("ju,ic", [(4, 4), (8, 3), (4, 1000)])
+@pytest.mark.parametrize("rule", RULES)
+def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule):
+    W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
+                                       (M_, n_out), (M_, n_in))
+    sW, sb = [np.abs(x) for x in data(dtype, (n_out, n_in), (n_out,), seed=4)]
+    c = coefs(rule)
+    outs = []
+    for fn, extra in ((loops.corrections_update_tiled, (ju, ic)),
+                      (loops.corrections_update_blocked, ()),
+                      (vectorised.corrections_update, ())):
+        args = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
+            (n_out, n_in), (n_out,), dtype=dtype)
+        fn(*args, delta, a_prev, rule, c, *extra)
+        outs.append([args[0], args[1], args[2], args[3], args[4], args[5], args[7]])  # dW is scratch
+    for x, y, ref in zip(*outs):
+        assert np.isfinite(x).all()
+        np.testing.assert_array_equal(x, y)
+        assert_close(x, ref, dtype)

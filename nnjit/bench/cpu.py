@@ -13,6 +13,7 @@ peak memory. Not a test: nothing here asserts a speed.
     python -m nnjit.bench                       # 784-128-10, batch sizes 1, 32, 256
     nnjit bench --contention 2                  # epoch time with 0, 1, 2 busy processes competing
     nnjit bench --batch-sizes 32 --threads 2 --json out.json --plot out.png
+    nnjit bench --sweep                         # the README's table: nets x batch sizes, vs NumPy/BLAS
 """
 import argparse
 import json
@@ -172,6 +173,187 @@ def time_sklearn(dtype, layers, X, y, bs, lr, mu, repeats, optimizer="sgd"):
             clf.partial_fit(X, y)                         # one pass over the data: one epoch
             ts.append(time.perf_counter() - t)
     return ts
+
+
+def time_numpy(dtype, layers, X, y, bs, lr, mu, repeats):
+    """Per-epoch wall times of a hand-written NumPy epoch: the lecture's algorithm in matrix
+    form (sigmoid hidden layers, softmax + cross-entropy, heavy-ball momentum), every product
+    an np.matmul through NumPy's BLAS. The bar the loop form has to clear. Returns (times,
+    training accuracy afterwards)."""
+    rng = np.random.default_rng(0)
+    L = len(layers) - 1
+    Ws = [(rng.normal(size=(layers[l], layers[l + 1])) / np.sqrt(layers[l])).astype(dtype)
+          for l in range(L)]
+    bs_ = [np.zeros(layers[l + 1], dtype) for l in range(L)]
+    vW, vb = [np.zeros_like(W) for W in Ws], [np.zeros_like(b) for b in bs_]
+    Y = np.eye(layers[-1], dtype=dtype)[y]
+    one = np.asarray(1, dtype)
+    n = len(X)
+
+    def epoch():
+        order = rng.permutation(n)
+        for s in range(0, n, bs):
+            idx = order[s:s + bs]
+            a = [X[idx]]
+            for l in range(L):
+                z = a[-1] @ Ws[l] + bs_[l]
+                if l < L - 1:
+                    a.append(one / (one + np.exp(-z)))
+                else:
+                    e = np.exp(z - z.max(axis=1, keepdims=True))
+                    a.append(e / e.sum(axis=1, keepdims=True))
+            d = (a[-1] - Y[idx]) * np.asarray(1.0 / len(idx), dtype)
+            for l in range(L - 1, -1, -1):
+                gW, gb = a[l].T @ d, d.sum(axis=0)
+                if l:
+                    d = (d @ Ws[l].T) * a[l] * (one - a[l])
+                for p, v, g in ((Ws[l], vW[l], gW), (bs_[l], vb[l], gb)):
+                    v *= dtype.type(mu)
+                    v -= dtype.type(lr) * g
+                    p += v
+    dtype = np.dtype(dtype)
+    epoch()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        epoch()
+        ts.append(time.perf_counter() - t)
+    a = X
+    for l in range(L):
+        a = a @ Ws[l] + bs_[l]
+        if l < L - 1:
+            a = one / (one + np.exp(-a))
+    return ts, float((a.argmax(axis=1) == y).mean())
+
+
+def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
+    """GFLOP/s of the loop form's three products of one layer W (n_out, n_in) at batch M, as
+    train_epoch runs them (block sizes from nnjit.config), and of np.matmul on the same
+    shapes: feed-forward a W^T, error recursion delta W, corrections delta^T a + the rule."""
+    from .. import activations as A, config, loops, rules as R
+    rng = np.random.default_rng(0)
+    dt = np.dtype(dtype)
+    a_prev, delta = rng.random((M, n_in), dt), rng.random((M, n_out), dt)
+    W, b = (rng.random((n_out, n_in), dt) * 0.01), np.zeros(n_out, dt)
+    z, a, d_prev = np.empty((M, n_out), dt), np.empty((M, n_out), dt), np.empty((M, n_in), dt)
+    vW, sW, dW = np.zeros_like(W), np.zeros_like(W), np.empty_like(W)
+    vb, sb, db = np.zeros_like(b), np.zeros_like(b), np.empty_like(b)
+    c = loops.step_coefs(R.RULE_SGD, R.hyper(0.01, 0.9, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch"), 1, 0.0)
+    fmc, fnc, bmc, bnc, cju, cic = loops._blocks(config.tiles(), n_out, n_in)
+    fl = 2.0 * M * n_in * n_out / 1e9
+
+    def rate(f):
+        f()
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            f()
+            ts.append(time.perf_counter() - t)
+        return fl / statistics.median(ts)
+    return {
+        "forward": rate(lambda: loops.forward_layer_tiled(z, a, a_prev, W, b, A.SIGMOID, fmc, fnc)),
+        "forward_matmul": rate(lambda: a_prev @ W.T),
+        "recursion": rate(lambda: loops.backward_layer_tiled(d_prev, delta, W, a_prev, a_prev,
+                                                             A.SIGMOID, bmc, bnc)),
+        "recursion_matmul": rate(lambda: delta @ W),
+        "corrections": rate(lambda: loops.corrections_update_tiled(
+            W, b, vW, vb, sW, sb, dW, db, delta, a_prev, R.RULE_SGD, c, cju, cic)),
+        "corrections_matmul": rate(lambda: delta.T @ a_prev),
+    }
+
+
+#: nnjit bench --sweep: (layers, batch sizes), the README's performance table
+SWEEP = [([64, 32, 10], [1]), ([784, 128, 10], [32, 256, 1024]),
+         ([784, 512, 512, 10], [256, 1024]), ([784, 1024, 1024, 10], [32, 256, 1024])]
+#: training FLOP of one timed epoch in --sweep (sets each row's sample count)
+SWEEP_FLOP = 2e10
+
+
+def sweep(args):
+    """The performance table: every network x batch size of SWEEP (or --layers/--batch-sizes
+    when given), float32, each contender timed as its own block of epochs in this process,
+    with the SGEMM rate of the same run and the loop form's products at the widest layer."""
+    import numba
+    threads = args.threads or numba.config.NUMBA_NUM_THREADS
+    numba.set_num_threads(threads)
+    cases = getattr(args, "sweep_cases", None) or SWEEP
+    print(f"NumPy BLAS: {blas_info()}; {threads} threads")
+    env_blas = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE") if k in os.environ}
+    if env_blas:
+        print(f"  note: {env_blas} is set, which slows NumPy's BLAS; unset both for a full-speed comparison")
+    gemm = gemm_rate("float32", threads)
+    print(f"SGEMM (NumPy, same run): {gemm:.1f} GFLOP/s")
+    have = [lib for lib in ("torch", "sklearn") if lib not in args.skip and _importable(lib)]
+    rows = []
+    for layers, batches in cases:
+        fl = train_flops(layers)
+        for bs in batches:
+            n = int(min(args.samples, max(4 * bs, SWEEP_FLOP / fl)))
+            if bs == 1:
+                n = min(n, args.online_samples)
+            X, y = make_data(n, layers[0], layers[-1], "float32")
+            us = {}
+            with _blas_threads(threads):
+                for backend in ("loops", "vectorised"):
+                    if backend not in args.skip:
+                        ts, _ = time_nnjit(backend, "float32", layers, X, y, bs, args.lr,
+                                           args.momentum, args.repeats)
+                        us[backend] = statistics.median(ts) / n * 1e6
+                if "numpy" not in args.skip:
+                    us["numpy"] = statistics.median(time_numpy("float32", layers, X, y, bs, args.lr,
+                                                               args.momentum, args.repeats)[0]) / n * 1e6
+                if "torch" in have:
+                    us["torch"] = statistics.median(time_torch("float32", layers, X, y, bs, args.lr,
+                                                               args.momentum, args.repeats, threads)) / n * 1e6
+                if "sklearn" in have:
+                    us["sklearn"] = statistics.median(time_sklearn("float32", layers, X, y, bs, args.lr,
+                                                                   args.momentum, args.repeats)) / n * 1e6
+                wide = max(range(1, len(layers)), key=lambda l: layers[l] * layers[l - 1])
+                prod = product_rates(bs, layers[wide - 1], layers[wide]) if bs >= 32 else {}
+            gfl = fl / us["loops"] / 1e3
+            row = dict(net="-".join(map(str, layers)), batch_size=bs, samples=n, us_per_sample=us,
+                       loops_over_numpy=us["loops"] / us["numpy"] if "numpy" in us else None,
+                       loops_gflops=gfl, loops_fraction_of_sgemm=gfl / gemm,
+                       products={k: v for k, v in prod.items()})
+            rows.append(row)
+            _print_sweep_row(row, gemm)
+    out = dict(threads=threads, blas=blas_info(), sgemm_gflops=gemm, env_blas=env_blas, rows=rows)
+    _print_sweep_table(rows)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+    return out
+
+
+def _importable(lib):
+    try:
+        __import__(lib)
+        return True
+    except ImportError:
+        print(f"  {lib} not installed: skipped (pip install 'nnjit[compare]')")
+        return False
+
+
+def _print_sweep_row(r, gemm):
+    us = "  ".join(f"{k} {v:.1f}" for k, v in r["us_per_sample"].items())
+    ratio = "" if r["loops_over_numpy"] is None else f"; loops/numpy {r['loops_over_numpy']:.2f}"
+    print(f"{r['net']} batch {r['batch_size']} ({r['samples']} samples), us/sample: {us}{ratio}; "
+          f"loops {r['loops_gflops']:.0f} GFLOP/s = {r['loops_fraction_of_sgemm']:.0%} of SGEMM")
+    p = r["products"]
+    if p:
+        print("  widest layer: " + ", ".join(f"{k} {p[k]:.0f} GFLOP/s = {p[k] / p[k + '_matmul']:.0%} of matmul"
+                                             for k in ("forward", "recursion", "corrections")))
+
+
+def _print_sweep_table(rows):
+    names = list(dict.fromkeys(k for r in rows for k in r["us_per_sample"]))
+    print("\n| net | batch | " + " | ".join(names) + " | loops/numpy | loops GFLOP/s | of SGEMM |")
+    print("|---|---:|" + "---:|" * (len(names) + 3))
+    for r in rows:
+        cells = [f"{r['us_per_sample'][k]:.1f}" if k in r["us_per_sample"] else "" for k in names]
+        ratio = "" if r["loops_over_numpy"] is None else f"{r['loops_over_numpy']:.2f}"
+        print(f"| {r['net']} | {r['batch_size']} | " + " | ".join(cells) +
+              f" | {ratio} | {r['loops_gflops']:.0f} | {r['loops_fraction_of_sgemm']:.0%} |")
 
 
 # ------------------------------------------------------------------ compile and cache time
@@ -487,6 +669,10 @@ def build_parser(p=None):
                         "'x loops' is relative to the first one's loops epoch")
     p.add_argument("--skip", type=lambda s: s.split(","), default=[], help="e.g. torch,sklearn")
     p.add_argument("--no-compile", action="store_true", help="skip the compile/cache-load measurement")
+    p.add_argument("--sweep", action="store_true",
+                   help="the README's table: nets x batch sizes, float32, loops vs vectorised vs NumPy "
+                        "vs PyTorch vs scikit-learn, with SGEMM and per-product GFLOP/s (--layers and "
+                        "--batch-sizes, when not the defaults, replace the nets)")
     p.add_argument("--scaling", action="store_true", help="also time 3 sample counts and 3 widths, and peak RSS")
     p.add_argument("--json"), p.add_argument("--csv"), p.add_argument("--plot", help="bar chart PNG")
     p.add_argument("--sklearn", action="store_true",
@@ -532,6 +718,12 @@ def cmd(args):
     bad = set(args.dtypes) - {"float32", "float64"}
     if bad:
         raise SystemExit(f"nnjit bench: unknown dtype(s) {sorted(bad)}")
+    if args.sweep:
+        default = build_parser().parse_args([])
+        args.sweep_cases = (None if (args.layers, args.batch_sizes) == (default.layers, default.batch_sizes)
+                            else [(args.layers, args.batch_sizes)])
+        sweep(args)
+        return 0
     if args.contention is not None:
         if args.contention < 0:
             raise SystemExit("nnjit bench: --contention must be >= 0")
