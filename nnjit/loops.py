@@ -423,7 +423,7 @@ def _corrections_update_blocked(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rul
         if M == 1:
             x = a_prev[0]
             for j in range(j0, j0 + nj):
-                _rule_row(rule, W[j], vW[j], sW[j], x, delta[0, j], an, c)
+                _rule_row(rule, W[j], vW[j], sW[j], x, np.float64(delta[0, j]), an, c)
                 db[j] = delta[0, j]
         else:
             for j in range(j0, j0 + nj):
@@ -586,7 +586,7 @@ def _corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
         if M == 1:
             x = a_prev[0]
             for j in range(j_lo, j_hi):
-                _rule_row(rule, W[j], vW[j], sW[j], x, delta[0, j], an, c)
+                _rule_row(rule, W[j], vW[j], sW[j], x, np.float64(delta[0, j]), an, c)
                 db[j] = delta[0, j]
         else:
             for j in range(j_lo, j_hi):
@@ -618,9 +618,9 @@ def _update_forward_next(W, b, vW, vb, sW, sb, delta, x, x_next, z_next, rule, c
     n_out = W.shape[0]
     an = c[8]
     for j in prange(n_out):
-        _rule_row(rule, W[j], vW[j], sW[j], x, delta[j], an, c)
-        _rule_at(rule, b, vb, sb, j, delta[j], c)
-        z_next[j] = _dot(W[j], x_next) + b[j]
+        _rule_row(rule, W[j], vW[j], sW[j], x, np.float64(delta[j]), an, c)
+        _rule_at(rule, b, vb, sb, np.int64(j), delta[j], c)   # prange's j is unsigned: one
+        z_next[j] = _dot(W[j], x_next) + b[j]                  # _rule_at specialisation, not two
 
 
 # Each kernel twice: parallel, and serial for batches too small to pay for a parallel region.
@@ -654,6 +654,9 @@ _forward_layer_s = _serial(_forward_layer_blocked)
 _backward_layer_s = _serial(_backward_layer_blocked)
 _corrections_update_s = _serial(_corrections_update_blocked)
 _update_forward_next_s = _serial(_update_forward_next)
+_forward_layer_tiled_s = _serial(_forward_layer_tiled)
+_backward_layer_tiled_s = _serial(_backward_layer_tiled)
+_corrections_update_tiled_s = _serial(_corrections_update_tiled)
 
 
 # ---------------------------------------------------------------- the output layer
@@ -783,7 +786,8 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
     """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
     par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units.
     (No default arguments: Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
-    forward_tiled(theta, shape, bufs, mb, par, par_work, l0, (0, 0, 0, 0, 0, 0, 0))
+    off = shape.sizes[0] * 0     # NO_TILE; a literal tuple would compile forward_tiled again
+    forward_tiled(theta, shape, bufs, mb, par, par_work, l0, (off, off, off, off, off, off, off))
 
 
 @njit(**_OPTS)
@@ -794,13 +798,13 @@ def forward_tiled(theta, shape, bufs, mb, par, par_work, l0, tile):
         W, b = _params(theta, shape, l)
         a_prev = _rows(bufs.a, shape, l - 1, mb)
         z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
+        mc, nc, _, _, _, _ = _blocks(tile, W.shape[0], W.shape[1])
         if par:
-            mc, nc, _, _, _, _ = _blocks(tile, W.shape[0], W.shape[1])
             forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], mc, nc)
         elif W.size * mb >= par_work:
             forward_layer_units(z, a, a_prev, W, b, shape.acts[l - 1])
         else:
-            _forward_layer_s(z, a, a_prev, W, b, shape.acts[l - 1])
+            _forward_layer_tiled_s(z, a, a_prev, W, b, shape.acts[l - 1], mc, nc)
 
 
 @njit(**_OPTS)
@@ -878,11 +882,11 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
         mb = min(batch_size, n - start)
         par = mb >= par_min
         load_batch(bufs, shape, X, Y, S, order, start, mb)
+        l0 = 1
         if ahead:
             apply_f(_rows(bufs.a, shape, 1, 1)[0], _rows(bufs.z, shape, 1, 1)[0], acts[0])
-            forward_tiled(theta, shape, bufs, mb, par, par_work, 2, tile)
-        else:
-            forward_tiled(theta, shape, bufs, mb, par, par_work, 1, tile)
+            l0 = 2
+        forward_tiled(theta, shape, bufs, mb, par, par_work, l0, tile)   # one call: one compile
         aL, zL = _rows(bufs.a, shape, L, mb), _rows(bufs.z, shape, L, mb)
         y = _targets(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
@@ -905,14 +909,15 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
             dW, db = _params(grad, shape, l)
             delta, a_prev = _rows(bufs.delta, shape, l, mb), _rows(bufs.a, shape, l - 1, mb)
             if l > 1:       # error recursion first: it needs W^(l) before the update
+                _, _, mc, nc, _, _ = _blocks(tile, W.shape[0], W.shape[1])
                 if par:
-                    _, _, mc, nc, _, _ = _blocks(tile, W.shape[0], W.shape[1])
                     backward_layer_tiled(_rows(bufs.delta, shape, l - 1, mb), delta, W,
                                          _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
                                          mc, nc)
                 else:
-                    _backward_layer_s(_rows(bufs.delta, shape, l - 1, mb), delta, W,
-                                      _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
+                    _backward_layer_tiled_s(_rows(bufs.delta, shape, l - 1, mb), delta, W,
+                                            _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
+                                            mc, nc)
             ahead = l == 1 and batch_size == 1 and start + 1 < n
             if ahead:       # online: fuse the next sample's z^(1) into this update
                 x_next, z_next = X[order[start + 1]], _rows(bufs.z, shape, 1, 1)[0]
@@ -927,5 +932,7 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
                 corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
                                          ju, ic)
             else:
-                _corrections_update_s(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c)
+                _, _, _, _, ju, ic = _blocks(tile, W.shape[0], W.shape[1])
+                _corrections_update_tiled_s(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                            ju, ic)
     return total, emax

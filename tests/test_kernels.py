@@ -297,9 +297,10 @@ def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
         p = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
         z_fused = np.full(n_out, np.nan, dtype)
         kernel(*p, delta, x, x_next, z_fused, R.RULE_SGD, c)
-        for fwd in (loops.forward_layer_units, loops._forward_layer_s):
+        for fwd, extra in ((loops.forward_layer_units, ()), (loops._forward_layer_s, ()),
+                           (loops._forward_layer_tiled_s, (4, n_out))):
             z, a = np.full((1, n_out), np.nan, dtype), np.empty((1, n_out), dtype)
-            fwd(z, a, x_next[None], p[0], p[1], A.IDENTITY)
+            fwd(z, a, x_next[None], p[0], p[1], A.IDENTITY, *extra)
             np.testing.assert_array_equal(z[0], z_fused)
 
 
@@ -315,10 +316,11 @@ TILES = [(8, 4), (4, 8), (12, 1000), (4, 1000)]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("mc,nc", TILES)
-def test_tiled_forward(dtype, M_, n_in, n_out, mc, nc):
+@pytest.mark.parametrize("kernel", ["forward_layer_tiled", "_forward_layer_tiled_s"])
+def test_tiled_forward(dtype, M_, n_in, n_out, mc, nc, kernel):
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
-    loops.forward_layer_tiled(z, a, a_prev, W, b, A.TANH, mc, nc)
+    getattr(loops, kernel)(z, a, a_prev, W, b, A.TANH, mc, nc)
     z2, a2 = np.empty_like(z), np.empty_like(a)
     vectorised.forward_layer(z2, a2, a_prev, W, b, A.TANH)
     assert_close(z, z2, dtype)
@@ -331,11 +333,12 @@ def test_tiled_forward(dtype, M_, n_in, n_out, mc, nc):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("mc,nc", [(3, 4), (8, 5), (1, 1000), (5, 1)])
-def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc):
+@pytest.mark.parametrize("kernel", ["backward_layer_tiled", "_backward_layer_tiled_s"])
+def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc, kernel):
     delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
     a_prev = vectorised.F[A.GELU](z_prev).astype(dtype)
     d, = poisoned((M_, n_in), dtype=dtype)
-    loops.backward_layer_tiled(d, delta, W, z_prev, a_prev, A.GELU, mc, nc)
+    getattr(loops, kernel)(d, delta, W, z_prev, a_prev, A.GELU, mc, nc)
     d2 = np.empty_like(d)
     vectorised.backward_layer(d2, delta, W, z_prev, a_prev, A.GELU)
     assert_close(d, d2, dtype)
@@ -348,13 +351,14 @@ def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc):
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("ju,ic", [(4, 4), (8, 3), (4, 1000)])
 @pytest.mark.parametrize("rule", RULES)
-def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule):
+@pytest.mark.parametrize("kernel", ["corrections_update_tiled", "_corrections_update_tiled_s"])
+def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule, kernel):
     W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
                                        (M_, n_out), (M_, n_in))
     sW, sb = [np.abs(x) for x in data(dtype, (n_out, n_in), (n_out,), seed=4)]
     c = coefs(rule)
     outs = []
-    for fn, extra in ((loops.corrections_update_tiled, (ju, ic)),
+    for fn, extra in ((getattr(loops, kernel), (ju, ic)),
                       (loops.corrections_update_blocked, ()),
                       (vectorised.corrections_update, ())):
         args = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
