@@ -9,10 +9,17 @@ _LAZY = {"MLP": "model", "DivergenceError": "model", "ModelFileError": "io",
          "threading_layer": "_numba_setup"}
 
 
+_SUBMODULES = ("activations", "bench", "cli", "config", "cuda", "data", "distributed", "engine",
+               "io", "loops", "model", "plot", "preprocessing", "rules", "sklearn", "sklearn_loops",
+               "sparse", "vectorised")
+
+
 def __getattr__(name):
+    import importlib
     if name in _LAZY:
-        import importlib
         return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _SUBMODULES:     # `import nnjit; nnjit.config.X` as before the lazy imports
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'nnjit' has no attribute {name!r}")
 
 

@@ -228,7 +228,7 @@ def _update(theta, vel, sq, grad, rule, c):
 # do 16 multiply-adds per 8 loads instead of 1 per 2. These are what train_epoch runs; the
 # plain kernels above stay as the readable reference, and tests hold both to the NumPy twin.
 
-@njit(fastmath={"nsz", "arcp"}, cache=True, nogil=True, error_model="numpy")
+@njit(fastmath={"nsz", "arcp"}, cache=CACHE, nogil=True, error_model="numpy")
 def _dot(w, x):
     """sum_i w_i x_i in one fixed order: 8 explicit partial sums, added pairwise. Compiled
     without ``reassoc``/``contract``, so LLVM cannot regroup it for its vector width (or fuse

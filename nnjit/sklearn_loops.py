@@ -17,7 +17,7 @@ with g = (sum_m a_i delta_j + alpha w_ij) / M, scikit-learn's gradient of
 mean loss + alpha / (2 M) sum ||W||^2 (no L2 on biases), and for Adam
 eta_t = eta sqrt(1 - b2^t) / (1 - b1^t) at step t (scikit-learn's bias correction).
 """
-from numba import njit, prange
+from numba import njit
 
 from . import loops, rules
 from ._numba_setup import CACHE   # False where no cache folder is writable
@@ -28,62 +28,12 @@ SGD, NESTEROV, ADAM = rules.RULE_SGD, rules.RULE_NESTEROV, rules.RULE_ADAM
 _OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
 
 
-def _corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, rule, c):
-    """Corrections sum_m a_i delta_j (4 x 4 register blocks, as loops' blocked kernel) fused
-    with scikit-learn's update of row j while it is in cache.
-
-    W, S1W, S2W, dW (N_l, N_{l-1}); b, S1b, S2b, db (N_l,); delta (M, N_l); a_prev
-    (M, N_{l-1}); rule, c: nnjit.loops.step_coefs (c[8] = alpha / n_batch). prange over
-    blocks of 4 output units j: a step owns 4 rows. dW, db end up holding the summed (not
-    averaged) corrections; the update is nnjit.loops' per-row rule (issue 10's helper)."""
-    M, n_in = a_prev.shape
-    n_out = delta.shape[1]
-    zero = W.dtype.type(0.0)
-    s = 1.0 / M
-    for jb in prange((n_out + 3) // 4):
-        j0 = 4 * jb
-        nj = min(4, n_out - j0)
-        for j in range(j0, j0 + nj):
-            row = dW[j]
-            for i in range(n_in):
-                row[i] = zero
-            db[j] = zero
-        m = 0
-        if nj == 4:
-            r0, r1, r2, r3 = dW[j0], dW[j0 + 1], dW[j0 + 2], dW[j0 + 3]
-            while m + 4 <= M:
-                x0, x1, x2, x3 = a_prev[m], a_prev[m + 1], a_prev[m + 2], a_prev[m + 3]
-                c00, c01, c02, c03 = delta[m, j0], delta[m + 1, j0], delta[m + 2, j0], delta[m + 3, j0]
-                c10, c11, c12, c13 = (delta[m, j0 + 1], delta[m + 1, j0 + 1],
-                                      delta[m + 2, j0 + 1], delta[m + 3, j0 + 1])
-                c20, c21, c22, c23 = (delta[m, j0 + 2], delta[m + 1, j0 + 2],
-                                      delta[m + 2, j0 + 2], delta[m + 3, j0 + 2])
-                c30, c31, c32, c33 = (delta[m, j0 + 3], delta[m + 1, j0 + 3],
-                                      delta[m + 2, j0 + 3], delta[m + 3, j0 + 3])
-                for i in range(n_in):
-                    a0, a1, a2, a3 = x0[i], x1[i], x2[i], x3[i]
-                    r0[i] += c00 * a0 + c01 * a1 + c02 * a2 + c03 * a3
-                    r1[i] += c10 * a0 + c11 * a1 + c12 * a2 + c13 * a3
-                    r2[i] += c20 * a0 + c21 * a1 + c22 * a2 + c23 * a3
-                    r3[i] += c30 * a0 + c31 * a1 + c32 * a2 + c33 * a3
-                for j in range(j0, j0 + 4):
-                    db[j] += delta[m, j] + delta[m + 1, j] + delta[m + 2, j] + delta[m + 3, j]
-                m += 4
-        for mm in range(m, M):               # the samples (or units) left over from the blocks
-            x = a_prev[mm]
-            for j in range(j0, j0 + nj):
-                row, d = dW[j], delta[mm, j]
-                for i in range(n_in):
-                    row[i] += d * x[i]
-                db[j] += d
-        for j in range(j0, j0 + nj):
-            loops._rule_row(rule, W[j], S1W[j], S2W[j], dW[j], s, c[8], c)
-        loops._rule_row(rule, b[j0:j0 + nj], S1b[j0:j0 + nj], S2b[j0:j0 + nj], db[j0:j0 + nj],
-                        s, 0.0, c)
-
-
-corrections_rule = njit(parallel=True, **_OPTS)(_corrections_rule)
-_corrections_rule_s = loops._serial(_corrections_rule)
+# The corrections sum_m a_i delta_j fused with the update of row j (scikit-learn's L2 term
+# c[8] = alpha / sum of the batch's weights, its rules through loops._rule_row) are nnjit.loops'
+# own fused kernels: the same arguments (W, b, first moments, second moments, dW, db, delta,
+# a_prev, rule, c), so the drop-in trains with whatever the loop form's fastest kernel is.
+corrections_rule = loops.corrections_update_blocked
+_corrections_rule_s = loops._corrections_update_s
 
 
 @njit(**_OPTS)

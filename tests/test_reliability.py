@@ -528,6 +528,7 @@ def test_read_only_install_without_writable_home_imports_and_trains(tmp_path):
         p.chmod(p.stat().st_mode & ~0o222)
     code = ("import numpy as np, nnjit\n"
             "assert nnjit.__file__.startswith(%r), nnjit.__file__\n"
+            "import nnjit.loops, nnjit.sklearn_loops, nnjit.sparse   # every module with kernels\n"
             "net = nnjit.MLP([4, 8, 3], seed=0).fit(np.eye(4).repeat(8, 0), np.arange(32) %% 3, epochs=2)\n"
             "print('trained', net.n_epochs_, nnjit._numba_setup.CACHE)\n") % str(root)
     env = {"PYTHONPATH": str(root), "HOME": str(tmp_path / "home" / "x"), "PYTHONDONTWRITEBYTECODE": "1",
