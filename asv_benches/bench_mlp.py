@@ -271,3 +271,41 @@ class Rules:
 
     def time_epoch(self, threads, network, optimizer, batch_size):
         self.net.fit(self.X, self.y, epochs=1, lr=LR, batch_size=batch_size, shuffle=False, **self.kw)
+
+
+WIDE = [784, 1024, 1024, 10]
+
+
+class WideSpeed:
+    """Steady-state time of one training epoch (2048 samples) of the wide network
+    784-1024-1024-10 at batch 256 and 1024, where the products are large enough that BLAS
+    sets the bar (README, *Performance*: ``nnjit bench --sweep``). ``setup`` checks the
+    backend's outputs and one epoch's weights against the vectorised form first."""
+    params = ([THREADS], ["loops", "vectorised"], [256, 1024])
+    param_names = ["threads", "backend", "batch_size"]
+    timeout = 300
+
+    def setup(self, threads, backend, batch_size):
+        from nnjit import MLP
+        pin_threads(threads)
+        from .common import RTOL, teacher_data
+        self.X, self.y = teacher_data(WIDE[0], WIDE[-1])
+
+        def make(b):
+            return MLP(WIDE, activation="sigmoid", output="softmax", backend=b, dtype="float32", seed=0)
+        got, want = make(backend), make("vectorised")
+        for net in (got, want):
+            net.fit(self.X[:batch_size], self.y[:batch_size], epochs=1, lr=LR, momentum=MOMENTUM,
+                    batch_size=batch_size, shuffle=False)
+        dev, scale = max_dev([got.forward(self.X[:64])] + got.weights,
+                             [want.forward(self.X[:64])] + want.weights)
+        if not dev <= RTOL * scale:
+            raise AssertionError(f"{backend} disagrees with vectorised on the wide network at "
+                                 f"batch {batch_size}: max |diff| {dev:.3g} (largest {scale:.3g})")
+        self.net = make(backend)
+
+    def time_epoch(self, threads, backend, batch_size):
+        self.net.fit(self.X, self.y, epochs=1, lr=LR, momentum=MOMENTUM, batch_size=batch_size,
+                     shuffle=False)
+
+    time_epoch.repeat = (2, 5, 10.0)

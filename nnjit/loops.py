@@ -857,9 +857,23 @@ def penalty(theta, shape):
     return t
 
 
-@njit(**_OPTS)
+#: compile-time switch of _train_epoch (a module constant, not an option): its mini-batch
+#: twin is compiled with it False, so Numba prunes the online branch and never compiles the
+#: online kernels for a mini-batch fit (a shorter first compile).
+_ONLINE = True
+
+
 def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
                 hyper, loss, par_min, par_work, tile):
+    """One epoch (see _train_epoch): the online variant for batch_size 1, else the
+    mini-batch one, so a fit compiles only the kernels its batch mode runs."""
+    fn = _train_epoch_online if batch_size == 1 else _train_epoch_batch
+    return fn(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
+              hyper, loss, par_min, par_work, tile)
+
+
+def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
+                 hyper, loss, par_min, par_work, tile):
     """One epoch of the lecture's algorithm, every batch inside compiled code: for each
     batch, feed-forward, output error (weighted by S), then from l = L down to 1 the error
     recursion to layer l-1 (with W^(l) before its update) and the fused correction + update
@@ -918,15 +932,18 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
                     _backward_layer_tiled_s(_rows(bufs.delta, shape, l - 1, mb), delta, W,
                                             _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
                                             mc, nc)
-            ahead = l == 1 and batch_size == 1 and start + 1 < n
-            if ahead:       # online: fuse the next sample's z^(1) into this update
-                x_next, z_next = X[order[start + 1]], _rows(bufs.z, shape, 1, 1)[0]
-                if W.size >= par_work:
-                    update_forward_next(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
-                                        z_next, rule, c)
-                else:
-                    _update_forward_next_s(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
-                                           z_next, rule, c)
+            if _ONLINE:     # pruned at compile time in the mini-batch twin
+                ahead = l == 1 and batch_size == 1 and start + 1 < n
+                if ahead:   # online: fuse the next sample's z^(1) into this update
+                    x_next, z_next = X[order[start + 1]], _rows(bufs.z, shape, 1, 1)[0]
+                    if W.size >= par_work:
+                        update_forward_next(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
+                                            z_next, rule, c)
+                    else:
+                        _update_forward_next_s(W, b, vW, vb, sW, sb, delta[0], a_prev[0],
+                                               x_next, z_next, rule, c)
+            if ahead:
+                pass
             elif par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
                 _, _, _, _, ju, ic = _blocks(tile, W.shape[0], W.shape[1])
                 corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
@@ -936,3 +953,18 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_s
                 _corrections_update_tiled_s(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
                                             ju, ic)
     return total, emax
+
+
+def _twin(fn, suffix, **consts):
+    """fn compiled under its own name (see _serial) with module constants replaced: Numba
+    freezes globals at compile time and prunes branches on them."""
+    g = dict(fn.__globals__)
+    g.update(consts)
+    twin = types.FunctionType(fn.__code__, g, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
+    twin.__qualname__ = fn.__qualname__ + suffix
+    twin.__doc__ = fn.__doc__
+    return njit(**_OPTS)(twin)
+
+
+_train_epoch_online = _twin(_train_epoch, "_online")
+_train_epoch_batch = _twin(_train_epoch, "_batch", _ONLINE=False)
