@@ -369,3 +369,21 @@ def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule, kernel):
         assert np.isfinite(x).all()
         np.testing.assert_array_equal(x, y)
         assert_close(x, ref, dtype)
+
+
+@pytest.mark.parametrize("name,args", [
+    ("_backward_rows4_range", lambda z: (z((8, 40)), z((8, 12)), z((12, 40)), 0, 3, 37)),
+    ("_corr_rows_range", lambda z: (z((12, 40)), z((12,)), z((8, 12)), z((8, 40)), 0, 4, 3, 37, True)),
+    ("_dot_rows_range", lambda z: (z((8, 12)), z((8, 40)), z((12, 40)), z((12,)), 0, 4, 0, 12)),
+])
+def test_hot_loops_are_vectorised(name, args):
+    """The micro-kernels' inner loops compile to packed float32 arithmetic (SIMD): a scalar
+    loop (a wraparound check or a dependency that blocks LLVM) would still pass the value
+    tests but run several times slower. Compiled afresh (no cache) to read the assembly."""
+    import re
+    from numba import njit
+    fn = njit(**{**loops._OPTS, "cache": False})(getattr(loops, name).py_func)
+    a = args(lambda s: np.zeros(s, np.float32))
+    fn(*a)
+    asm = "\n".join(fn.inspect_asm().values())
+    assert re.search(r"\bv?(fmadd\d*|mul|add)ps\b", asm), f"{name}: no packed float32 instruction"
