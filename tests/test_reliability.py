@@ -469,7 +469,11 @@ print("threads ok", flush=True)
 def _run(code, timeout=480, cwd=None, **env):
     full = dict(os.environ, PYTHONPATH=os.getcwd())
     full.pop("NUMBA_THREADING_LAYER", None)
-    full.update(env)
+    for k, v in env.items():        # None: unset it in the child
+        if v is None:
+            full.pop(k, None)
+        else:
+            full[k] = v
     return subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True,
                           timeout=timeout, cwd=cwd)
 
@@ -532,7 +536,8 @@ def test_read_only_install_without_writable_home_imports_and_trains(tmp_path):
             "net = nnjit.MLP([4, 8, 3], seed=0).fit(np.eye(4).repeat(8, 0), np.arange(32) %% 3, epochs=2)\n"
             "print('trained', net.n_epochs_, nnjit._numba_setup.CACHE)\n") % str(root)
     env = {"PYTHONPATH": str(root), "HOME": str(tmp_path / "home" / "x"), "PYTHONDONTWRITEBYTECODE": "1",
-           "XDG_CACHE_HOME": str(tmp_path / "home" / "y")}
+           "XDG_CACHE_HOME": str(tmp_path / "home" / "y"),
+           "NUMBA_CACHE_DIR": None}      # a user's (or CI's) cache folder would be writable
     try:
         r = _run(code, cwd=tmp_path, **env)
     finally:
@@ -544,7 +549,7 @@ def test_read_only_install_without_writable_home_imports_and_trains(tmp_path):
     # the README's fix; the vectorised backend keeps this run short (the activation ufuncs,
     # compiled at import, are what the first run could not cache)
     r = _run(code.replace("seed=0)", "seed=0, backend='vectorised')"), cwd=tmp_path,
-             NUMBA_CACHE_DIR=str(tmp_path / "cache"), **env)
+             **dict(env, NUMBA_CACHE_DIR=str(tmp_path / "cache")))
     assert r.returncode == 0 and r.stdout.split() == ["trained", "2", "True"], r.stderr[-2000:]
     assert "NUMBA_CACHE_DIR" not in r.stderr and any((tmp_path / "cache").rglob("*.nbi"))
 
