@@ -116,6 +116,28 @@ def choose_cache():
     return CACHE
 
 
+def slp_compile(dispatcher):
+    """Compile this Numba function (every signature, when first needed) with LLVM's SLP
+    vectoriser on, and only this one: the switch (numba.config.SLP_VECTORIZE, off by default
+    since numba#8852) is read each time a module is optimised, so it is set for the length of
+    the function's own compile, under Numba's compiler lock, and restored. Callers link the
+    already vectorised code. Used for nnjit.microkernel.block; returns the dispatcher."""
+    from numba.core import config
+    from numba.core.compiler_lock import global_compiler_lock
+    compile_ = dispatcher.compile
+
+    def compile(sig):
+        with global_compiler_lock:
+            old = config.SLP_VECTORIZE
+            config.SLP_VECTORIZE = 1
+            try:
+                return compile_(sig)
+            finally:
+                config.SLP_VECTORIZE = old
+    dispatcher.compile = compile
+    return dispatcher
+
+
 def threading_layer():
     """The threading layer Numba's parallel kernels use; None before any has run."""
     try:

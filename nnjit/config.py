@@ -32,15 +32,30 @@ TILE_BACKWARD = (4, 0)
 TILE_CORRECTIONS = (4, 0)
 
 
+#: The GEMM path (loops.*_gemm: packed panels and a 3 x 32 register block, see
+#: nnjit.microkernel): a layer uses it for batches of at least GEMM_MIN_BATCH samples when
+#: both its widths are at least 32 (0: never). GEMM_BLOCKS = (mc, kc, ju): samples per
+#: parallel step of feed-forward and error recursion (a multiple of 3), terms k summed per
+#: pass over a panel (kc x 32 stays in L1), units per parallel step of the corrections.
+#: Chosen by measurement (float32, 2-core AMD EPYC, AVX2; `nnjit bench --sweep`); the
+#: results do not depend on them (every sum runs k = 0..K-1 in order).
+GEMM_MIN_BATCH = 64
+GEMM_BLOCKS = (48, 256, 48)
+
+
 def tiles():
-    """The tile tuple loops.train_epoch takes (see loops._blocks), from the values above."""
+    """The tile tuple loops.train_epoch takes (see loops._blocks and loops._gemm_on), from
+    the values above."""
     for name, v in (("TILE_FORWARD", TILE_FORWARD), ("TILE_BACKWARD", TILE_BACKWARD),
                     ("TILE_CORRECTIONS", TILE_CORRECTIONS)):
         if len(v) != 2 or v[0] < 1 or v[1] < 0 or (name != "TILE_BACKWARD" and v[0] % 4):
             raise ValueError(f"nnjit.config.{name} must be (a positive size, a size or 0), the "
                              f"first a multiple of 4 except for TILE_BACKWARD; got {v!r}")
+    if len(GEMM_BLOCKS) != 3 or min(GEMM_BLOCKS) < 1 or GEMM_BLOCKS[0] % 3:
+        raise ValueError("nnjit.config.GEMM_BLOCKS must be 3 positive sizes, the first a "
+                         f"multiple of 3; got {GEMM_BLOCKS!r}")
     return tuple(int(x) for x in (*TILE_FORWARD, *TILE_BACKWARD, *TILE_CORRECTIONS,
-                                  TILE_MIN_WEIGHTS))
+                                  TILE_MIN_WEIGHTS, max(GEMM_MIN_BATCH, 0), *GEMM_BLOCKS))
 
 
 #: Rows per chunk when predicting or scoring, so memory stays O(chunk x width).

@@ -13,8 +13,9 @@ from . import config
 #: and where layer l's rows start in a batch buffer (in units of the batch capacity).
 Shape = namedtuple("Shape", "sizes w_off b_off acts a_off")
 #: One batch's buffers: a, z, delta of every layer (laid out by Shape.a_off), the targets y,
-#: the per-sample costs and the sample weights s.
-Batch = namedtuple("Batch", "a z delta y cost s")
+#: the per-sample costs, the sample weights s, and p, the loop form's scratch for packed
+#: panels (nnjit.loops GEMM path; empty where no layer uses it).
+Batch = namedtuple("Batch", "a z delta y cost s p")
 
 
 def make_shape(sizes, acts):
@@ -33,13 +34,25 @@ def make_shape(sizes, acts):
     return Shape(sizes, w_off, b_off, np.asarray(acts, np.int64), a_off), int(p)
 
 
-def make_batch(shape, cap, dtype):
-    """Zeroed buffers for batches of up to cap samples."""
+def pack_size(sizes, cap, train=True):
+    """Elements of scratch the loop form's GEMM path needs for batches of up to cap samples
+    (nnjit.loops._gemm_need for every layer it would run on; 0 when none would)."""
+    from .loops import gemm_need      # numba: imported only when a buffer is made
+    if config.GEMM_MIN_BATCH <= 0 or cap < config.GEMM_MIN_BATCH:
+        return 0
+    return max([gemm_need(int(n_out), int(n_in), cap, train)
+                for n_in, n_out in zip(sizes[:-1], sizes[1:])] + [0])
+
+
+def make_batch(shape, cap, dtype, train=True, pack=True):
+    """Zeroed buffers for batches of up to cap samples; with pack, scratch for the loop
+    form's GEMM path (for training, or train=False: the feed-forward only)."""
     n_units = int(shape.a_off[-1])
     K = int(shape.sizes[-1])
     z = lambda n: np.zeros(n, dtype)     # noqa: E731
+    n_pack = pack_size(shape.sizes, cap, train) if pack else 0
     return Batch(z(cap * n_units), z(cap * n_units), z(cap * n_units), z(cap * K), z(cap),
-                 np.ones(cap, dtype))
+                 np.ones(cap, dtype), z(n_pack))
 
 
 class CPUEngine:
@@ -79,8 +92,10 @@ class CPUEngine:
         self.sq[...] = state["sq"]
         self.step[0] = int(state["step"])
 
-    def _buffers(self, cap):
-        return make_batch(self.shape, cap, self.dtype)
+    def _buffers(self, cap, train=False):
+        """Batch buffers; the loop form's packing scratch only where train_epoch runs."""
+        return make_batch(self.shape, cap, self.dtype, train,
+                          pack=train and self.k.__name__ == "nnjit.loops")
 
     # -- whole-data calls, chunked so memory stays O(chunk x width)
     def _chunks(self, X, Y, S, fn, chunk=None):
@@ -174,7 +189,7 @@ class CPUEngine:
     # -- training
     def begin_fit(self, X, Y, batch_size, S=None):
         S = np.ones(X.shape[0], self.dtype) if S is None else S
-        self._fit = (X, Y, S, self._buffers(batch_size))
+        self._fit = (X, Y, S, self._buffers(batch_size, train=True))
 
     def train_epoch(self, order, batch_size, rule, hyper, loss):
         X, Y, S, bufs = self._fit

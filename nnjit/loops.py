@@ -32,6 +32,7 @@ from .activations import (CROSS_ENTROPY, IDENTITY, SIGMOID, SOFTMAX, SQUARED_ERR
                           apply_f, mul_fprime)
 from ._numba_setup import CACHE   # False where no cache folder is writable
 from .config import FASTMATH
+from .microkernel import MR, NR, block as _block
 from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_WD, RULE_ADAM, \
     RULE_ADAMW, RULE_NESTEROV, RULE_SGD
 
@@ -601,6 +602,157 @@ def _corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
             _rule_at(rule, b, vb, sb, j, db[j], c)
 
 
+# ---------------------------------------------------------------- GEMM path (large batches)
+# The same three products for batches of GEMM_MIN_BATCH samples or more, organised as
+# high-performance matrix multiplication is: one operand packed into contiguous panels of
+# NR = 32 columns (zero-padded), and nnjit.microkernel.block summing a 3 x 32 block of outputs
+# in registers over a block of kc terms k while its panel (kc x 32) stays in L1. Each product
+# is C[r, c] = sum_k A[r, k] B[k, c] with A's rows contiguous in k:
+#   feed-forward    z[m, j]   = sum_i a_prev[m, i] W[j, i]   A = a_prev, B = W^T packed
+#   error recursion d_prev[m, j] = sum_k delta[m, k] W[k, j]  A = delta,  B = W packed
+#   corrections     dW[j, i]  = sum_m delta[m, j] a_prev[m, i]  A = delta^T (packed), B = a_prev packed
+# Every element is summed k = 0..K-1 in order whatever the blocks and threads.
+
+@njit(**_OPTS)
+def _pack_panel(P, X, t, transposed):
+    """Panel t (columns NR t .. NR t + NR - 1, zero-padded) of X, or of X^T if transposed, into
+    P: P[t K NR + k NR + c] = X[k, NR t + c] (X^T: X[NR t + c, k]), K its rows."""
+    R, C = X.shape
+    if transposed:
+        K, n = C, R
+    else:
+        K, n = R, C
+    c_hi = min(NR, n - NR * t)
+    base = t * K * NR
+    zero = P.dtype.type(0.0)
+    if transposed:
+        for c in range(NR):
+            if c < c_hi:
+                row = X[NR * t + c]
+                for k in range(K):
+                    P[base + k * NR + c] = row[k]
+            else:
+                for k in range(K):
+                    P[base + k * NR + c] = zero
+    else:
+        for k in range(K):
+            row = X[k, NR * t:NR * t + c_hi]
+            o = base + k * NR
+            for c in range(c_hi):
+                P[o + c] = row[c]
+            for c in range(c_hi, NR):
+                P[o + c] = zero
+
+
+@njit(**_OPTS)
+def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, n, K, kc):
+    """C[r, c] = sum_k A[r, k] B[k, c] for rows r_lo <= r < r_hi and c < n; C, A flat with
+    row strides ldc, lda; B (K x n) packed in panels of NR columns in P (_pack_panel). Blocks
+    of kc terms k (the first block writes C, later ones go on from it), panels of NR columns,
+    and micro-kernel calls of MR rows, in that loop order: a panel's kc x NR block is reused
+    by every row block of the range while it is in L1. A block cut by the edge of C (fewer
+    rows or columns) sums all K terms in its first call."""
+    nt = (n + NR - 1) // NR
+    u = np.uint64
+    for k0 in range(0, K, kc):
+        for t in range(nt):
+            nc = min(NR, n - NR * t)
+            for r0 in range(r_lo, r_hi, MR):
+                nr = min(MR, r_hi - r0)
+                kk = min(kc, K - k0)
+                if nr < MR or nc < NR:
+                    if k0 > 0:
+                        continue
+                    kk = K
+                pb = u(t * K * NR + k0 * NR)
+                a0 = u(r0 * lda + k0)
+                a1 = a0 + u(lda) if nr > 1 else a0
+                a2 = a0 + u(2 * lda) if nr > 2 else a0
+                _block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, a0, a1, a2, P, pb, u(kk),
+                       k0 > 0)
+
+
+def _forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
+    """Feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j) by packed panels of W^T.
+
+    a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l); P scratch of at least
+    ceil(N_l / NR) NR N_{l-1} elements. Two parallel loops: panels of W^T (a step packs one),
+    then chunks of mc samples m (a step owns their rows of z and a)."""
+    M, n_in = a_prev.shape
+    n_out = W.shape[0]
+    for t in prange((n_out + NR - 1) // NR):
+        _pack_panel(P, W, t, True)
+    zf, af = z.reshape(z.size), a_prev.reshape(a_prev.size)
+    for ch in prange((M + mc - 1) // mc):
+        m_lo = ch * mc
+        m_hi = min(M, m_lo + mc)
+        _gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, n_out, n_in, kc)
+        for m in range(m_lo, m_hi):
+            for j in range(n_out):
+                z[m, j] += b[j]
+            apply_f(a[m], z[m], act)
+
+
+def _backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, kc):
+    """Error recursion delta_j = f'(z_j) sum_k w_jk delta_k by packed panels of W.
+
+    delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l);
+    P scratch of at least N_{l+1} ceil(N_l / NR) NR elements. Parallel loops: panels of W,
+    then chunks of mc samples m (a step owns their rows of delta_prev)."""
+    M, n_out = delta.shape
+    n_in = W.shape[1]
+    for t in prange((n_in + NR - 1) // NR):
+        _pack_panel(P, W, t, False)
+    df, dpf = delta.reshape(delta.size), delta_prev.reshape(delta_prev.size)
+    for ch in prange((M + mc - 1) // mc):
+        m_lo = ch * mc
+        m_hi = min(M, m_lo + mc)
+        _gemm_rows(dpf, n_in, df, n_out, P, m_lo, m_hi, n_in, n_out, kc)
+        for m in range(m_lo, m_hi):
+            mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
+
+
+def _corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c, P, ju, kc):
+    """Corrections dw_ij = mean_m a_i delta_j + alpha_n w_ij fused with the update rule
+    (_rule_row), by packed panels of a_prev and delta^T.
+
+    W, vW, sW, dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1});
+    P scratch of ceil(N_{l-1} / NR) NR M + N_l M elements: the panels of a_prev, then
+    delta^T (N_l, M). Parallel loops: packing (a panel, or delta^T's rows for NR units, a
+    step), then blocks of ju units j (a step owns their rows of W, vW, sW, dW and their
+    biases; each row gets its update once its sums are done)."""
+    M, n_in = a_prev.shape
+    n_out = delta.shape[1]
+    nt = (n_in + NR - 1) // NR
+    off = nt * NR * M
+    for task in prange(nt + (n_out + NR - 1) // NR):
+        if task < nt:
+            _pack_panel(P, a_prev, task, False)
+        else:
+            j_lo = NR * (task - nt)
+            j_hi = min(n_out, j_lo + NR)
+            for m in range(M):
+                row = delta[m]
+                for j in range(j_lo, j_hi):
+                    P[off + j * M + m] = row[j]
+    D = P[off:off + n_out * M]
+    dWf = dW.reshape(dW.size)
+    s = 1.0 / M
+    an = c[8]
+    zero = W.dtype.type(0.0)
+    for jb in prange((n_out + ju - 1) // ju):
+        j_lo = jb * ju
+        j_hi = min(n_out, j_lo + ju)
+        _gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, n_in, M, kc)
+        for j in range(j_lo, j_hi):
+            t = zero
+            for m in range(M):            # db_j = sum_m delta_mj, m in order
+                t += D[j * M + m]
+            _rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
+            db[j] = t * W.dtype.type(s)
+            _rule_at(rule, b, vb, sb, j, db[j], c)
+
+
 def _update_forward_next(W, b, vW, vb, sW, sb, delta, x, x_next, z_next, rule, c):
     """Online learning, first layer: the update rule with dw_ij = x_i delta_j + alpha_n w_ij
     fused with the next sample's feed-forward sum z'_j = sum_i w_ij x'_i + b_j, computed
@@ -632,6 +784,9 @@ corrections_update_blocked = njit(parallel=True, **_OPTS)(_corrections_update_bl
 forward_layer_tiled = njit(parallel=True, **_OPTS)(_forward_layer_tiled)
 backward_layer_tiled = njit(parallel=True, **_OPTS)(_backward_layer_tiled)
 corrections_update_tiled = njit(parallel=True, **_OPTS)(_corrections_update_tiled)
+forward_layer_gemm = njit(parallel=True, **_OPTS)(_forward_layer_gemm)
+backward_layer_gemm = njit(parallel=True, **_OPTS)(_backward_layer_gemm)
+corrections_update_gemm = njit(parallel=True, **_OPTS)(_corrections_update_gemm)
 
 
 def _serial(fn):
@@ -772,8 +927,27 @@ def _blocks(tile, n_out, n_in):
     return 4, n_out, 4, n_in, 4, n_in
 
 
-#: tile value that turns cache blocking off (see _blocks)
-NO_TILE = (0, 0, 0, 0, 0, 0, 0)
+#: tile value that turns cache blocking and the GEMM path off (see _blocks, _gemm_on)
+NO_TILE = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+
+@njit(**_OPTS)
+def gemm_need(n_out, n_in, M, train):
+    """Scratch elements the GEMM path needs for a layer W (n_out, n_in) at batch M: the
+    panels of W^T (feed-forward); for training also those of W (error recursion), and those
+    of a_prev with delta^T (corrections), the largest of the three."""
+    f = (n_out + NR - 1) // NR * NR * n_in
+    if not train:
+        return f
+    return max(f, n_out * ((n_in + NR - 1) // NR * NR), ((n_in + NR - 1) // NR * NR + n_out) * M)
+
+
+@njit(**_OPTS)
+def _gemm_on(tile, mb, n_out, n_in, p):
+    """Does layer W (n_out, n_in) run the GEMM path at batch mb? Yes from tile[7] > 0 samples
+    when both widths fill a panel (NR) and p holds the scratch (see config.GEMM_*)."""
+    return (tile[7] > 0 and mb >= tile[7] and n_out >= NR and n_in >= NR
+            and p.shape[0] >= gemm_need(n_out, n_in, mb, True))
 
 
 @njit(**_OPTS)
@@ -782,7 +956,8 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
     par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units.
     (No default arguments: Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
     off = shape.sizes[0] * 0     # NO_TILE; a literal tuple would compile forward_tiled again
-    forward_tiled(theta, shape, bufs, mb, par, par_work, l0, (off, off, off, off, off, off, off))
+    forward_tiled(theta, shape, bufs, mb, par, par_work, l0,
+                  (off, off, off, off, off, off, off, off, off, off, off))
 
 
 @njit(**_OPTS)
@@ -794,7 +969,9 @@ def forward_tiled(theta, shape, bufs, mb, par, par_work, l0, tile):
         a_prev = _rows(bufs.a, shape, l - 1, mb)
         z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
         mc, nc, _, _, _, _ = _blocks(tile, W.shape[0], W.shape[1])
-        if par:
+        if par and _gemm_on(tile, mb, W.shape[0], W.shape[1], bufs.p):
+            forward_layer_gemm(z, a, a_prev, W, b, shape.acts[l - 1], bufs.p, tile[8], tile[9])
+        elif par:
             forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], mc, nc)
         elif W.size * mb >= par_work:
             forward_layer_units(z, a, a_prev, W, b, shape.acts[l - 1])
@@ -856,6 +1033,9 @@ def penalty(theta, shape):
 #: twin is compiled with it False, so Numba prunes the online branch and never compiles the
 #: online kernels for a mini-batch fit (a shorter first compile).
 _ONLINE = True
+#: likewise: the online twin never runs the GEMM path (one sample is no matrix product), so
+#: it does not compile it
+_GEMM = True
 
 
 def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
@@ -917,9 +1097,14 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
             sW, sb = _params(sq, shape, l)
             dW, db = _params(grad, shape, l)
             delta, a_prev = _rows(bufs.delta, shape, l, mb), _rows(bufs.a, shape, l - 1, mb)
+            gemm = _GEMM and par and _gemm_on(tile, mb, W.shape[0], W.shape[1], bufs.p)
             if l > 1:       # error recursion first: it needs W^(l) before the update
                 _, _, mc, nc, _, _ = _blocks(tile, W.shape[0], W.shape[1])
-                if par:
+                if gemm:
+                    backward_layer_gemm(_rows(bufs.delta, shape, l - 1, mb), delta, W,
+                                        _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
+                                        bufs.p, tile[8], tile[9])
+                elif par:
                     backward_layer_tiled(_rows(bufs.delta, shape, l - 1, mb), delta, W,
                                          _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
                                          mc, nc)
@@ -939,6 +1124,9 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
                                                x_next, z_next, rule, c)
             if ahead:
                 pass
+            elif gemm:
+                corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                        bufs.p, tile[10], tile[9])
             elif par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
                 _, _, _, _, ju, ic = _blocks(tile, W.shape[0], W.shape[1])
                 corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
@@ -961,5 +1149,5 @@ def _twin(fn, suffix, **consts):
     return njit(**_OPTS)(twin)
 
 
-_train_epoch_online = _twin(_train_epoch, "_online")
+_train_epoch_online = _twin(_train_epoch, "_online", _GEMM=False)
 _train_epoch_batch = _twin(_train_epoch, "_batch", _ONLINE=False)

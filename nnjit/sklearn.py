@@ -238,7 +238,7 @@ class _SparsePass:
         self.tail = theta[n1w + N1:]
         self.tshape, n_tail = make_shape(layers[1:], net._acts[1:])
         assert n_tail == self.tail.size
-        self.tbufs = make_batch(self.tshape, max(int(cap), 1), dt)
+        self.tbufs = make_batch(self.tshape, max(int(cap), 1), dt, pack=False)
         self.GT = np.zeros((D, N1), dt)
         self.gb1 = np.zeros(N1, dt)
         self.mark = np.full(D, -1, np.int64)

@@ -183,7 +183,7 @@ def test_sample_loss_is_finite_where_a_saturates(dtype):
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
 @pytest.mark.parametrize("par_min,par_work", [(2, 10**9), (1, 1)])   # serial and parallel paths
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("tile", [loops.NO_TILE, (4, 4, 2, 2, 4, 2, 1)])  # tiny blocks: remainders
+@pytest.mark.parametrize("tile", [loops.NO_TILE, (4, 4, 2, 2, 4, 2, 1, 0, 0, 0, 0)])  # tiny blocks: remainders
 def test_train_epoch(dtype, batch_size, par_min, par_work, rule, tile):
     """The whole compiled epoch equals the vectorised one, batch by batch (7 = 3 + 3 + 1),
     for every rule with momentum, L2 penalty and sample weights (one of them zero) on, with
@@ -387,3 +387,137 @@ def test_hot_loops_are_vectorised(name, args):
     fn(*a)
     asm = "\n".join(fn.inspect_asm().values())
     assert re.search(r"\bv?(fmadd\d*|mul|add)ps\b", asm), f"{name}: no packed float32 instruction"
+
+
+# ---------------------------------------------------------------- GEMM path
+# Shapes with a remainder in every blocked dimension: samples not a multiple of MR = 3 or of
+# mc, widths not a multiple of NR = 32 (37, 35) or below one panel (5), k not a multiple of kc.
+GEMM_SHAPES = [(7, 37, 35), (50, 70, 33), (4, 5, 3), (64, 64, 96)]
+GEMM_BLOCKS = [(3, 5, 3), (6, 256, 48), (48, 16, 6)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", GEMM_SHAPES)
+@pytest.mark.parametrize("mc,kc,ju", GEMM_BLOCKS)
+def test_gemm_forward(dtype, M_, n_in, n_out, mc, kc, ju):
+    a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
+    z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
+    P, = poisoned((loops.gemm_need(n_out, n_in, M_, False),), dtype=dtype)  # exactly enough
+    loops.forward_layer_gemm(z, a, a_prev, W, b, A.TANH, P, mc, kc)
+    z2, a2 = np.empty_like(z), np.empty_like(a)
+    vectorised.forward_layer(z2, a2, a_prev, W, b, A.TANH)
+    assert_close(z, z2, dtype)
+    assert_close(a, a2, dtype)
+    z3, a3 = poisoned((M_, n_out), (M_, n_out), dtype=dtype)   # blocks do not change a sum
+    loops.forward_layer_gemm(z3, a3, a_prev, W, b, A.TANH, P, 3, 1000)
+    np.testing.assert_array_equal(z, z3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", GEMM_SHAPES)
+@pytest.mark.parametrize("mc,kc,ju", GEMM_BLOCKS)
+def test_gemm_backward(dtype, M_, n_in, n_out, mc, kc, ju):
+    delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
+    a_prev = vectorised.F[A.GELU](z_prev).astype(dtype)
+    d, P = poisoned((M_, n_in), (loops.gemm_need(n_out, n_in, M_, True),), dtype=dtype)
+    loops.backward_layer_gemm(d, delta, W, z_prev, a_prev, A.GELU, P, mc, kc)
+    d2 = np.empty_like(d)
+    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, A.GELU)
+    assert_close(d, d2, dtype)
+    d3, = poisoned((M_, n_in), dtype=dtype)
+    loops.backward_layer_gemm(d3, delta, W, z_prev, a_prev, A.GELU, P, 3, 1000)
+    np.testing.assert_array_equal(d, d3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M_,n_in,n_out", GEMM_SHAPES)
+@pytest.mark.parametrize("mc,kc,ju", GEMM_BLOCKS)
+@pytest.mark.parametrize("rule", RULES)
+def test_gemm_corrections_update(dtype, M_, n_in, n_out, mc, kc, ju, rule):
+    W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
+                                       (M_, n_out), (M_, n_in))
+    sW, sb = [np.abs(x) for x in data(dtype, (n_out, n_in), (n_out,), seed=4)]
+    c = coefs(rule)
+    outs = []
+    for fn, extra in ((loops.corrections_update_gemm, "gemm"), (loops.corrections_update_gemm, "one"),
+                      (vectorised.corrections_update, ())):
+        args = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
+            (n_out, n_in), (n_out,), dtype=dtype)
+        if extra:
+            P, = poisoned((loops.gemm_need(n_out, n_in, M_, True),), dtype=dtype)
+            fn(*args, delta, a_prev, rule, c, P, *((ju, kc) if extra == "gemm" else (3, 1000)))
+        else:
+            fn(*args, delta, a_prev, rule, c)
+        outs.append([args[0], args[1], args[2], args[3], args[4], args[5], args[7]])
+    for x, y, ref in zip(*outs):
+        assert np.isfinite(x).all()
+        np.testing.assert_array_equal(x, y)        # blocks and threads do not change a sum
+        assert_close(x, ref, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_size", [7, 25])
+@pytest.mark.parametrize("rule", [R.RULE_SGD, R.RULE_ADAM])
+def test_train_epoch_gemm(dtype, batch_size, rule):
+    """The compiled epoch with the GEMM path on (two layers wide enough, an output layer too
+    narrow for it, a last batch of 50 - 25 or 50 - 49 samples) equals the vectorised one."""
+    shape, P = make_shape([37, 35, 33, 3], [A.TANH, A.SIGMOID, A.SOFTMAX])
+    rng = np.random.default_rng(1)
+    n = 50
+    theta = (rng.normal(size=P) * 0.3).astype(dtype)
+    X = rng.normal(size=(n, 37)).astype(dtype)
+    Y = np.eye(3, dtype=dtype)[rng.integers(0, 3, n)]
+    S = rng.uniform(0.2, 2.0, n).astype(dtype)
+    order = rng.permutation(n).astype(np.int64)
+    h = R.hyper(0.05, 0.9, (0.8, 0.95), 1e-6, 0.1, 0.0, "pytorch")
+    tile = (4, 0, 4, 0, 4, 0, 0, 3, 6, 16, 6)       # GEMM from 3 samples, small blocks
+    outs = []
+    for mod in (loops, vectorised):
+        th, vel, sq, grad = theta.copy(), np.zeros(P, dtype), np.zeros(P, dtype), np.zeros(P, dtype)
+        step = np.zeros(1, np.int64)
+        bufs = make_batch(shape, batch_size, dtype, pack=mod is loops)
+        if mod is loops:
+            assert bufs.p.size == 0                    # config.GEMM_MIN_BATCH is above 25
+            bufs = bufs._replace(p=np.full(max(loops.gemm_need(35, 37, batch_size, True),
+                                               loops.gemm_need(33, 35, batch_size, True)),
+                                           np.nan, dtype))
+        for _ in range(2):
+            tot, emax = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, order,
+                                        batch_size, rule, h, A.CROSS_ENTROPY, 2, 10**9, tile)
+        outs.append((th, vel, sq, step, tot, emax))
+    for x, y in zip(*outs):
+        if dtype == "float32" and rule == R.RULE_ADAM:    # Adam's g / sqrt(v) magnifies the
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3)   # last bits of tiny g
+        else:
+            assert_close(x, y, dtype)
+
+
+def test_gemm_micro_kernel_vectorised():
+    """nnjit.microkernel.block compiles (SLP on, for it alone) to a loop of packed float32
+    multiply-adds with its 3 x 32 sums in registers: 12 vector FMAs a step and no scalar
+    ones (AVX2; an AVX-512 CPU packs 16 floats a register, so it is read from the count)."""
+    import re
+    from numba import njit
+    from nnjit import microkernel as mk
+    from nnjit._numba_setup import slp_compile
+    from numba.core import config as nconfig
+    fn = slp_compile(njit(fastmath=mk._FLAGS, cache=False, nogil=True,
+                          error_model="numpy")(mk.block.py_func))
+    u = np.uint64
+    C, A_, B = np.zeros(3 * 40, np.float32), np.ones(3 * 64, np.float32), np.ones(64 * 32, np.float32)
+    fn(C, u(0), u(40), 3, 32, A_, u(0), u(64), u(128), B, u(0), u(64), False)
+    np.testing.assert_array_equal(C.reshape(3, 40)[:, :32], 64.0)
+    assert nconfig.SLP_VECTORIZE == 0                  # switched on for that compile only
+    asm = "\n".join(fn.inspect_asm().values())
+    assert not re.search(r"vfmadd\w*ss", asm), "scalar multiply-adds in the micro-kernel"
+    assert re.search(r"vfmadd\w*ps\s+.*%[yz]mm", asm), "no vector multiply-adds"
+
+
+def test_micro_kernel_source_is_generated():
+    """The written-out body of nnjit.microkernel.block is exactly what source() generates."""
+    import inspect
+    from nnjit import microkernel as mk
+    text = inspect.getsource(mk)
+    start = text.index("# ---- generated by source()")
+    body = text[text.index("\n", start) + 1:text.index("# ---- end of generated code ----")]
+    assert body == mk.source()
