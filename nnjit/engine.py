@@ -36,7 +36,7 @@ def make_shape(sizes, acts):
 
 def pack_size(sizes, cap, train=True):
     """Elements of scratch the loop form's GEMM path needs for batches of up to cap samples
-    (nnjit.loops._gemm_need for every layer it would run on; 0 when none would)."""
+    (0 below config.GEMM_MIN_BATCH, where it does not run; nnjit.loops.epoch_mode)."""
     from .loops import gemm_need      # numba: imported only when a buffer is made
     if config.GEMM_MIN_BATCH <= 0 or cap < config.GEMM_MIN_BATCH:
         return 0

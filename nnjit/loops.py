@@ -625,15 +625,18 @@ def _pack_panel(P, X, t, transposed):
     c_hi = min(NR, n - NR * t)
     base = t * K * NR
     zero = P.dtype.type(0.0)
-    if transposed:
-        for c in range(NR):
-            if c < c_hi:
-                row = X[NR * t + c]
-                for k in range(K):
-                    P[base + k * NR + c] = row[k]
-            else:
-                for k in range(K):
-                    P[base + k * NR + c] = zero
+    if transposed:     # 16 k at a time: the 16 x NR block of P being written stays in L1
+        for k0 in range(0, K, 16):
+            k1 = min(K, k0 + 16)
+            for c in range(NR):
+                o = base + c
+                if c < c_hi:
+                    row = X[NR * t + c]
+                    for k in range(k0, k1):
+                        P[o + k * NR] = row[k]
+                else:
+                    for k in range(k0, k1):
+                        P[o + k * NR] = zero
     else:
         for k in range(K):
             row = X[k, NR * t:NR * t + c_hi]
@@ -927,11 +930,10 @@ def _blocks(tile, n_out, n_in):
     return 4, n_out, 4, n_in, 4, n_in
 
 
-#: tile value that turns cache blocking and the GEMM path off (see _blocks, _gemm_on)
+#: tile value that turns cache blocking and the GEMM path off (see _blocks, epoch_mode)
 NO_TILE = (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
 
-@njit(**_OPTS)
 def gemm_need(n_out, n_in, M, train):
     """Scratch elements the GEMM path needs for a layer W (n_out, n_in) at batch M: the
     panels of W^T (feed-forward); for training also those of W (error recursion), and those
@@ -940,14 +942,6 @@ def gemm_need(n_out, n_in, M, train):
     if not train:
         return f
     return max(f, n_out * ((n_in + NR - 1) // NR * NR), ((n_in + NR - 1) // NR * NR + n_out) * M)
-
-
-@njit(**_OPTS)
-def _gemm_on(tile, mb, n_out, n_in, p):
-    """Does layer W (n_out, n_in) run the GEMM path at batch mb? Yes from tile[7] > 0 samples
-    when both widths fill a panel (NR) and p holds the scratch (see config.GEMM_*)."""
-    return (tile[7] > 0 and mb >= tile[7] and n_out >= NR and n_in >= NR
-            and p.shape[0] >= gemm_need(n_out, n_in, mb, True))
 
 
 @njit(**_OPTS)
@@ -969,9 +963,7 @@ def forward_tiled(theta, shape, bufs, mb, par, par_work, l0, tile):
         a_prev = _rows(bufs.a, shape, l - 1, mb)
         z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
         mc, nc, _, _, _, _ = _blocks(tile, W.shape[0], W.shape[1])
-        if par and _gemm_on(tile, mb, W.shape[0], W.shape[1], bufs.p):
-            forward_layer_gemm(z, a, a_prev, W, b, shape.acts[l - 1], bufs.p, tile[8], tile[9])
-        elif par:
+        if par:
             forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], mc, nc)
         elif W.size * mb >= par_work:
             forward_layer_units(z, a, a_prev, W, b, shape.acts[l - 1])
@@ -1029,20 +1021,35 @@ def penalty(theta, shape):
     return t
 
 
-#: compile-time switch of _train_epoch (a module constant, not an option): its mini-batch
-#: twin is compiled with it False, so Numba prunes the online branch and never compiles the
-#: online kernels for a mini-batch fit (a shorter first compile).
-_ONLINE = True
-#: likewise: the online twin never runs the GEMM path (one sample is no matrix product), so
-#: it does not compile it
-_GEMM = True
+#: Which kernels _train_epoch runs: a module constant, not an option. Each twin of it is
+#: compiled with its own value, so Numba prunes the other branches and a fit compiles only
+#: the kernels its batch size runs (a shorter first compile):
+#: _ONLINE (batch_size < par_min; one sample is a batch of 1): the per-sample kernels run
+#: serially, a layer wide enough (par_work) in parallel, and the first layer's update is fused
+#: with the next sample's feed-forward; _TILED: the parallel cache-blocked kernels;
+#: _GEMM (batch_size >= tile[7] and scratch for every layer): the GEMM path for every layer.
+_ONLINE, _TILED, _GEMM = 0, 1, 2
+_MODE = _TILED
+
+
+def epoch_mode(shape, bufs, batch_size, par_min, tile):
+    """Which twin of _train_epoch runs a fit (see _MODE)."""
+    if batch_size == 1 or batch_size < par_min:
+        return _ONLINE
+    if 0 < tile[7] <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
+        return _GEMM
+    return _TILED
+
+
+def gemm_scratch(sizes, M):
+    """Scratch elements the GEMM path needs for a network of these sizes at batch M."""
+    return max([gemm_need(int(o), int(i), int(M), True) for i, o in zip(sizes[:-1], sizes[1:])] + [0])
 
 
 def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
                 hyper, loss, par_min, par_work, tile):
-    """One epoch (see _train_epoch): the online variant for batch_size 1, else the
-    mini-batch one, so a fit compiles only the kernels its batch mode runs."""
-    fn = _train_epoch_online if batch_size == 1 else _train_epoch_batch
+    """One epoch (see _train_epoch) in the twin compiled for this batch size (epoch_mode)."""
+    fn = _EPOCH[epoch_mode(shape, bufs, batch_size, par_min, tile)]
     return fn(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
               hyper, loss, par_min, par_work, tile)
 
@@ -1056,10 +1063,10 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
     whose weights sum to 0 makes none. Returns (sum_m s_m C_m + sum over batches of
     alpha/2 ||W||^2 before the batch's update, max |a - y|): the wrapper divides by sum_m s_m.
 
-    par_min: batches of fewer samples run the per-sample kernels serially; par_work: a
-    layer's correction runs in parallel anyway once N_l N_{l-1} mb reaches it; tile: the
-    cache-blocked kernels' block sizes and the layer size from which they block (_blocks,
-    nnjit.config.tiles())."""
+    par_min: batches of fewer samples run the per-sample kernels serially (_ONLINE twin);
+    par_work: there, a layer runs in parallel anyway once N_l N_{l-1} mb reaches it; tile:
+    the cache-blocked kernels' block sizes and the layer size from which they block
+    (_blocks), and the GEMM path's (tile[8:11]; nnjit.config.tiles())."""
     acts = shape.acts
     L = shape.sizes.shape[0] - 1
     n = order.shape[0]
@@ -1069,13 +1076,24 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
     ahead = False          # online: is z^(1) of this sample already computed (fused)?
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
-        par = mb >= par_min
         load_batch(bufs, shape, X, Y, S, order, start, mb)
         l0 = 1
         if ahead:
             apply_f(_rows(bufs.a, shape, 1, 1)[0], _rows(bufs.z, shape, 1, 1)[0], acts[0])
             l0 = 2
-        forward_tiled(theta, shape, bufs, mb, par, par_work, l0, tile)   # one call: one compile
+        for l in range(l0, L + 1):                       # feed-forward
+            W, b = _params(theta, shape, l)
+            a_prev = _rows(bufs.a, shape, l - 1, mb)
+            z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
+            mc, nc, _, _, _, _ = _blocks(tile, W.shape[0], W.shape[1])
+            if _MODE == _GEMM:
+                forward_layer_gemm(z, a, a_prev, W, b, acts[l - 1], bufs.p, tile[8], tile[9])
+            elif _MODE == _TILED:
+                forward_layer_tiled(z, a, a_prev, W, b, acts[l - 1], mc, nc)
+            elif W.size * mb >= par_work:
+                forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
+            else:
+                _forward_layer_tiled_s(z, a, a_prev, W, b, acts[l - 1], mc, nc)
         aL, zL = _rows(bufs.a, shape, L, mb), _rows(bufs.z, shape, L, mb)
         y = _targets(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
@@ -1097,22 +1115,23 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
             sW, sb = _params(sq, shape, l)
             dW, db = _params(grad, shape, l)
             delta, a_prev = _rows(bufs.delta, shape, l, mb), _rows(bufs.a, shape, l - 1, mb)
-            gemm = _GEMM and par and _gemm_on(tile, mb, W.shape[0], W.shape[1], bufs.p)
+            _, _, mc, nc, ju, ic = _blocks(tile, W.shape[0], W.shape[1])
             if l > 1:       # error recursion first: it needs W^(l) before the update
-                _, _, mc, nc, _, _ = _blocks(tile, W.shape[0], W.shape[1])
-                if gemm:
-                    backward_layer_gemm(_rows(bufs.delta, shape, l - 1, mb), delta, W,
-                                        _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
-                                        bufs.p, tile[8], tile[9])
-                elif par:
-                    backward_layer_tiled(_rows(bufs.delta, shape, l - 1, mb), delta, W,
-                                         _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
-                                         mc, nc)
+                d_prev, z_prev = _rows(bufs.delta, shape, l - 1, mb), _rows(bufs.z, shape, l - 1, mb)
+                if _MODE == _GEMM:
+                    backward_layer_gemm(d_prev, delta, W, z_prev, a_prev, acts[l - 2], bufs.p,
+                                        tile[8], tile[9])
+                elif _MODE == _TILED:
+                    backward_layer_tiled(d_prev, delta, W, z_prev, a_prev, acts[l - 2], mc, nc)
                 else:
-                    _backward_layer_tiled_s(_rows(bufs.delta, shape, l - 1, mb), delta, W,
-                                            _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2],
-                                            mc, nc)
-            if _ONLINE:     # pruned at compile time in the mini-batch twin
+                    _backward_layer_tiled_s(d_prev, delta, W, z_prev, a_prev, acts[l - 2], mc, nc)
+            if _MODE == _GEMM:
+                corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                        bufs.p, tile[10], tile[9])
+            elif _MODE == _TILED:
+                corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                         ju, ic)
+            else:
                 ahead = l == 1 and batch_size == 1 and start + 1 < n
                 if ahead:   # online: fuse the next sample's z^(1) into this update
                     x_next, z_next = X[order[start + 1]], _rows(bufs.z, shape, 1, 1)[0]
@@ -1122,19 +1141,12 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
                     else:
                         _update_forward_next_s(W, b, vW, vb, sW, sb, delta[0], a_prev[0],
                                                x_next, z_next, rule, c)
-            if ahead:
-                pass
-            elif gemm:
-                corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
-                                        bufs.p, tile[10], tile[9])
-            elif par or W.size * mb >= par_work:   # a wide layer pays for a region at mb=1
-                _, _, _, _, ju, ic = _blocks(tile, W.shape[0], W.shape[1])
-                corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
-                                         ju, ic)
-            else:
-                _, _, _, _, ju, ic = _blocks(tile, W.shape[0], W.shape[1])
-                _corrections_update_tiled_s(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
-                                            ju, ic)
+                elif W.size * mb >= par_work:   # a wide layer pays for a parallel region
+                    corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
+                                             c, ju, ic)
+                else:
+                    _corrections_update_tiled_s(W, b, vW, vb, sW, sb, dW, db, delta, a_prev,
+                                                rule, c, ju, ic)
     return total, emax
 
 
@@ -1149,5 +1161,5 @@ def _twin(fn, suffix, **consts):
     return njit(**_OPTS)(twin)
 
 
-_train_epoch_online = _twin(_train_epoch, "_online", _GEMM=False)
-_train_epoch_batch = _twin(_train_epoch, "_batch", _ONLINE=False)
+_EPOCH = {mode: _twin(_train_epoch, suffix, _MODE=mode)
+          for mode, suffix in ((_ONLINE, "_online"), (_TILED, "_batch"), (_GEMM, "_gemm"))}

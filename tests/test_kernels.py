@@ -459,8 +459,9 @@ def test_gemm_corrections_update(dtype, M_, n_in, n_out, mc, kc, ju, rule):
 @pytest.mark.parametrize("batch_size", [7, 25])
 @pytest.mark.parametrize("rule", [R.RULE_SGD, R.RULE_ADAM])
 def test_train_epoch_gemm(dtype, batch_size, rule):
-    """The compiled epoch with the GEMM path on (two layers wide enough, an output layer too
-    narrow for it, a last batch of 50 - 25 or 50 - 49 samples) equals the vectorised one."""
+    """The compiled epoch's GEMM twin (every layer by packed panels: two wider than a panel,
+    an output layer of 3 units, a last batch of 50 - 49 or 50 - 25 samples) equals the
+    vectorised one."""
     shape, P = make_shape([37, 35, 33, 3], [A.TANH, A.SIGMOID, A.SOFTMAX])
     rng = np.random.default_rng(1)
     n = 50
@@ -478,9 +479,9 @@ def test_train_epoch_gemm(dtype, batch_size, rule):
         bufs = make_batch(shape, batch_size, dtype, pack=mod is loops)
         if mod is loops:
             assert bufs.p.size == 0                    # config.GEMM_MIN_BATCH is above 25
-            bufs = bufs._replace(p=np.full(max(loops.gemm_need(35, 37, batch_size, True),
-                                               loops.gemm_need(33, 35, batch_size, True)),
-                                           np.nan, dtype))
+            bufs = bufs._replace(p=np.full(loops.gemm_scratch(shape.sizes, batch_size), np.nan,
+                                           dtype))
+            assert loops.epoch_mode(shape, bufs, batch_size, 2, tile) == loops._GEMM
         for _ in range(2):
             tot, emax = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, order,
                                         batch_size, rule, h, A.CROSS_ENTROPY, 2, 10**9, tile)

@@ -228,8 +228,10 @@ def time_numpy(dtype, layers, X, y, bs, lr, mu, repeats):
 
 def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
     """GFLOP/s of the loop form's three products of one layer W (n_out, n_in) at batch M, as
-    train_epoch runs them (block sizes from nnjit.config), and of np.matmul on the same
-    shapes: feed-forward a W^T, error recursion delta W, corrections delta^T a + the rule."""
+    train_epoch runs them (the GEMM path or the cache-blocked kernels, as nnjit.config
+    chooses), and of np.matmul on the same shapes: feed-forward a W^T, error recursion
+    delta W, corrections delta^T a + the rule. The loop kernels are timed as one block, then
+    np.matmul (BLAS threads spinning after a matmul would slow the next parallel region)."""
     from .. import activations as A, config, loops, rules as R
     rng = np.random.default_rng(0)
     dt = np.dtype(dtype)
@@ -239,7 +241,10 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
     vW, sW, dW = np.zeros_like(W), np.zeros_like(W), np.empty_like(W)
     vb, sb, db = np.zeros_like(b), np.zeros_like(b), np.empty_like(b)
     c = loops.step_coefs(R.RULE_SGD, R.hyper(0.01, 0.9, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch"), 1, 0.0)
-    fmc, fnc, bmc, bnc, cju, cic = loops._blocks(config.tiles(), n_out, n_in)
+    tile = config.tiles()
+    fmc, fnc, bmc, bnc, cju, cic = loops._blocks(tile, n_out, n_in)
+    P = np.zeros(int(loops.gemm_need(n_out, n_in, M, True)), dt)
+    gemm = 0 < tile[7] <= M       # loops.epoch_mode: the GEMM twin from tile[7] samples
     fl = 2.0 * M * n_in * n_out / 1e9
 
     def rate(f):
@@ -250,16 +255,27 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
             f()
             ts.append(time.perf_counter() - t)
         return fl / statistics.median(ts)
-    return {
-        "forward": rate(lambda: loops.forward_layer_tiled(z, a, a_prev, W, b, A.SIGMOID, fmc, fnc)),
-        "forward_matmul": rate(lambda: a_prev @ W.T),
-        "recursion": rate(lambda: loops.backward_layer_tiled(d_prev, delta, W, a_prev, a_prev,
-                                                             A.SIGMOID, bmc, bnc)),
-        "recursion_matmul": rate(lambda: delta @ W),
-        "corrections": rate(lambda: loops.corrections_update_tiled(
-            W, b, vW, vb, sW, sb, dW, db, delta, a_prev, R.RULE_SGD, c, cju, cic)),
-        "corrections_matmul": rate(lambda: delta.T @ a_prev),
-    }
+    if gemm:
+        mc, kc, ju = tile[8:11]
+        out = {"path": "gemm",
+               "forward": rate(lambda: loops.forward_layer_gemm(z, a, a_prev, W, b, A.SIGMOID, P,
+                                                                mc, kc)),
+               "recursion": rate(lambda: loops.backward_layer_gemm(d_prev, delta, W, a_prev, a_prev,
+                                                                   A.SIGMOID, P, mc, kc)),
+               "corrections": rate(lambda: loops.corrections_update_gemm(
+                   W, b, vW, vb, sW, sb, dW, db, delta, a_prev, R.RULE_SGD, c, P, ju, kc))}
+    else:
+        out = {"path": "tiled",
+               "forward": rate(lambda: loops.forward_layer_tiled(z, a, a_prev, W, b, A.SIGMOID,
+                                                                 fmc, fnc)),
+               "recursion": rate(lambda: loops.backward_layer_tiled(d_prev, delta, W, a_prev,
+                                                                    a_prev, A.SIGMOID, bmc, bnc)),
+               "corrections": rate(lambda: loops.corrections_update_tiled(
+                   W, b, vW, vb, sW, sb, dW, db, delta, a_prev, R.RULE_SGD, c, cju, cic))}
+    time.sleep(0.2)
+    out.update(forward_matmul=rate(lambda: a_prev @ W.T), recursion_matmul=rate(lambda: delta @ W),
+               corrections_matmul=rate(lambda: delta.T @ a_prev))
+    return out
 
 
 #: nnjit bench --sweep: (layers, batch sizes), the README's performance table
@@ -341,8 +357,9 @@ def _print_sweep_row(r, gemm):
           f"loops {r['loops_gflops']:.0f} GFLOP/s = {r['loops_fraction_of_sgemm']:.0%} of SGEMM")
     p = r["products"]
     if p:
-        print("  widest layer: " + ", ".join(f"{k} {p[k]:.0f} GFLOP/s = {p[k] / p[k + '_matmul']:.0%} of matmul"
-                                             for k in ("forward", "recursion", "corrections")))
+        print(f"  widest layer ({p['path']} kernels): "
+              + ", ".join(f"{k} {p[k]:.0f} GFLOP/s = {p[k] / p[k + '_matmul']:.0%} of matmul"
+                          for k in ("forward", "recursion", "corrections")))
 
 
 def _print_sweep_table(rows):
