@@ -614,37 +614,42 @@ def _corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
 # Every element is summed k = 0..K-1 in order whatever the blocks and threads.
 
 @njit(**_OPTS)
-def _pack_panel(P, X, t, transposed):
-    """Panel t (columns NR t .. NR t + NR - 1, zero-padded) of X, or of X^T if transposed, into
-    P: P[t K NR + k NR + c] = X[k, NR t + c] (X^T: X[NR t + c, k]), K its rows."""
-    R, C = X.shape
-    if transposed:
-        K, n = C, R
-    else:
-        K, n = R, C
+def _pack_panel(P, X, t):
+    """Panel t of X (its columns NR t .. NR t + NR - 1, zero-padded) into P:
+    P[t K NR + k NR + c] = X[k, NR t + c], K = X's rows. Rows of X in, rows of P out."""
+    K, n = X.shape
     c_hi = min(NR, n - NR * t)
     base = t * K * NR
     zero = P.dtype.type(0.0)
-    if transposed:     # 16 k at a time: the 16 x NR block of P being written stays in L1
-        for k0 in range(0, K, 16):
-            k1 = min(K, k0 + 16)
-            for c in range(NR):
-                o = base + c
-                if c < c_hi:
-                    row = X[NR * t + c]
-                    for k in range(k0, k1):
-                        P[o + k * NR] = row[k]
-                else:
-                    for k in range(k0, k1):
-                        P[o + k * NR] = zero
-    else:
-        for k in range(K):
-            row = X[k, NR * t:NR * t + c_hi]
-            o = base + k * NR
-            for c in range(c_hi):
-                P[o + c] = row[c]
-            for c in range(c_hi, NR):
-                P[o + c] = zero
+    for k in range(K):
+        row = X[k, NR * t:NR * t + c_hi]
+        o = base + k * NR
+        for c in range(c_hi):
+            P[o + c] = row[c]
+        for c in range(c_hi, NR):
+            P[o + c] = zero
+
+
+@njit(**_OPTS)
+def _pack_panel_t(P, X, t):
+    """Panel t of X^T into P: P[t K NR + k NR + c] = X[NR t + c, k], K = X's columns
+    (zero-padded past X's last row). 16 k at a time, so the 16 x NR block of P being written
+    stays in L1 while 32 rows of X are read."""
+    n, K = X.shape
+    c_hi = min(NR, n - NR * t)
+    base = t * K * NR
+    zero = P.dtype.type(0.0)
+    for k0 in range(0, K, 16):
+        k1 = min(K, k0 + 16)
+        for c in range(NR):
+            o = base + c
+            if c < c_hi:
+                row = X[NR * t + c]
+                for k in range(k0, k1):
+                    P[o + k * NR] = row[k]
+            else:
+                for k in range(k0, k1):
+                    P[o + k * NR] = zero
 
 
 @njit(**_OPTS)
@@ -684,7 +689,7 @@ def _forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
     M, n_in = a_prev.shape
     n_out = W.shape[0]
     for t in prange((n_out + NR - 1) // NR):
-        _pack_panel(P, W, t, True)
+        _pack_panel_t(P, W, np.int64(t))     # prange indices are unsigned: one specialisation
     zf, af = z.reshape(z.size), a_prev.reshape(a_prev.size)
     for ch in prange((M + mc - 1) // mc):
         m_lo = ch * mc
@@ -705,7 +710,7 @@ def _backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, 
     M, n_out = delta.shape
     n_in = W.shape[1]
     for t in prange((n_in + NR - 1) // NR):
-        _pack_panel(P, W, t, False)
+        _pack_panel(P, W, np.int64(t))
     df, dpf = delta.reshape(delta.size), delta_prev.reshape(delta_prev.size)
     for ch in prange((M + mc - 1) // mc):
         m_lo = ch * mc
@@ -730,7 +735,7 @@ def _corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, 
     off = nt * NR * M
     for task in prange(nt + (n_out + NR - 1) // NR):
         if task < nt:
-            _pack_panel(P, a_prev, task, False)
+            _pack_panel(P, a_prev, np.int64(task))
         else:
             j_lo = NR * (task - nt)
             j_hi = min(n_out, j_lo + NR)
@@ -946,29 +951,18 @@ def gemm_need(n_out, n_in, M, train):
 
 @njit(**_OPTS)
 def forward(theta, shape, bufs, mb, par, par_work, l0):
-    """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
-    par: split by samples; else a layer with N_l N_{l-1} mb >= par_work splits by units.
-    (No default arguments: Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
-    off = shape.sizes[0] * 0     # NO_TILE; a literal tuple would compile forward_tiled again
-    forward_tiled(theta, shape, bufs, mb, par, par_work, l0,
-                  (off, off, off, off, off, off, off, off, off, off, off))
-
-
-@njit(**_OPTS)
-def forward_tiled(theta, shape, bufs, mb, par, par_work, l0, tile):
-    """forward() with the cache-blocked kernel's block sizes per layer from tile (_blocks)."""
+    """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs
+    (prediction, scoring, gradients; the epoch has its own). Always the parallel kernel split
+    by samples: a region costs microseconds, and one kernel instead of three (serial, by
+    units) is seconds less to compile on a first predict. par and par_work mean nothing here
+    (the other forms' signature). (No default arguments: Numba's dispatcher takes a slow
+    path, ~100 us, for omitted ones.)"""
     L = shape.sizes.shape[0] - 1
     for l in range(l0, L + 1):
         W, b = _params(theta, shape, l)
         a_prev = _rows(bufs.a, shape, l - 1, mb)
         z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
-        mc, nc, _, _, _, _ = _blocks(tile, W.shape[0], W.shape[1])
-        if par:
-            forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], mc, nc)
-        elif W.size * mb >= par_work:
-            forward_layer_units(z, a, a_prev, W, b, shape.acts[l - 1])
-        else:
-            _forward_layer_tiled_s(z, a, a_prev, W, b, shape.acts[l - 1], mc, nc)
+        forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], 4, W.shape[0])
 
 
 @njit(**_OPTS)
