@@ -40,7 +40,7 @@ TILE_CORRECTIONS = (4, 0)
 #: Chosen by measurement (float32, 2-core AMD EPYC, AVX2; `nnjit bench --sweep`); the
 #: results do not depend on them (every sum runs k = 0..K-1 in order).
 GEMM_MIN_BATCH = 64
-GEMM_BLOCKS = (48, 256, 48)
+GEMM_BLOCKS = (48, 256, 24)
 
 
 def tiles():
