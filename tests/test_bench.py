@@ -80,8 +80,11 @@ def test_bench_sweep_times_every_contender_and_the_products(tmp_path):
         assert set(r["us_per_sample"]) == {"loops", "vectorised", "numpy"}
         assert r["loops_over_numpy"] == r["us_per_sample"]["loops"] / r["us_per_sample"]["numpy"]
     assert res["rows"][0]["products"] == {}                 # online: no batch products
-    assert set(res["rows"][1]["products"]) == {f"{p}{m}" for p in ("forward", "recursion", "corrections")
-                                               for m in ("", "_matmul")}
+    prod = res["rows"][1]["products"]
+    assert set(prod) == {"path"} | {f"{p}{m}" for p in ("forward", "recursion", "corrections")
+                                    for m in ("", "_matmul")}
+    assert prod["path"] == "tiled"                           # batch 32 < config.GEMM_MIN_BATCH
+    assert all(prod[k] > 0 for k in prod if k != "path")
 
 
 def test_numpy_epoch_learns():
