@@ -662,6 +662,8 @@ def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, n, K, kc):
     rows or columns) sums all K terms in its first call."""
     nt = (n + NR - 1) // NR
     u = np.uint64
+    nkb = (K + kc - 1) // kc
+    kc = (K + nkb - 1) // nkb          # equal blocks: K = 784 is 4 x 196, not 3 x 256 + 16
     for k0 in range(0, K, kc):
         for t in range(nt):
             nc = min(NR, n - NR * t)

@@ -82,6 +82,16 @@ def gemm_rate(dtype, threads, n=1536, repeats=5):
     return 2 * n ** 3 / statistics.median(ts) / 1e9
 
 
+#: seconds to wait before each timed block: BLAS's (OpenBLAS, PyTorch's OpenMP) worker
+#: threads spin for a while after a call and take cores from the next parallel region (the
+#: loop form measured 60 % slower right after a NumPy epoch)
+SETTLE_S = 1.0
+
+
+def _settle():
+    time.sleep(SETTLE_S)
+
+
 class _blas_threads:
     def __init__(self, n):
         self.n, self.ctl = n, None
@@ -272,7 +282,7 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
                                                                     a_prev, A.SIGMOID, bmc, bnc)),
                "corrections": rate(lambda: loops.corrections_update_tiled(
                    W, b, vW, vb, sW, sb, dW, db, delta, a_prev, R.RULE_SGD, c, cju, cic))}
-    time.sleep(0.2)
+    _settle()
     out.update(forward_matmul=rate(lambda: a_prev @ W.T), recursion_matmul=rate(lambda: delta @ W),
                corrections_matmul=rate(lambda: delta.T @ a_prev))
     return out
@@ -312,19 +322,25 @@ def sweep(args):
             with _blas_threads(threads):
                 for backend in ("loops", "vectorised"):
                     if backend not in args.skip:
+                        _settle()
                         ts, _ = time_nnjit(backend, "float32", layers, X, y, bs, args.lr,
                                            args.momentum, args.repeats)
                         us[backend] = statistics.median(ts) / n * 1e6
                 if "numpy" not in args.skip:
+                    _settle()
                     us["numpy"] = statistics.median(time_numpy("float32", layers, X, y, bs, args.lr,
                                                                args.momentum, args.repeats)[0]) / n * 1e6
                 if "torch" in have:
+                    _settle()
                     us["torch"] = statistics.median(time_torch("float32", layers, X, y, bs, args.lr,
                                                                args.momentum, args.repeats, threads)) / n * 1e6
                 if "sklearn" in have:
+                    _settle()
                     us["sklearn"] = statistics.median(time_sklearn("float32", layers, X, y, bs, args.lr,
                                                                    args.momentum, args.repeats)) / n * 1e6
                 wide = max(range(1, len(layers)), key=lambda l: layers[l] * layers[l - 1])
+                if bs >= 32:
+                    _settle()
                 prod = product_rates(bs, layers[wide - 1], layers[wide]) if bs >= 32 else {}
             gfl = fl / us["loops"] / 1e3
             row = dict(net="-".join(map(str, layers)), batch_size=bs, samples=n, us_per_sample=us,
