@@ -25,7 +25,7 @@ import numpy as np
 
 #: Seconds the first run spends compiling the loops kernels on the project's 2-core machine
 #: (41-43 s with a fresh NUMBA_CACHE_DIR, see the README); quoted in the compile notice.
-COMPILE_SECONDS = 45
+COMPILE_SECONDS = 35
 
 #: Integer targets are class labels when they take at most this many distinct values ...
 MAX_CLASSES = 50
