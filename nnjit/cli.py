@@ -24,7 +24,8 @@ import zipfile
 import numpy as np
 
 #: Seconds the first run spends compiling the loops kernels on the project's 2-core machine
-#: (41-43 s with a fresh NUMBA_CACHE_DIR, see the README); quoted in the compile notice.
+#: (35 s for `nnjit train` with a fresh NUMBA_CACHE_DIR, see the README); quoted in the compile
+#: notice.
 COMPILE_SECONDS = 35
 
 #: Integer targets are class labels when they take at most this many distinct values ...
