@@ -493,6 +493,8 @@ def test_train_epoch_gemm(dtype, batch_size, rule):
             assert_close(x, y, dtype)
 
 
+@pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                    reason="reads x86 assembly")
 def test_gemm_micro_kernel_vectorised():
     """nnjit.microkernel.block compiles (SLP on, for it alone) to a loop of packed float32
     multiply-adds with its 3 x 32 sums in registers: 12 vector FMAs a step and no scalar
