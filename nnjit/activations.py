@@ -76,7 +76,7 @@ F_PRIME = {
 
 # The loop form's twins: one row a[j] = f(z[j]) at a time, the branch on the code hoisted
 # out of the loop so each inner loop stays a plain SIMD-friendly loop.
-@njit(fastmath=FASTMATH, cache=CACHE)
+@njit(fastmath=FASTMATH, cache=CACHE, _nrt=False)
 def apply_f(a, z, code):
     """a_j = f(z_j) for one sample's row; a, z: (N_l,)."""
     n = z.shape[0]
@@ -111,7 +111,7 @@ def apply_f(a, z, code):
             a[j] = z[j]
 
 
-@njit(fastmath=FASTMATH, cache=CACHE)
+@njit(fastmath=FASTMATH, cache=CACHE, _nrt=False)
 def mul_fprime(d, z, a, code):
     """d_j <- f'(z_j) d_j for one sample's row (elementwise f only); d, z, a: (N_l,)."""
     n = z.shape[0]

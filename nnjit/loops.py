@@ -40,6 +40,17 @@ from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_
 # reports as divergence) instead of a branch raising ZeroDivisionError, which would stop LLVM
 # from vectorising Adam's w -= A m / (sqrt(v) B + eps) (measured: 3 ns -> 0.4 ns an element)
 _OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True, error_model="numpy")
+# Nothing in the loop form allocates, so it is compiled without Numba's reference counting
+# (_nrt=False, as Numba's own mergesort and unicode helpers are): with it, every call and every
+# view (W[j], a layer's block of a buffer, each array of the Shape tuple passed along) took an
+# atomic increment and decrement, over 1000 locked instructions a sample online: 34 % of a
+# 64-32-10 online epoch's time in NRT_incref/NRT_decref (perf). An allocation here would not
+# compile ("NRT required"). A function without counting may not return a view, so _params,
+# _rows and _targets are inlined into their callers (Numba IR inlining); their counted twins
+# (*_rc) serve the counting callers in nnjit.sparse and nnjit.sklearn_loops.
+_RC_OPTS = _OPTS
+_OPTS = dict(_RC_OPTS, _nrt=False)
+_VIEW_OPTS = dict(_OPTS, inline="always")
 
 
 # ---------------------------------------------------------------- one layer, forward and back
@@ -80,7 +91,13 @@ def _backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
 
 
 # ---------------------------------------------------------------- update rules
-@njit(**_OPTS)
+# The rules are compiled without reassoc/contract: LLVM inlines them into every fused kernel
+# (they are small once uncounted), and flags of their own keep each update the same
+# arithmetic in every caller, bit for bit (fast-math flags travel with the instructions).
+_RULE_OPTS = dict(_OPTS, fastmath={"nsz"})
+
+
+@njit(**_RULE_OPTS)
 def step_coefs(rule, hyper, t, alpha_n):
     """Per-step scalars c = (eta, mu, beta1, beta2, A, B, eps, decay, alpha_n) of update t
     (1-based) from the hyper vector: Adam's w <- w decay - A m / (sqrt(v) B + eps) with
@@ -102,7 +119,7 @@ def step_coefs(rule, hyper, t, alpha_n):
     return (eta, mu, b1, b2, A, B, eps, decay, alpha_n)
 
 
-@njit(**_OPTS)
+@njit(**_RULE_OPTS)
 def _rule_row(rule, w, v, q, g, scale, an, c):
     """Apply the rule to one row, gradient dw_i = scale g_i + an w_i (the L2 term):
     sgd v <- mu v - eta dw ; w <- w + v.  nesterov v <- mu v - eta dw ; w <- w + mu v - eta dw.
@@ -136,7 +153,7 @@ def _rule_row(rule, w, v, q, g, scale, an, c):
             w[i] = w[i] * decay - A * m / (math.sqrt(s) * B + eps)
 
 
-@njit(**_OPTS)
+@njit(**_RULE_OPTS)
 def _rule_at(rule, w, v, q, j, d, c):
     """The rule for the single element j (a bias) with gradient d; see _rule_row."""
     T = w.dtype.type
@@ -229,7 +246,7 @@ def _update(theta, vel, sq, grad, rule, c):
 # do 16 multiply-adds per 8 loads instead of 1 per 2. These are what train_epoch runs; the
 # plain kernels above stay as the readable reference, and tests hold both to the NumPy twin.
 
-@njit(fastmath={"nsz", "arcp"}, cache=CACHE, nogil=True, error_model="numpy")
+@njit(fastmath={"nsz", "arcp"}, cache=CACHE, nogil=True, error_model="numpy", _nrt=False)
 def _dot(w, x):
     """sum_i w_i x_i in one fixed order: 8 explicit partial sums, added pairwise. Compiled
     without ``reassoc``/``contract``, so LLVM cannot regroup it for its vector width (or fuse
@@ -902,7 +919,7 @@ def sample_loss(out, a, z, y, act, loss):
 
 
 # ---------------------------------------------------------------- the whole network
-@njit(**_OPTS)
+@njit(**_VIEW_OPTS)
 def _params(theta, shape, l):
     """Views W^(l) (N_l, N_{l-1}) and b^(l) (N_l,) into a flat parameter buffer."""
     n_out, n_in = shape.sizes[l], shape.sizes[l - 1]
@@ -911,7 +928,7 @@ def _params(theta, shape, l):
     return W, b
 
 
-@njit(**_OPTS)
+@njit(**_VIEW_OPTS)
 def _rows(buf, shape, l, mb):
     """Layer l's (mb, N_l) block of a batch buffer laid out by shape's a_off."""
     cap = buf.shape[0] // shape.a_off[-1]
@@ -919,11 +936,22 @@ def _rows(buf, shape, l, mb):
     return buf[off:off + mb * shape.sizes[l]].reshape((mb, shape.sizes[l]))
 
 
-@njit(**_OPTS)
+@njit(**_VIEW_OPTS)
 def _targets(bufs, shape, mb):
     K = shape.sizes[-1]
     return bufs.y[:mb * K].reshape((mb, K))
 
+
+
+def _counted(fn):
+    """fn compiled with reference counting under a name of its own (see _serial)."""
+    twin = types.FunctionType(fn.py_func.__code__, fn.py_func.__globals__,
+                              fn.py_func.__name__ + "_rc")
+    twin.__qualname__ = fn.py_func.__qualname__ + "_rc"
+    return njit(**_RC_OPTS)(twin)
+
+
+_params_rc, _rows_rc, _targets_rc = _counted(_params), _counted(_rows), _counted(_targets)
 
 @njit(**_OPTS)
 def _blocks(tile, n_out, n_in):

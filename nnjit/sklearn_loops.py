@@ -61,8 +61,8 @@ def train_epoch(theta, s1, s2, grad, shape, bufs, X, Y, S, order, batch_size, ru
         par = mb >= par_min
         loops.load_batch(bufs, shape, X, Y, S, order, start, mb)
         loops.forward(theta, shape, bufs, mb, par, par_work, 1)
-        aL, zL = loops._rows(bufs.a, shape, L, mb), loops._rows(bufs.z, shape, L, mb)
-        y = loops._targets(bufs, shape, mb)
+        aL, zL = loops._rows_rc(bufs.a, shape, L, mb), loops._rows_rc(bufs.z, shape, L, mb)
+        y = loops._targets_rc(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
         emax = max(emax, loops.sample_loss(costs, aL, zL, y, acts[L - 1], loss))
         Sb = loops.weight_sum(sw)
@@ -75,21 +75,21 @@ def train_epoch(theta, s1, s2, grad, shape, bufs, X, Y, S, order, batch_size, ru
         total += bl * mb
         t += 1
         c = loops.step_coefs(rule, hyper, t, alpha / Sb)
-        loops.output_error(loops._rows(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
+        loops.output_error(loops._rows_rc(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
         for l in range(L, 0, -1):
-            W, b = loops._params(theta, shape, l)
-            S1W, S1b = loops._params(s1, shape, l)
-            S2W, S2b = loops._params(s2, shape, l)
-            dW, db = loops._params(grad, shape, l)
-            delta, a_prev = loops._rows(bufs.delta, shape, l, mb), loops._rows(bufs.a, shape, l - 1, mb)
+            W, b = loops._params_rc(theta, shape, l)
+            S1W, S1b = loops._params_rc(s1, shape, l)
+            S2W, S2b = loops._params_rc(s2, shape, l)
+            dW, db = loops._params_rc(grad, shape, l)
+            delta, a_prev = loops._rows_rc(bufs.delta, shape, l, mb), loops._rows_rc(bufs.a, shape, l - 1, mb)
             if l > 1:       # error recursion first: it needs W^(l) before the update
                 if par:
-                    loops.backward_layer_blocked(loops._rows(bufs.delta, shape, l - 1, mb), delta, W,
-                                                 loops._rows(bufs.z, shape, l - 1, mb), a_prev,
+                    loops.backward_layer_blocked(loops._rows_rc(bufs.delta, shape, l - 1, mb), delta, W,
+                                                 loops._rows_rc(bufs.z, shape, l - 1, mb), a_prev,
                                                  acts[l - 2])
                 else:
-                    loops._backward_layer_s(loops._rows(bufs.delta, shape, l - 1, mb), delta, W,
-                                            loops._rows(bufs.z, shape, l - 1, mb), a_prev,
+                    loops._backward_layer_s(loops._rows_rc(bufs.delta, shape, l - 1, mb), delta, W,
+                                            loops._rows_rc(bufs.z, shape, l - 1, mb), a_prev,
                                             acts[l - 2])
             if par or W.size * mb >= par_work:
                 corrections_rule(W, b, S1W, S1b, S2W, S2b, dW, db, delta, a_prev, rule, c)

@@ -132,8 +132,8 @@ def train_epoch(WT, b1, V1, Q1, vb1, qb1, GT, gb1, mark, rowsq, zero_row, z1, a1
         mb = min(batch_size, n - start)
         par = mb >= par_min
         sparse_forward(z1[:mb], a1[:mb], WT, b1, indptr, indices, data, order, start, act1)
-        a0 = loops._rows(bufs.a, shape, 0, mb)
-        y = loops._targets(bufs, shape, mb)
+        a0 = loops._rows_rc(bufs.a, shape, 0, mb)
+        y = loops._targets_rc(bufs, shape, mb)
         K = y.shape[1]
         for m in range(mb):
             r = order[start + m]
@@ -143,7 +143,7 @@ def train_epoch(WT, b1, V1, Q1, vb1, qb1, GT, gb1, mark, rowsq, zero_row, z1, a1
                 y[m, k] = Y[r, k]
             bufs.s[m] = S[r]
         loops.forward(theta, shape, bufs, mb, par, par_work, 1)
-        aL, zL = loops._rows(bufs.a, shape, L, mb), loops._rows(bufs.z, shape, L, mb)
+        aL, zL = loops._rows_rc(bufs.a, shape, L, mb), loops._rows_rc(bufs.z, shape, L, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
         emax = max(emax, loops.sample_loss(costs, aL, zL, y, acts[L - 1], loss))
         Sb = loops.weight_sum(sw)
@@ -156,16 +156,16 @@ def train_epoch(WT, b1, V1, Q1, vb1, qb1, GT, gb1, mark, rowsq, zero_row, z1, a1
         total += bl * mb
         t += 1
         c = loops.step_coefs(rule, hyper, t, alpha / Sb)
-        loops.output_error(loops._rows(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
+        loops.output_error(loops._rows_rc(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
         for l in range(L, 0, -1):
-            W, b = loops._params(theta, shape, l)
-            S1W, S1b = loops._params(s1, shape, l)
-            S2W, S2b = loops._params(s2, shape, l)
-            dW, db = loops._params(grad, shape, l)
-            delta, a_prev = loops._rows(bufs.delta, shape, l, mb), loops._rows(bufs.a, shape, l - 1, mb)
+            W, b = loops._params_rc(theta, shape, l)
+            S1W, S1b = loops._params_rc(s1, shape, l)
+            S2W, S2b = loops._params_rc(s2, shape, l)
+            dW, db = loops._params_rc(grad, shape, l)
+            delta, a_prev = loops._rows_rc(bufs.delta, shape, l, mb), loops._rows_rc(bufs.a, shape, l - 1, mb)
             # error recursion first (W^(l) before its update); for l = 1 into the sparse layer
-            d_prev = loops._rows(bufs.delta, shape, l - 1, mb) if l > 1 else d1[:mb]
-            z_prev = loops._rows(bufs.z, shape, l - 1, mb) if l > 1 else z1[:mb]
+            d_prev = loops._rows_rc(bufs.delta, shape, l - 1, mb) if l > 1 else d1[:mb]
+            z_prev = loops._rows_rc(bufs.z, shape, l - 1, mb) if l > 1 else z1[:mb]
             act_prev = acts[l - 2] if l > 1 else act1
             if par:
                 loops.backward_layer_blocked(d_prev, delta, W, z_prev, a_prev, act_prev)
