@@ -650,23 +650,18 @@ def _pack_panel(P, X, t):
 @njit(**_OPTS)
 def _pack_panel_t(P, X, t):
     """Panel t of X^T into P: P[t K NR + k NR + c] = X[NR t + c, k], K = X's columns
-    (zero-padded past X's last row). 16 k at a time, so the 16 x NR block of P being written
-    stays in L1 while 32 rows of X are read."""
+    (zero-padded past X's last row). Eight rows of X at a time, k in order: a step writes 8
+    consecutive elements of P from 8 read streams (16 k of all 32 rows at a time, rows 4 KB
+    apart collided in L1: 1.6-4 ns an element for a 1024-wide W, 0.4 ns this way)."""
     n, K = X.shape
-    c_hi = min(NR, n - NR * t)
     base = t * K * NR
     zero = P.dtype.type(0.0)
-    for k0 in range(0, K, 16):
-        k1 = min(K, k0 + 16)
-        for c in range(NR):
-            o = base + c
-            if c < c_hi:
-                row = X[NR * t + c]
-                for k in range(k0, k1):
-                    P[o + k * NR] = row[k]
-            else:
-                for k in range(k0, k1):
-                    P[o + k * NR] = zero
+    for c0 in range(0, NR, 8):
+        for k in range(K):
+            o = base + k * NR + c0
+            for r in range(8):
+                c = NR * t + c0 + r
+                P[o + r] = X[c, k] if c < n else zero
 
 
 @njit(**_OPTS)
