@@ -21,7 +21,7 @@ import math
 import numba
 import numpy as np
 from numba import njit, types
-from numba.extending import intrinsic, overload, register_jitable
+from numba.extending import intrinsic, overload
 
 from ._numba_setup import CACHE   # False where no cache folder is writable
 
@@ -82,7 +82,8 @@ F_PRIME = {
 # of the correctly rounded e^x, tests/test_kernels.py), and 2^n built in the exponent bits
 # (two factors 2^(n//2) 2^(n - n//2), so n from -149 to 128 needs no special case). 0.9 ns
 # an element here. Overflow gives inf, x < -103.97 gives 0, NaN stays NaN; float64 keeps the
-# library's exp.
+# library's exp. (tanh stays the library's, 19 ns an element: a polynomial tanh calling this
+# e^x was not inlined by LLVM and stayed scalar; left for later.)
 @intrinsic
 def _f32_bits(typingctx, x):
     """The bits of a float32 as an int32 (a bit cast, no conversion)."""
@@ -99,13 +100,12 @@ def _bits_f32(typingctx, x):
     return types.float32(types.int32), codegen
 
 
-# Inlined into the callers' Numba IR (LLVM did not inline tanh's body, and its loop stayed
-# scalar), so they take the callers' flags: _ROW_FLAGS, no reassoc, which would fold
-# (k - magic) back into x log2e and lose the rounding to n, and n C1 + n C2 into n ln2.
+# The row kernels' flags: no reassoc, which would fold (k - magic) back into x log2e and lose
+# the rounding to n, and n C1 + n C2 into n ln2.
 _ROW_FLAGS = {"nsz", "contract"}
+_ROW_OPTS = dict(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
 
 
-@register_jitable(inline="always")
 def _exp32(x):
     T = np.float32
     hi, lo = T(88.72283905206835), T(-103.97207708)
@@ -134,37 +134,13 @@ def _exp(x):
     return math.exp(x)
 
 
-@overload(_exp, inline="always")
+# A function of its own (LLVM inlines it into the row loops): inlining it into Numba's IR
+# instead took 5 s more to compile apply_f.
+@overload(_exp, jit_options=_ROW_OPTS)
 def _exp_impl(x):
     if x != types.float32:
         return lambda x: math.exp(x)
-
-    return lambda x: _exp32(x)
-
-
-def _tanh(x):
-    return math.tanh(x)
-
-
-# tanh the same way (the library's tanhf: 19 ns an element): Cephes' tanhf, both branches
-# computed and one selected so the loop vectorises: x + x^3 P(x^2) below |x| = 0.625,
-# 1 - 2 / (e^2|x| + 1) with the sign of x above (no cancellation there: e^2|x| > 3.4).
-@overload(_tanh, inline="always")
-def _tanh_impl(x):
-    if x != types.float32:
-        return lambda x: math.tanh(x)
-
-    def tanh32(x):
-        T = np.float32
-        ax = -x if x < T(0.0) else x
-        w = x * x
-        small = ((((T(-5.70498872745e-3) * w + T(2.06390887954e-2)) * w
-                   - T(5.37397155531e-2)) * w + T(1.33314422036e-1)) * w
-                 - T(3.33332819422e-1)) * w * x + x
-        big = T(1.0) - T(2.0) / (_exp32(T(2.0) * ax) + T(1.0))
-        big = -big if x < T(0.0) else big
-        return small if ax < T(0.625) else big
-    return tanh32
+    return _exp32
 
 
 @njit(fastmath=_ROW_FLAGS, cache=CACHE, error_model="numpy", _nrt=False)
@@ -173,12 +149,6 @@ def exp_row(out, x):
     for j in range(x.shape[0]):
         out[j] = _exp(x[j])
 
-
-@njit(fastmath=_ROW_FLAGS, cache=CACHE, error_model="numpy", _nrt=False)
-def tanh_row(out, x):
-    """out_j = tanh(x_j) as the loop form computes it (tests read it)."""
-    for j in range(x.shape[0]):
-        out[j] = _tanh(x[j])
 
 
 # The loop form's twins: one row a[j] = f(z[j]) at a time, the branch on the code hoisted
@@ -198,7 +168,7 @@ def apply_f(a, z, code):
             a[j] = one / (one + _exp(-z[j]))
     elif code == TANH:
         for j in range(n):
-            a[j] = _tanh(z[j])
+            a[j] = math.tanh(z[j])
     elif code == RELU:
         for j in range(n):
             a[j] = z[j] if z[j] > zero else zero

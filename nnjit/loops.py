@@ -47,7 +47,8 @@ _OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True, error_model="numpy")
 # 64-32-10 online epoch's time in NRT_incref/NRT_decref (perf). An allocation here would not
 # compile ("NRT required"). A function without counting may not return a view, so _params,
 # _rows and _targets are inlined into their callers (Numba IR inlining); their counted twins
-# (*_rc) serve the counting callers in nnjit.sparse and nnjit.sklearn_loops.
+# (*_rc) serve the counting callers: the batch twins of the epoch (_EPOCH), nnjit.sparse and
+# nnjit.sklearn_loops.
 _RC_OPTS = _OPTS
 _OPTS = dict(_RC_OPTS, _nrt=False)
 _VIEW_OPTS = dict(_OPTS, inline="always")
@@ -1169,16 +1170,23 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
     return total, emax
 
 
-def _twin(fn, suffix, **consts):
-    """fn compiled under its own name (see _serial) with module constants replaced: Numba
+def _twin(fn, suffix, opts, **consts):
+    """fn compiled under its own name (see _serial) with module globals replaced: Numba
     freezes globals at compile time and prunes branches on them."""
     g = dict(fn.__globals__)
     g.update(consts)
     twin = types.FunctionType(fn.__code__, g, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + suffix
     twin.__doc__ = fn.__doc__
-    return njit(**_OPTS)(twin)
+    return njit(**opts)(twin)
 
 
-_EPOCH = {mode: _twin(_train_epoch, suffix, _MODE=mode)
-          for mode, suffix in ((_ONLINE, "_online"), (_TILED, "_batch"), (_GEMM, "_gemm"))}
+# The online twin runs without reference counting, its views inlined (a sample is ~4 us, and
+# the counts of ~30 views a sample cost ~1 of them); the batch twins count references and call
+# the counted view helpers: a view per layer per batch costs nothing there, and Numba's IR
+# inlining of ~25 view calls added 3.5 s to each twin's first compile.
+_EPOCH = {_ONLINE: _twin(_train_epoch, "_online", _OPTS, _MODE=_ONLINE),
+          _TILED: _twin(_train_epoch, "_batch", _RC_OPTS, _MODE=_TILED, _params=_params_rc,
+                        _rows=_rows_rc, _targets=_targets_rc),
+          _GEMM: _twin(_train_epoch, "_gemm", _RC_OPTS, _MODE=_GEMM, _params=_params_rc,
+                       _rows=_rows_rc, _targets=_targets_rc)}

@@ -41,12 +41,12 @@ def both(name, make_args, n_out):
     return results
 
 
-@pytest.mark.parametrize("name", ["exp", "tanh"])
-def test_float32_exp_and_tanh(name):
-    """The loop form's own float32 e^x and tanh (vectorisable polynomials, activations.py):
-    within 1.5 ulp of the correctly rounded value over the whole range, and the IEEE
-    special cases: overflow to inf, underflow to 0, NaN stays NaN, tanh saturates at +-1."""
-    fn, ref = (A.exp_row, np.exp) if name == "exp" else (A.tanh_row, np.tanh)
+@pytest.mark.parametrize("name", ["exp"])
+def test_float32_exp(name):
+    """The loop form's own float32 e^x (a vectorisable polynomial, activations.py): within
+    1.5 ulp of the correctly rounded value over the whole range, and the IEEE special cases:
+    overflow to inf, underflow to 0, NaN stays NaN."""
+    fn, ref = A.exp_row, np.exp
     x = np.concatenate([np.linspace(-110, 95, 200_003), np.linspace(-1, 1, 20_001),
                         np.geomspace(1e-30, 1e-3, 101), -np.geomspace(1e-30, 1e-3, 101)])
     x = x.astype(np.float32)
