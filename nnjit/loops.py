@@ -988,7 +988,8 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
         W, b = _params(theta, shape, l)
         a_prev = _rows(bufs.a, shape, l - 1, mb)
         z, a = _rows(bufs.z, shape, l, mb), _rows(bufs.a, shape, l, mb)
-        forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], 4, W.shape[0])
+        # int(4): a literal 4 would make Numba compile a second specialisation of the kernel
+        forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], int(4), W.shape[0])
 
 
 @njit(**_OPTS)
@@ -1015,17 +1016,18 @@ def backprop(theta, grad, shape, bufs, mb, loss, alpha):
 
 @njit(**_OPTS)
 def load_batch(bufs, shape, X, Y, S, order, start, mb):
-    """Copy samples order[start:start+mb] into layer 0, the targets and the weight row."""
+    """Copy samples order[start:start+mb] into layer 0, the targets and the weight row.
+    (Flat offsets, as _rows and _targets lay them out, rather than their views: inlining
+    those cost this small function 0.5 s of first compile.)"""
     D = X.shape[1]
     K = Y.shape[1]
-    a0 = _rows(bufs.a, shape, 0, mb)
-    y = _targets(bufs, shape, mb)
+    off = shape.a_off[0] * (bufs.a.shape[0] // shape.a_off[-1])
     for m in range(mb):
         r = order[start + m]
         for i in range(D):
-            a0[m, i] = X[r, i]
+            bufs.a[off + m * D + i] = X[r, i]
         for k in range(K):
-            y[m, k] = Y[r, k]
+            bufs.y[m * K + k] = Y[r, k]
         bufs.s[m] = S[r]
 
 
@@ -1045,17 +1047,22 @@ def penalty(theta, shape):
 #: compiled with its own value, so Numba prunes the other branches and a fit compiles only
 #: the kernels its batch size runs (a shorter first compile):
 #: _ONLINE (batch_size < par_min; one sample is a batch of 1): the per-sample kernels run
-#: serially, a layer wide enough (par_work) in parallel, and the first layer's update is fused
-#: with the next sample's feed-forward; _TILED: the parallel cache-blocked kernels;
-#: _GEMM (batch_size >= tile[7] and scratch for every layer): the GEMM path for every layer.
-_ONLINE, _TILED, _GEMM = 0, 1, 2
+#: serially and the first layer's update is fused with the next sample's feed-forward;
+#: _ONLINE_WIDE: the same, with a layer wide enough (N_l N_{l-1} batch_size >= par_work) in
+#: parallel (a network with no such layer does not compile the three parallel kernels);
+#: _TILED: the parallel cache-blocked kernels; _GEMM (batch_size >= tile[7] and scratch for
+#: every layer): the GEMM path for every layer.
+_ONLINE, _TILED, _GEMM, _ONLINE_WIDE = 0, 1, 2, 3
 _MODE = _TILED
 
 
-def epoch_mode(shape, bufs, batch_size, par_min, tile):
-    """Which twin of _train_epoch runs a fit (see _MODE)."""
+def epoch_mode(shape, bufs, batch_size, par_min, tile, par_work=None):
+    """Which twin of _train_epoch runs a fit (see _MODE); par_work None: as if a layer were
+    wide (_ONLINE_WIDE rather than _ONLINE)."""
     if batch_size == 1 or batch_size < par_min:
-        return _ONLINE
+        sizes = [int(x) for x in shape.sizes]
+        widest = max(o * i for i, o in zip(sizes[:-1], sizes[1:]))
+        return _ONLINE if par_work is not None and widest * batch_size < par_work else _ONLINE_WIDE
     if 0 < tile[7] <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
         return _GEMM
     return _TILED
@@ -1069,7 +1076,7 @@ def gemm_scratch(sizes, M):
 def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
                 hyper, loss, par_min, par_work, tile):
     """One epoch (see _train_epoch) in the twin compiled for this batch size (epoch_mode)."""
-    fn = _EPOCH[epoch_mode(shape, bufs, batch_size, par_min, tile)]
+    fn = _EPOCH[epoch_mode(shape, bufs, batch_size, par_min, tile, par_work)]
     return fn(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_size, rule,
               hyper, loss, par_min, par_work, tile)
 
@@ -1097,9 +1104,9 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
         load_batch(bufs, shape, X, Y, S, order, start, mb)
-        l0 = 1
-        if ahead:
-            apply_f(_rows(bufs.a, shape, 1, 1)[0], _rows(bufs.z, shape, 1, 1)[0], acts[0])
+        l0 = int(1)    # int(): a literal 1 passed on would compile another _rows_rc
+        if ahead:      # (l0 and mb are 1)
+            apply_f(_rows(bufs.a, shape, l0, mb)[0], _rows(bufs.z, shape, l0, mb)[0], acts[0])
             l0 = 2
         for l in range(l0, L + 1):                       # feed-forward
             W, b = _params(theta, shape, l)
@@ -1110,7 +1117,7 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
                 forward_layer_gemm(z, a, a_prev, W, b, acts[l - 1], bufs.p, tile[8], tile[9])
             elif _MODE == _TILED:
                 forward_layer_tiled(z, a, a_prev, W, b, acts[l - 1], mc, nc)
-            elif W.size * mb >= par_work:
+            elif _MODE == _ONLINE_WIDE and W.size * mb >= par_work:
                 forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
             else:
                 _forward_layer_tiled_s(z, a, a_prev, W, b, acts[l - 1], mc, nc)
@@ -1154,14 +1161,14 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, batch_
             else:
                 ahead = l == 1 and batch_size == 1 and start + 1 < n
                 if ahead:   # online: fuse the next sample's z^(1) into this update
-                    x_next, z_next = X[order[start + 1]], _rows(bufs.z, shape, 1, 1)[0]
-                    if W.size >= par_work:
+                    x_next, z_next = X[order[start + 1]], _rows(bufs.z, shape, l, mb)[0]
+                    if _MODE == _ONLINE_WIDE and W.size >= par_work:
                         update_forward_next(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
                                             z_next, rule, c)
                     else:
                         _update_forward_next_s(W, b, vW, vb, sW, sb, delta[0], a_prev[0],
                                                x_next, z_next, rule, c)
-                elif W.size * mb >= par_work:   # a wide layer pays for a parallel region
+                elif _MODE == _ONLINE_WIDE and W.size * mb >= par_work:   # pays for a region
                     corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
                                              c, ju, ic)
                 else:
@@ -1186,6 +1193,7 @@ def _twin(fn, suffix, opts, **consts):
 # the counted view helpers: a view per layer per batch costs nothing there, and Numba's IR
 # inlining of ~25 view calls added 3.5 s to each twin's first compile.
 _EPOCH = {_ONLINE: _twin(_train_epoch, "_online", _OPTS, _MODE=_ONLINE),
+          _ONLINE_WIDE: _twin(_train_epoch, "_online_wide", _OPTS, _MODE=_ONLINE_WIDE),
           _TILED: _twin(_train_epoch, "_batch", _RC_OPTS, _MODE=_TILED, _params=_params_rc,
                         _rows=_rows_rc, _targets=_targets_rc),
           _GEMM: _twin(_train_epoch, "_gemm", _RC_OPTS, _MODE=_GEMM, _params=_params_rc,

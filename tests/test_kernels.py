@@ -243,6 +243,19 @@ def test_train_epoch(dtype, batch_size, par_min, par_work, rule, tile):
     assert outs[0][3][0] == 2 * n_batches                             # makes no update
 
 
+def test_epoch_mode():
+    """Online fits compile the twin with parallel layers only when a layer is wide enough
+    for one (N_l N_{l-1} batch_size >= par_work); batches of par_min or more the tiled one."""
+    shape, _ = make_shape([5, 4, 3], [A.TANH, A.SOFTMAX])
+    bufs = make_batch(shape, 4, "float32")
+    # widest layer 4 x 5 = 20 weights
+    assert loops.epoch_mode(shape, bufs, 1, 2, loops.NO_TILE, 21) == loops._ONLINE
+    assert loops.epoch_mode(shape, bufs, 1, 2, loops.NO_TILE, 20) == loops._ONLINE_WIDE
+    assert loops.epoch_mode(shape, bufs, 3, 4, loops.NO_TILE, 61) == loops._ONLINE
+    assert loops.epoch_mode(shape, bufs, 3, 4, loops.NO_TILE, 60) == loops._ONLINE_WIDE
+    assert loops.epoch_mode(shape, bufs, 4, 4, loops.NO_TILE, 1) == loops._TILED
+
+
 # ---------------------------------------------------------------- the register-blocked kernels
 # train_epoch runs these; shapes cover full 4 x 4 blocks and every remainder (9 = 4+4+1
 # samples, 7 = 4+3 units, 6 = 4+2 units).
