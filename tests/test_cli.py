@@ -401,8 +401,11 @@ def _env():
 def test_ctrl_c_while_compiling_is_one_line(tmp_path, bad_files):
     import signal
     env = {**_env(), "NUMBA_CACHE_DIR": str(tmp_path / "empty_cache")}
+    # SIGINT back to its default in the child: a test run started as a background job of a
+    # non-interactive shell inherits it ignored, and Python then installs no Ctrl-C handler
     p = subprocess.Popen([sys.executable, "-m", "nnjit", "train", "--data", str(bad_files["good"])],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in p.stdout:
             if line.startswith("compiling the loops kernels for float32, first run only"):
