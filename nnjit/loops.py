@@ -642,16 +642,17 @@ def _pack_rows(P, X, k_lo, k_hi):
     128-byte pieces of its panels (a panel at a time read 32 elements from each of K rows
     thousands of bytes apart, a page each: 1.3-5 ns an element for 1024 rows, as the TLB
     allowed)."""
-    K, n = X.shape
+    u = np.uint64
+    K, n = u(X.shape[0]), u(X.shape[1])
+    nr = u(NR)
     zero = P.dtype.type(0.0)
-    for k in range(k_lo, k_hi):
-        row = X[k]
-        for t in range((n + NR - 1) // NR):
-            o = t * K * NR + k * NR
-            c_hi = min(NR, n - NR * t)
+    for k in range(u(k_lo), u(k_hi)):
+        for t in range((n + nr - u(1)) // nr):
+            o = t * K * nr + k * nr
+            c_hi = min(nr, n - nr * t)
             for c in range(c_hi):
-                P[o + c] = row[NR * t + c]
-            for c in range(c_hi, NR):
+                P[o + c] = X[k, nr * t + c]
+            for c in range(c_hi, nr):
                 P[o + c] = zero
 
 
@@ -678,17 +679,18 @@ def _transpose_rows(D, off, X, m_lo, m_hi):
     Sixteen rows of X at a time (32 KB for 512 columns: they stay in L1 while j runs), a step
     writing 16 consecutive elements of D (a row of X at a time wrote streams M elements
     apart, 4 KB at M = 1024, in one L1 set: 7-9 ns an element; about 1 ns this way)."""
-    M, n = X.shape
-    m0 = m_lo
-    while m0 + 16 <= m_hi:
+    u = np.uint64
+    M, n = u(X.shape[0]), u(X.shape[1])
+    m0, m_hi = u(m_lo), u(m_hi)
+    while m0 + u(16) <= m_hi:
         for j in range(n):
-            o = off + j * M + m0
-            for q in range(16):
+            o = u(off) + j * M + m0
+            for q in range(u(16)):
                 D[o + q] = X[m0 + q, j]
-        m0 += 16
+        m0 += u(16)
     for j in range(n):
         for m in range(m0, m_hi):
-            D[off + j * M + m] = X[m, j]
+            D[u(off) + j * M + m] = X[m, j]
 
 
 @njit(**_OPTS)
@@ -1064,14 +1066,18 @@ def backprop(theta, grad, shape, bufs, mb, loss, alpha):
 def load_batch(bufs, shape, X, Y, S, order, start, mb):
     """Copy samples order[start:start+mb] into layer 0, the targets and the weight row.
     (Flat offsets, as _rows and _targets lay them out, rather than their views: inlining
-    those cost this small function 0.5 s of first compile.)"""
-    D = X.shape[1]
-    K = Y.shape[1]
-    off = shape.a_off[0] * (bufs.a.shape[0] // shape.a_off[-1])
-    for m in range(mb):
-        r = order[start + m]
+    those cost this small function 0.5 s of first compile.) Unsigned indices: with signed
+    ones Numba's negative-index checks kept the row copy scalar (1.1-1.5 us a 784-wide
+    sample, as much as a third of a large-batch epoch of 784-128-10; now 0.4-0.6)."""
+    u = np.uint64
+    D = u(X.shape[1])
+    K = u(Y.shape[1])
+    off = u(shape.a_off[0] * (bufs.a.shape[0] // shape.a_off[-1]))
+    for m in range(u(mb)):
+        r = u(order[start + m])
+        o = off + m * D
         for i in range(D):
-            bufs.a[off + m * D + i] = X[r, i]
+            bufs.a[o + i] = X[r, i]
         for k in range(K):
             bufs.y[m * K + k] = Y[r, k]
         bufs.s[m] = S[r]
