@@ -33,8 +33,9 @@ TILE_CORRECTIONS = (4, 0)
 
 
 #: The GEMM path (loops.*_gemm: packed panels and a 3 x 32 register block, see
-#: nnjit.microkernel): a layer uses it for batches of at least GEMM_MIN_BATCH samples when
-#: both its widths are at least 32 (0: never). GEMM_BLOCKS = (mc, kc, ju): samples per
+#: nnjit.microkernel): every layer uses it for batches of at least GEMM_MIN_BATCH samples
+#: (0: never); the feed-forward and corrections of a layer of fewer than 32 units run the
+#: tiled kernels' loops inside it. GEMM_BLOCKS = (mc, kc, ju): samples per
 #: parallel step of feed-forward and error recursion (a multiple of 3), terms k summed per
 #: pass over a panel (kc x 32 stays in L1), units per parallel step of the corrections.
 #: Chosen by measurement (float32, 2-core AMD EPYC, AVX2; `nnjit bench --sweep`); the

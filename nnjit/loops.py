@@ -52,6 +52,9 @@ _OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True, error_model="numpy")
 _RC_OPTS = _OPTS
 _OPTS = dict(_RC_OPTS, _nrt=False)
 _VIEW_OPTS = dict(_OPTS, inline="always")
+# Compiled code calls a kernel with int(0), int(4) or a comparison, never a bare 0, 4 or True:
+# Numba types a literal argument as Literal[int](0) and compiles the callee once more for it
+# (a second specialisation: seconds of a first fit; test_a_fit_compiles_each_kernel_once).
 
 
 # ---------------------------------------------------------------- one layer, forward and back
@@ -275,7 +278,7 @@ def _dot(w, x):
 @njit(**_OPTS)
 def _dot_rows(z, a_prev, W, b, m0, nm):
     """z[m0:m0+nm, :] = a_prev[m0:m0+nm] W^T + b for nm <= 4 samples, 2 units at a time."""
-    _dot_rows_range(z, a_prev, W, b, m0, nm, 0, W.shape[0])
+    _dot_rows_range(z, a_prev, W, b, m0, nm, int(0), W.shape[0])   # int(): see _VIEW_OPTS
 
 
 @njit(**_OPTS)
@@ -412,7 +415,7 @@ def _backward_layer_blocked(delta_prev, delta, W, z_prev, a_prev, act_prev):
     M = delta.shape[0]
     n_in = W.shape[1]
     for m in prange(M):
-        _backward_row_range(delta_prev[m], delta[m], W, 0, n_in)
+        _backward_row_range(delta_prev[m], delta[m], W, int(0), n_in)
         mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
 
 
@@ -630,6 +633,13 @@ def _corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
 #   error recursion d_prev[m, j] = sum_k delta[m, k] W[k, j]  A = delta,  B = W packed
 #   corrections     dW[j, i]  = sum_m delta[m, j] a_prev[m, i]  A = delta^T (packed), B = a_prev packed
 # Every element is summed k = 0..K-1 in order whatever the blocks and threads.
+# The feed-forward and corrections of a layer of fewer than NR units (an output layer of 10)
+# run the tiled kernels' loops instead, inside the same parallel kernel (no second kernel to
+# compile): padding 10 units to 32 tripled the work, packing a 1024 x 1024 a_prev for 10 rows
+# of sums cost more than the sums, and 10 rows were one parallel step (measured at 1024
+# inputs, batch 256-1024: 0.6-0.8 -> 0.26 us a sample forward, 0.7-1.7 -> 0.4-0.5
+# corrections). Those results equal the tiled kernels' bit for bit. The error recursion
+# keeps its panels: to 10 units from 1024 (K = 10) it runs as fast as the tiled loops.
 
 #: rows a parallel packing step copies (_pack_rows, _transpose_rows; measured: 16-32 best)
 PACK_ROWS = 32
@@ -728,19 +738,28 @@ def _forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
 
     a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l); P scratch of at least
     ceil(N_l / NR) NR N_{l-1} elements. Two parallel loops: panels of W^T (a step packs one),
-    then chunks of mc samples m (a step owns their rows of z and a)."""
+    then chunks of mc samples m (a step owns their rows of z and a). Fewer than NR units: no
+    packing, and steps of 4 samples with the tiled kernel's sums (_dot_rows_range)."""
     M, n_in = a_prev.shape
     n_out = W.shape[0]
-    for t in prange((n_out + NR - 1) // NR):
-        _pack_panel_t(P, W, np.int64(t))     # prange indices are unsigned: one specialisation
+    narrow = n_out < NR     # the tiled kernel's loops, 4 samples a step (see the note above)
+    if narrow:
+        mc = 4              # (groups of 4 from 0 whatever mc: the same bits)
+    if not narrow:
+        for t in prange((n_out + NR - 1) // NR):
+            _pack_panel_t(P, W, np.int64(t))     # prange indices are unsigned: one specialisation
     zf, af = z.reshape(z.size), a_prev.reshape(a_prev.size)
-    for ch in prange((M + mc - 1) // mc):
-        m_lo = ch * mc
+    for ch in prange((M + mc - 1) // mc):   # one parallel loop for both: each is a gufunc
+        m_lo = ch * mc                      # Numba compiles (seconds)
         m_hi = min(M, m_lo + mc)
-        _gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, n_out, n_in, kc)
+        if narrow:
+            _dot_rows_range(z, a_prev, W, b, m_lo, m_hi - m_lo, int(0), n_out)
+        else:
+            _gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, n_out, n_in, kc)
+            for m in range(m_lo, m_hi):
+                for j in range(n_out):
+                    z[m, j] += b[j]
         for m in range(m_lo, m_hi):
-            for j in range(n_out):
-                z[m, j] += b[j]
             apply_f(a[m], z[m], act)
 
 
@@ -797,30 +816,46 @@ def _corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, 
     W, vW, sW, dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1});
     P scratch of ceil(N_{l-1} / NR) NR M + N_l M elements: the panels of a_prev, then
     delta^T (N_l, M). Parallel loops: packing (PACK_ROWS samples m a step: their rows of
-    a_prev into the panels, their columns of delta^T), then blocks of ju units j (a step owns their rows of W, vW, sW, dW and their
-    biases; each row gets its update once its sums are done)."""
+    a_prev into the panels, their columns of delta^T), then blocks of ju units j (a step
+    owns their rows of W, vW, sW, dW and their biases; each row gets its update once its
+    sums are done). Fewer than NR units: no packing, and steps of 4 units with the tiled
+    kernel's sums over a_prev in place (_corr_rows_range)."""
     M, n_in = a_prev.shape
     n_out = delta.shape[1]
-    nt = (n_in + NR - 1) // NR
-    off = nt * NR * M
-    for mb in prange((M + PACK_ROWS - 1) // PACK_ROWS):
-        m0 = mb * PACK_ROWS
-        m1 = min(M, m0 + PACK_ROWS)
-        _pack_rows(P, a_prev, m0, m1)
-        _transpose_rows(P, off, delta, m0, m1)
-    D = P[off:off + n_out * M]
-    dWf = dW.reshape(dW.size)
     s = 1.0 / M
     an = c[8]
     zero = W.dtype.type(0.0)
-    for jb in prange((n_out + ju - 1) // ju):
+    narrow = n_out < NR     # the tiled kernel's loops, 4 units a step (see the note above)
+    nt = (n_in + NR - 1) // NR
+    off = nt * NR * M
+    if not narrow:
+        for mb in prange((M + PACK_ROWS - 1) // PACK_ROWS):
+            m0 = mb * PACK_ROWS
+            m1 = min(M, m0 + PACK_ROWS)
+            _pack_rows(P, a_prev, m0, m1)
+            _transpose_rows(P, off, delta, m0, m1)
+    D = P[off:off + n_out * M]
+    dWf = dW.reshape(dW.size)
+    if narrow:
+        ju = 4
+    for jb in prange((n_out + ju - 1) // ju):     # one parallel loop for both (see forward)
         j_lo = jb * ju
         j_hi = min(n_out, j_lo + ju)
-        _gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, n_in, M, kc)
+        if narrow:
+            for j in range(j_lo, j_hi):
+                row = dW[j]
+                for i in range(n_in):
+                    row[i] = zero
+                db[j] = zero
+            i0 = int(0)
+            _corr_rows_range(dW, db, delta, a_prev, j_lo, j_hi - j_lo, i0, n_in, i0 == 0)
+        else:
+            _gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, n_in, M, kc)
+            for j in range(j_lo, j_hi):
+                db[j] = _sum8(D, j * M, M)        # db_j = sum_m delta_mj
         for j in range(j_lo, j_hi):
-            t = _sum8(D, j * M, M)        # db_j = sum_m delta_mj
             _rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
-            db[j] = t * W.dtype.type(s)
+            db[j] *= W.dtype.type(s)
             _rule_at(rule, b, vb, sb, j, db[j], c)
 
 

@@ -435,7 +435,9 @@ def test_hot_loops_are_vectorised(name, args):
 # ---------------------------------------------------------------- GEMM path
 # Shapes with a remainder in every blocked dimension: samples not a multiple of MR = 3 or of
 # mc, widths not a multiple of NR = 32 (37, 35) or below one panel (5), k not a multiple of kc.
-GEMM_SHAPES = [(7, 37, 35), (50, 70, 33), (4, 5, 3), (64, 64, 96)]
+# (50, 37, 10): an output layer narrower than a panel (tiled loops inside the GEMM kernels,
+# 10 = 4 + 4 + 2 units); (50, 10, 37): a recursion to a layer narrower than a panel.
+GEMM_SHAPES = [(7, 37, 35), (50, 70, 33), (4, 5, 3), (64, 64, 96), (50, 37, 10), (50, 10, 37)]
 GEMM_BLOCKS = [(3, 5, 3), (6, 256, 48), (48, 16, 6)]
 
 
@@ -496,6 +498,39 @@ def test_gemm_corrections_update(dtype, M_, n_in, n_out, mc, kc, ju, rule):
         assert np.isfinite(x).all()
         np.testing.assert_array_equal(x, y)        # blocks and threads do not change a sum
         assert_close(x, ref, dtype)
+
+
+@pytest.mark.parametrize("M_,n_in,n_out", [(50, 37, 10), (9, 31, 31), (6, 3, 2), (4, 40, 1)])
+def test_gemm_narrow_layers_equal_the_tiled_kernels(M_, n_in, n_out):
+    """A layer narrower than a panel (NR = 32 units) runs the tiled kernels' loops inside
+    the GEMM kernels (feed-forward, corrections): the same bits as the tiled kernels,
+    whatever the GEMM blocks."""
+    dtype = "float32"
+    a_prev, W, b, delta = data(dtype, (M_, n_in), (n_out, n_in), (n_out,), (M_, n_out))
+    P, = poisoned((loops.gemm_need(n_out, n_in, M_, True),), dtype=dtype)
+    outs = []
+    for run in (lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, A.TANH, P, 6, 16),
+                lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, A.TANH, P, 3, 5),
+                lambda z, a: loops.forward_layer_tiled(z, a, a_prev, W, b, A.TANH, 4, n_out)):
+        z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
+        run(z, a)
+        outs.append((z, a))
+    for x in outs[1:]:
+        np.testing.assert_array_equal(x[0], outs[0][0])
+        np.testing.assert_array_equal(x[1], outs[0][1])
+    rule, c = R.RULE_NESTEROV, coefs(R.RULE_NESTEROV)
+    vW, vb = data(dtype, (n_out, n_in), (n_out,), seed=3)
+    res = []
+    for gemm in (True, False):
+        args = [W.copy(), b.copy(), vW.copy(), vb.copy(), np.zeros_like(W), np.zeros_like(b)
+                ] + poisoned((n_out, n_in), (n_out,), dtype=dtype)
+        if gemm:
+            loops.corrections_update_gemm(*args, delta, a_prev, rule, c, P, 24, 16)
+        else:
+            loops.corrections_update_tiled(*args, delta, a_prev, rule, c, 4, n_in)
+        res.append(args[:4] + args[7:])
+    for x, y in zip(*res):
+        np.testing.assert_array_equal(x, y)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -570,8 +605,8 @@ def test_micro_kernel_source_is_generated():
 
 
 def test_a_fit_compiles_each_kernel_once(tmp_path):
-    """A first fit (batch 32) and a prediction, float32, in a fresh process with an empty
-    Numba cache: every nnjit kernel has one signature. A literal argument (a constant 4 or 1
+    """A first fit (batch 32), a prediction and a fit by the GEMM path (batch 64), float32,
+    in a fresh process with an empty Numba cache: every nnjit kernel has one signature. A literal argument (a constant 4 or 1
     passed on) or an unsigned prange index where a signed one is passed elsewhere makes Numba
     compile a second specialisation: seconds more on a first fit. (With a warm cache the
     callers' machine code is loaded and such a duplicate does not show: hence the empty one.)"""
@@ -587,6 +622,8 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
         X = rng.normal(size=(40, 6)).astype(np.float32)
         y = rng.integers(0, 3, 40)
         MLP([6, 5, 3], dtype="float32").fit(X, y, epochs=1, batch_size=32).predict(X)
+        X, y = np.tile(X, (2, 1)), np.tile(y, 2)      # the GEMM path: wide and narrow layers
+        MLP([6, 40, 3], dtype="float32").fit(X, y, epochs=1, batch_size=64)
         mods = (nnjit.loops, nnjit.activations, nnjit.microkernel)
         twice = {f"{m.__name__}.{k}": [str(s) for s in v.signatures] for m in mods
                  for k, v in vars(m).items() if isinstance(v, CPUDispatcher) and len(v.signatures) > 1}
