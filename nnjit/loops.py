@@ -672,14 +672,16 @@ def _pack_panel_t(P, X, t):
     (zero-padded past X's last row). Eight rows of X at a time, k in order: a step writes 8
     consecutive elements of P from 8 read streams (16 k of all 32 rows at a time, rows 4 KB
     apart collided in L1: 1.6-4 ns an element for a 1024-wide W, 0.4 ns this way)."""
-    n, K = X.shape
-    base = t * K * NR
+    u = np.uint64
+    n, K = u(X.shape[0]), u(X.shape[1])
+    nr = u(NR)
+    base = u(t) * K * nr
     zero = P.dtype.type(0.0)
-    for c0 in range(0, NR, 8):
+    for c0 in range(u(0), nr, u(8)):
         for k in range(K):
-            o = base + k * NR + c0
-            for r in range(8):
-                c = NR * t + c0 + r
+            o = base + k * nr + c0
+            for r in range(u(8)):
+                c = nr * u(t) + c0 + r
                 P[o + r] = X[c, k] if c < n else zero
 
 
@@ -792,20 +794,22 @@ def _sum8(x, o, n):
     element, a millisecond of the corrections at 512 units x 1024 samples)."""
     z = x.dtype.type(0.0)
     t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = z
-    m = 0
-    while m + 8 <= n:
-        t0 += x[o + m]
-        t1 += x[o + m + 1]
-        t2 += x[o + m + 2]
-        t3 += x[o + m + 3]
-        t4 += x[o + m + 4]
-        t5 += x[o + m + 5]
-        t6 += x[o + m + 6]
-        t7 += x[o + m + 7]
-        m += 8
+    u = np.uint64
+    p, e = u(o), u(o) + u(n)
+    while p + u(8) <= e:
+        t0 += x[p]
+        t1 += x[p + u(1)]
+        t2 += x[p + u(2)]
+        t3 += x[p + u(3)]
+        t4 += x[p + u(4)]
+        t5 += x[p + u(5)]
+        t6 += x[p + u(6)]
+        t7 += x[p + u(7)]
+        p += u(8)
     t = ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
-    for r in range(m, n):
-        t += x[o + r]
+    while p < e:
+        t += x[p]
+        p += u(1)
     return t
 
 
