@@ -1,7 +1,7 @@
-"""How nnjit sets up Numba before any kernel is compiled: the threading layer and the disk cache.
+"""How nnjit sets up Numba before any kernel is compiled: the threading layer.
 
-What it is for: making ``import nnjit`` and training work where Numba's defaults fail, with
-other processes and threads around. Imported first by ``nnjit/__init__.py``; not for users.
+What it is for: making training work where Numba's defaults fail, with other processes and
+threads around. Imported by :mod:`nnjit.jit` before any kernel is made; not for users.
 
 Threading layer. Numba's parallel kernels run on one of three layers; only TBB is both
 fork-safe and thread-safe:
@@ -15,16 +15,15 @@ fork-safe and thread-safe:
   ``<prefix>/lib``, where the dynamic loader does not look; loading it here with
   ``RTLD_GLOBAL`` lets Numba's ``tbbpool`` find it.
 
-Policy: if ``NUMBA_THREADING_LAYER`` (or ``numba.config.THREADING_LAYER``) is set explicitly,
-nnjit respects it and does nothing. Otherwise it loads TBB and selects it; where TBB cannot be
-loaded it warns once and leaves Numba's default (OpenMP if present, else workqueue).
-``nnjit.threading_layer()`` says which layer parallel kernels use (once one has run).
+Policy: nnjit loads TBB (when the ``tbb`` package is installed) whatever the user chose, so
+that any layer Numba could pick works: ``NUMBA_THREADING_LAYER=tbb``, ``safe``, ``threadsafe``,
+``forksafe`` or ``default`` find it as they would with a system-wide TBB. If the user set
+``NUMBA_THREADING_LAYER`` (or ``numba.config.THREADING_LAYER``), that choice stands;
+otherwise nnjit selects TBB, and where TBB cannot be loaded it warns once and leaves Numba's
+default (OpenMP if present, else workqueue). ``nnjit.threading_layer()`` says which layer
+parallel kernels use (once one has run).
 
-Disk cache. Kernels are compiled with ``cache=True`` so a new process loads them in
-milliseconds. Numba needs a writable ``__pycache__`` beside the package or a writable user
-cache directory (``NUMBA_CACHE_DIR``, else ``~/.cache``); in a read-only install with no
-writable home it raises at decoration time. :data:`CACHE` is False there, kernels compile in
-memory in every process, and one warning says to set ``NUMBA_CACHE_DIR``.
+The disk cache of compiled kernels is :mod:`nnjit.jit`'s.
 """
 import ctypes
 import os
@@ -36,8 +35,6 @@ import numba
 
 #: the layer nnjit selected ("tbb"), "user" when NUMBA_THREADING_LAYER was set, or "default"
 SELECTED = None
-#: whether kernels use Numba's disk cache (False where no cache location is writable)
-CACHE = True
 
 
 def _tbb_candidates():
@@ -55,7 +52,7 @@ def _tbb_candidates():
         yield name                      # wherever the dynamic loader finds it
 
 
-def _load_tbb():
+def _load_tbb(quiet=False):
     mode = getattr(ctypes, "RTLD_GLOBAL", 0)
     for path in _tbb_candidates():
         try:
@@ -68,8 +65,9 @@ def _load_tbb():
             _check_tbb_version_compatible()
             return True
         except (ImportError, OSError, ValueError) as e:
-            warnings.warn(f"nnjit: TBB found at {path} but Numba cannot use it ({e})",
-                          RuntimeWarning, stacklevel=3)
+            if not quiet:
+                warnings.warn(f"nnjit: TBB found at {path} but Numba cannot use it ({e})",
+                              RuntimeWarning, stacklevel=3)
             return False
     return False
 
@@ -77,6 +75,9 @@ def _load_tbb():
 def choose_threading_layer():
     global SELECTED
     if os.environ.get("NUMBA_THREADING_LAYER") or str(numba.config.THREADING_LAYER).lower() != "default":
+        # the user's choice stands; TBB is loaded so that a choice Numba resolves to it works
+        # (the tbb wheel's library is not where the dynamic loader looks)
+        _load_tbb(quiet=True)
         SELECTED = "user"
         return SELECTED
     if _load_tbb():
@@ -91,51 +92,6 @@ def choose_threading_layer():
                       "training much more. Set NUMBA_THREADING_LAYER to choose one and silence this.",
                       RuntimeWarning, stacklevel=3)
     return SELECTED
-
-
-def _cache_works():
-    """Whether Numba finds a writable cache location for functions of this package: decorating
-    a function of this folder with cache=True is where Numba looks (nothing is compiled)."""
-    def probe():            # lives in nnjit's folder, as every kernel does
-        pass
-    try:
-        numba.njit(cache=True)(probe)
-        return True
-    except RuntimeError:    # "cannot cache function 'probe': no locator available"
-        return False
-
-
-def choose_cache():
-    global CACHE
-    CACHE = _cache_works()
-    if not CACHE:
-        warnings.warn("nnjit: no writable Numba cache location (read-only install, no writable "
-                      "home); kernels are compiled in memory in every process. Set "
-                      "NUMBA_CACHE_DIR to a writable folder to cache them.",
-                      RuntimeWarning, stacklevel=3)
-    return CACHE
-
-
-def slp_compile(dispatcher):
-    """Compile this Numba function (every signature, when first needed) with LLVM's SLP
-    vectoriser on, and only this one: the switch (numba.config.SLP_VECTORIZE, off by default
-    since numba#8852) is read each time a module is optimised, so it is set for the length of
-    the function's own compile, under Numba's compiler lock, and restored. Callers link the
-    already vectorised code. Used for nnjit.microkernel.block; returns the dispatcher."""
-    from numba.core import config
-    from numba.core.compiler_lock import global_compiler_lock
-    compile_ = dispatcher.compile
-
-    def compile(sig):
-        with global_compiler_lock:
-            old = config.SLP_VECTORIZE
-            config.SLP_VECTORIZE = 1
-            try:
-                return compile_(sig)
-            finally:
-                config.SLP_VECTORIZE = old
-    dispatcher.compile = compile
-    return dispatcher
 
 
 def threading_layer():
@@ -194,4 +150,3 @@ class EpochThreads:
 
 
 choose_threading_layer()
-choose_cache()

@@ -18,12 +18,11 @@ softmax    e^z_k / sum_k' e^z_k'            full Jacobian a_k (1[k=k'] - a_k'), 
 """
 import math
 
-import numba
 import numpy as np
-from numba import njit, types
+from numba import types
 from numba.extending import intrinsic, overload
 
-from ._numba_setup import CACHE   # False where no cache folder is writable
+from .jit import jit
 
 IDENTITY, SIGMOID, TANH, RELU, GELU, SOFTMAX = range(6)
 CODES = {"identity": IDENTITY, "sigmoid": SIGMOID, "tanh": TANH, "relu": RELU,
@@ -39,10 +38,18 @@ _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
-@numba.vectorize(["float32(float32)", "float64(float64)"], cache=CACHE)
+@jit(error_model="numpy", _nrt=False)
+def _erf_flat(out, x):
+    for i in range(x.shape[0]):
+        out[i] = math.erf(x[i])
+
+
 def erf(x):
-    """Elementwise erf as a NumPy ufunc (NumPy has none; SciPy is not a dependency)."""
-    return math.erf(x)
+    """Elementwise erf of an array (NumPy has none; SciPy is not a dependency)."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    _erf_flat(out.reshape(-1), x.reshape(-1))
+    return out
 
 
 def _softmax(z):
@@ -143,7 +150,7 @@ def _exp_impl(x):
     return _exp32
 
 
-@njit(fastmath=_ROW_FLAGS, cache=CACHE, error_model="numpy", _nrt=False)
+@jit(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
 def exp_row(out, x):
     """out_j = e^(x_j) as the loop form computes it (tests read it)."""
     for j in range(x.shape[0]):
@@ -155,7 +162,7 @@ def exp_row(out, x):
 # out of the loop so each inner loop stays a plain SIMD-friendly loop (error_model numpy: a
 # division is a plain IEEE one, no zero check in the loop to stop the vectoriser). Without
 # reassoc (see _ROW_FLAGS) softmax sums its row in order.
-@njit(fastmath=_ROW_FLAGS, cache=CACHE, error_model="numpy", _nrt=False)
+@jit(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
 def apply_f(a, z, code):
     """a_j = f(z_j) for one sample's row; a, z: (N_l,)."""
     n = z.shape[0]
@@ -190,7 +197,7 @@ def apply_f(a, z, code):
             a[j] = z[j]
 
 
-@njit(fastmath=_ROW_FLAGS, cache=CACHE, error_model="numpy", _nrt=False)
+@jit(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
 def mul_fprime(d, z, a, code):
     """d_j <- f'(z_j) d_j for one sample's row (elementwise f only); d, z, a: (N_l,)."""
     n = z.shape[0]

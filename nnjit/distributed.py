@@ -31,11 +31,13 @@ P = ``net.n_params`` (sync; "average" sends weights and velocities both ways onc
 4 x P x shards x itemsize). The data never moves after the shards are built, unless a
 worker dies and its shards are rebuilt elsewhere.
 
-Faults: shards are Dask futures with lineage (a slice of the caller's array, or a block of
-its Dask graph), so when a worker dies Dask recomputes the shards it held and reruns the
-step's lost tasks on the remaining (or restarted) workers. The shards' sums are added in
-shard order, not arrival order, and every loop kernel sums in a fixed order, so a run with
-a worker killed mid-training gives the same weights as one without.
+Faults: the driver keeps each shard's recipe (a slice of the caller's array, or a block of
+its Dask graph). When a worker dies, the shards it held are rebuilt on the remaining (or
+restarted) workers and the step's lost tasks rerun. The shards' sums are added in shard
+order, not arrival order, and every loop kernel sums in a fixed order, so a run with a worker
+killed mid-training gives the same weights as one without. A worker that dies on every try
+(a crash in native code, memory exhausted) stops the fit with :class:`WorkerCrashError`
+after ``MAX_SHARD_LOSSES`` losses in one step, rather than restarting forever.
 
 Not for one machine's worth of data (``MLP.fit`` is faster, and streams data larger than
 memory by itself, see :mod:`nnjit.data`).
@@ -126,6 +128,88 @@ def _shard_epoch(spec, theta, vel, shard, batch_size, eta, mu, seed):
 
 
 # ---------------------------------------------------------------- on the driver
+class WorkerCrashError(RuntimeError):
+    """A Dask worker process died (crashed or was killed) again and again while running
+    nnjit's tasks; the weights are those of the last finished epoch."""
+
+
+#: how many times the shards of one step may be lost with their workers (rebuilt from the
+#: driver's data each time) before fit gives up with WorkerCrashError
+MAX_SHARD_LOSSES = 3
+_POLL_S = 0.5
+
+
+class _Shards:
+    """The shards on the workers, and the steps run on them.
+
+    Dask's lineage alone does not bring lost shards back: when every worker holding them dies
+    at once, the restarted workers get the tasks back but the shards stay "lost" and the step
+    waits forever (reproduced with plain Dask). So the driver keeps the recipe of each shard,
+    watches its tasks, rebuilds a shard that is lost and resubmits that shard's task, and after
+    MAX_SHARD_LOSSES losses in one step (a worker that crashes on every try) stops with
+    WorkerCrashError instead of an endless series of restarts."""
+
+    def __init__(self, client, build, n):
+        self.client, self.build = client, build
+        self.futures = [build(s) for s in range(n)]
+        self._check(self.futures, "building the shards")
+
+    def _check(self, futures, what):
+        import distributed
+        distributed.wait(futures)
+        for f in futures:
+            if f.status == "error":
+                _raise_task_error(f, what)
+
+    def run(self, submit, which):
+        """[submit(s, shard future) result for s in which], in that order."""
+        import distributed
+        from distributed.client import FuturesCancelledError
+        which = list(which)
+        tasks = {s: submit(s, self.futures[s]) for s in which}
+        losses = 0
+        while True:
+            try:
+                distributed.wait(list(tasks.values()), timeout=_POLL_S)
+            except (TimeoutError, FuturesCancelledError):   # cancelled: its shard was lost
+                pass
+            for s, f in tasks.items():
+                if f.status == "error":
+                    _raise_task_error(f, "training")
+            if all(f.status == "finished" for f in tasks.values()):
+                return self.client.gather([tasks[s] for s in which])
+            lost = [s for s in which if tasks[s].status == "cancelled"
+                    or self.futures[s].status in ("lost", "cancelled", "error")]
+            if not lost:
+                continue
+            losses += 1
+            if losses > MAX_SHARD_LOSSES:
+                raise WorkerCrashError(
+                    f"Dask workers died {losses} times during one training step (the shards "
+                    f"they held were lost each time); stopping instead of restarting them "
+                    f"forever. A worker dies of a crash in native code or of running out of "
+                    f"memory: see the workers' logs (client.get_worker_logs()). The weights "
+                    f"are those of the last finished epoch.")
+            # the lost keys stay stuck while anything holds them (their recomputation never
+            # starts): cancel the waiting tasks and the lost shards, then build them anew
+            self.client.cancel([tasks[s] for s in lost] + [self.futures[s] for s in lost],
+                               force=True)
+            for s in lost:
+                self.futures[s] = self.build(s)
+                tasks[s] = submit(s, self.futures[s])
+
+
+def _raise_task_error(future, what):
+    exc = future.exception()
+    if type(exc).__name__ == "KilledWorker":
+        raise WorkerCrashError(
+            f"a Dask worker died each time it ran nnjit's task while {what} ({exc}); a worker "
+            f"dies of a crash in native code or of running out of memory: see the workers' "
+            f"logs (client.get_worker_logs()). The weights are those of the last finished "
+            f"epoch.") from exc
+    raise exc
+
+
 def _connect(client, timeout):
     """(Client, whether we opened it) with clear errors for the ways this goes wrong."""
     try:
@@ -154,16 +238,33 @@ def _connect(client, timeout):
 
 
 def _blocks(A, rows):
-    """Row blocks of A (lengths ``rows``) as Dask delayed objects with lineage."""
-    import dask
+    """Row blocks of A (lengths ``rows``): for each, a function (client, worker) giving a
+    future of the block. Dask arrays and out-of-core data keep their lineage (workers compute or
+    read their block); in-memory blocks are scattered anew each time (fresh keys: a block
+    lost with its worker must not come back under its old key, which Dask keeps stuck)."""
     import dask.array as da
-    if hasattr(A, "__dask_graph__"):
-        return list(A.rechunk({0: rows}).to_delayed().ravel())
-    if _data.is_out_of_core(A):           # memmap, zarr, h5py: workers read their block
-        return list(da.from_array(A, chunks=(rows,) + tuple(A.shape[1:])).to_delayed().ravel())
-    A = np.asarray(A)                     # in memory: each shard's slice is its own literal
+    if hasattr(A, "__dask_graph__") or _data.is_out_of_core(A):
+        if not hasattr(A, "__dask_graph__"):        # memmap, zarr, h5py
+            A = da.from_array(A, chunks=(rows,) + tuple(A.shape[1:]))
+        blocks = list(A.rechunk({0: rows}).to_delayed().ravel())
+        return [lambda client, w, b=b: client.compute(b) for b in blocks]
+    A = np.asarray(A)
     bounds = np.cumsum((0,) + rows)
-    return [dask.delayed(A[lo:hi]) for lo, hi in zip(bounds[:-1], bounds[1:])]
+    return [lambda client, w, lo=lo, hi=hi: client.scatter(A[lo:hi], workers=[w], hash=False)
+            for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+
+def _alive_worker(client, s):
+    """The s-th worker (round robin) among those alive now; waits for one to come back."""
+    workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    if not workers:
+        try:
+            client.wait_for_workers(1, timeout=120)
+        except TimeoutError:
+            raise WorkerCrashError("the Dask cluster has no workers left (they died and did "
+                                   "not come back within 120 s)") from None
+        workers = sorted(client.scheduler_info(n_workers=-1)["workers"])
+    return workers[s % len(workers)]
 
 
 def _labels(net, y):
@@ -253,17 +354,15 @@ def _fit(net, X, y, client, mode, epochs, lr, momentum, batch_size, n_shards, sh
                 loss=net.loss, dtype=net.dtype, classes=net.classes_,
                 backend=net.backend if net.backend in ("loops", "vectorised") else "loops",
                 threads=threads)
-    import dask
-    import distributed
     edges = np.concatenate([[0], np.cumsum(rows)])
-    shards = [client.compute(dask.delayed(_prepare, pure=False)(
-                  spec, xb, yb, None if S is None else S[edges[s]:edges[s + 1]]),
-                             workers=[workers[s % len(workers)]], allow_other_workers=True)
-              for s, (xb, yb) in enumerate(zip(_blocks(X, rows), _blocks(y, rows)))]
-    distributed.wait(shards)
-    for f in shards:
-        if f.status == "error":
-            raise f.exception()
+    xbs, ybs = _blocks(X, rows), _blocks(y, rows)
+
+    def build(s):               # shard s on a live worker (a restriction to a dead one never runs)
+        w = _alive_worker(client, s)
+        Ss = None if S is None else S[edges[s]:edges[s + 1]]
+        return client.submit(_prepare, spec, xbs[s](client, w), ybs[s](client, w), Ss, pure=False,
+                             workers=[w], allow_other_workers=True)
+    shards = _Shards(client, build, len(rows))
     seed0 = int(net._rng.integers(2**63)) if (mode == "average" and shuffle) else None
     _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_size,
            seed0, callbacks, timings, float(M) if S is None else float(S.sum()))
@@ -287,9 +386,9 @@ def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_si
             for t in range(steps):
                 b = max(rows) if batch_size is None else batch_size
                 parts = [(s, min(t * b, r), min((t + 1) * b, r)) for s, r in enumerate(rows)]
-                futs = [client.submit(_shard_sums, spec, theta, shards[s], lo, hi, pure=False)
-                        for s, lo, hi in parts if hi > lo]
-                res = client.gather(futs)
+                bounds = {s: (lo, hi) for s, lo, hi in parts if hi > lo}
+                res = shards.run(lambda s, shard: client.submit(
+                    _shard_sums, spec, theta, shard, *bounds[s], pure=False), bounds)
                 g = np.zeros(theta.shape, np.float64)
                 for r in res:                     # in shard order: the same sum every run
                     g += r[0]
@@ -302,10 +401,9 @@ def _train(net, client, shards, rows, spec, mode, epochs, lr, momentum, batch_si
                 vel = dtype.type(momentum) * vel - dtype.type(eta) * (g / count).astype(dtype)
                 theta = theta + vel
         else:
-            futs = [client.submit(_shard_epoch, spec, theta, vel, shards[s], batch_size or rows[s],
-                                  eta, momentum, None if seed0 is None else (seed0, epoch, s),
-                                  pure=False) for s in range(len(shards))]
-            res = client.gather(futs)
+            res = shards.run(lambda s, shard: client.submit(
+                _shard_epoch, spec, theta, vel, shard, batch_size or rows[s], eta, momentum,
+                None if seed0 is None else (seed0, epoch, s), pure=False), range(len(rows)))
             w = np.array([r[4] for r in res], np.float64)
             w /= w.sum()
             theta = sum(wi * r[0].astype(np.float64) for wi, r in zip(w, res)).astype(dtype)

@@ -26,11 +26,11 @@ import math
 import types
 
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
 from .activations import (CROSS_ENTROPY, IDENTITY, SIGMOID, SOFTMAX, SQUARED_ERROR,
                           apply_f, mul_fprime)
-from ._numba_setup import CACHE   # False where no cache folder is writable
+from .jit import jit
 from .config import FASTMATH
 from .microkernel import MR, NR, block as _block
 from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_WD, RULE_ADAM, \
@@ -39,7 +39,7 @@ from .rules import H_ALPHA, H_BETA1, H_BETA2, H_EPS, H_EPS_MODE, H_ETA, H_MU, H_
 # error_model="numpy": a division is a plain IEEE division (x/0 gives inf, which the wrapper
 # reports as divergence) instead of a branch raising ZeroDivisionError, which would stop LLVM
 # from vectorising Adam's w -= A m / (sqrt(v) B + eps) (measured: 3 ns -> 0.4 ns an element)
-_OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True, error_model="numpy")
+_OPTS = dict(fastmath=FASTMATH, nogil=True, error_model="numpy")
 # Nothing in the loop form allocates, so it is compiled without Numba's reference counting
 # (_nrt=False, as Numba's own mergesort and unicode helpers are): with it, every call and every
 # view (W[j], a layer's block of a buffer, each array of the Shape tuple passed along) took an
@@ -101,7 +101,7 @@ def _backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
 _RULE_OPTS = dict(_OPTS, fastmath={"nsz"})
 
 
-@njit(**_RULE_OPTS)
+@jit(**_RULE_OPTS)
 def step_coefs(rule, hyper, t, alpha_n):
     """Per-step scalars c = (eta, mu, beta1, beta2, A, B, eps, decay, alpha_n) of update t
     (1-based) from the hyper vector: Adam's w <- w decay - A m / (sqrt(v) B + eps) with
@@ -123,7 +123,7 @@ def step_coefs(rule, hyper, t, alpha_n):
     return (eta, mu, b1, b2, A, B, eps, decay, alpha_n)
 
 
-@njit(**_RULE_OPTS)
+@jit(**_RULE_OPTS)
 def _rule_row(rule, w, v, q, g, scale, an, c):
     """Apply the rule to one row, gradient dw_i = scale g_i + an w_i (the L2 term):
     sgd v <- mu v - eta dw ; w <- w + v.  nesterov v <- mu v - eta dw ; w <- w + mu v - eta dw.
@@ -157,7 +157,7 @@ def _rule_row(rule, w, v, q, g, scale, an, c):
             w[i] = w[i] * decay - A * m / (math.sqrt(s) * B + eps)
 
 
-@njit(**_RULE_OPTS)
+@jit(**_RULE_OPTS)
 def _rule_at(rule, w, v, q, j, d, c):
     """The rule for the single element j (a bias) with gradient d; see _rule_row."""
     T = w.dtype.type
@@ -250,7 +250,7 @@ def _update(theta, vel, sq, grad, rule, c):
 # do 16 multiply-adds per 8 loads instead of 1 per 2. These are what train_epoch runs; the
 # plain kernels above stay as the readable reference, and tests hold both to the NumPy twin.
 
-@njit(fastmath={"nsz", "arcp"}, cache=CACHE, nogil=True, error_model="numpy", _nrt=False)
+@jit(fastmath={"nsz", "arcp"}, nogil=True, error_model="numpy", _nrt=False)
 def _dot(w, x):
     """sum_i w_i x_i in one fixed order: 8 explicit partial sums, added pairwise. Compiled
     without ``reassoc``/``contract``, so LLVM cannot regroup it for its vector width (or fuse
@@ -275,13 +275,13 @@ def _dot(w, x):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _dot_rows(z, a_prev, W, b, m0, nm):
     """z[m0:m0+nm, :] = a_prev[m0:m0+nm] W^T + b for nm <= 4 samples, 2 units at a time."""
     _dot_rows_range(z, a_prev, W, b, m0, nm, int(0), W.shape[0])   # int(): see _VIEW_OPTS
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _dot_rows_range(z, a_prev, W, b, m0, nm, j_lo, j_hi):
     """z[m0:m0+nm, j_lo:j_hi] = a_prev[m0:m0+nm] W[j_lo:j_hi]^T + b[j_lo:j_hi] for nm <= 4
     samples, 2 units at a time from j_lo (the units left over use the fixed-order _dot).
@@ -342,7 +342,7 @@ def _forward_layer_units(z, a, a_prev, W, b, act):
         apply_f(a[m], z[m], act)
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _backward_row_range(row, d, W, j_lo, j_hi):
     """row[j] = sum_k w_jk d_k for j in [j_lo, j_hi), 4 units k per pass (W[k, j] = w_jk).
     The loops index slices from 0: from a run-time j_lo, Numba's negative-index wraparound
@@ -369,7 +369,7 @@ def _backward_row_range(row, d, W, j_lo, j_hi):
         k += 1
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _backward_rows4_range(delta_prev, delta, W, m0, j_lo, j_hi):
     """_backward_row_range for the 4 samples m0..m0+3 at once: each load of w_jk serves 4
     samples. Every element gets the same sum, in the same order, as from _backward_row_range."""
@@ -539,7 +539,7 @@ def _backward_layer_tiled(delta_prev, delta, W, z_prev, a_prev, act_prev, mc, nc
             mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _corr_rows_range(dW, db, delta, a_prev, j0, nj, i_lo, i_hi, bias):
     """dW[j, i] += sum_m delta_mj a_mi for nj <= 4 units j from j0 and i in [i_lo, i_hi), 4
     samples per pass; with bias, db[j] += sum_m delta_mj too. Samples run m = 0..M-1 in
@@ -645,7 +645,7 @@ def _corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
 PACK_ROWS = 32
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _pack_rows(P, X, k_lo, k_hi):
     """Rows k_lo .. k_hi - 1 of X into every panel: P[t K NR + k NR + c] = X[k, NR t + c]
     (zero past X's last column), K = X's rows. A row is read once, in order, and written as
@@ -666,7 +666,7 @@ def _pack_rows(P, X, k_lo, k_hi):
                 P[o + c] = zero
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _pack_panel_t(P, X, t):
     """Panel t of X^T into P: P[t K NR + k NR + c] = X[NR t + c, k], K = X's columns
     (zero-padded past X's last row). Eight rows of X at a time, k in order: a step writes 8
@@ -685,7 +685,7 @@ def _pack_panel_t(P, X, t):
                 P[o + r] = X[c, k] if c < n else zero
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _transpose_rows(D, off, X, m_lo, m_hi):
     """D[off + j M + m] = X[m, j] for m_lo <= m < m_hi and every column j of X (M rows).
     Sixteen rows of X at a time (32 KB for 512 columns: they stay in L1 while j runs), a step
@@ -705,7 +705,7 @@ def _transpose_rows(D, off, X, m_lo, m_hi):
             D[u(off) + j * M + m] = X[m, j]
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, n, K, kc):
     """C[r, c] = sum_k A[r, k] B[k, c] for rows r_lo <= r < r_hi and c < n; C, A flat with
     row strides ldc, lda; B (K x n) packed in panels of NR columns in P (_pack_rows). Blocks
@@ -786,7 +786,7 @@ def _backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, 
             mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _sum8(x, o, n):
     """x[o] + ... + x[o + n - 1] in eight interleaved partial sums (m = r mod 8), added in a
     fixed order: the same bits whatever the blocks and threads, and eight independent
@@ -881,22 +881,22 @@ def _update_forward_next(W, b, vW, vb, sW, sb, delta, x, x_next, z_next, rule, c
 
 
 # Each kernel twice: parallel, and serial for batches too small to pay for a parallel region.
-forward_layer = njit(parallel=True, **_OPTS)(_forward_layer)
-backward_layer = njit(parallel=True, **_OPTS)(_backward_layer)
-corrections = njit(parallel=True, **_OPTS)(_corrections)
-corrections_update = njit(parallel=True, **_OPTS)(_corrections_update)
-update = njit(parallel=True, **_OPTS)(_update)
-forward_layer_blocked = njit(parallel=True, **_OPTS)(_forward_layer_blocked)
-forward_layer_units = njit(parallel=True, **_OPTS)(_forward_layer_units)
-update_forward_next = njit(parallel=True, **_OPTS)(_update_forward_next)
-backward_layer_blocked = njit(parallel=True, **_OPTS)(_backward_layer_blocked)
-corrections_update_blocked = njit(parallel=True, **_OPTS)(_corrections_update_blocked)
-forward_layer_tiled = njit(parallel=True, **_OPTS)(_forward_layer_tiled)
-backward_layer_tiled = njit(parallel=True, **_OPTS)(_backward_layer_tiled)
-corrections_update_tiled = njit(parallel=True, **_OPTS)(_corrections_update_tiled)
-forward_layer_gemm = njit(parallel=True, **_OPTS)(_forward_layer_gemm)
-backward_layer_gemm = njit(parallel=True, **_OPTS)(_backward_layer_gemm)
-corrections_update_gemm = njit(parallel=True, **_OPTS)(_corrections_update_gemm)
+forward_layer = jit(parallel=True, **_OPTS)(_forward_layer)
+backward_layer = jit(parallel=True, **_OPTS)(_backward_layer)
+corrections = jit(parallel=True, **_OPTS)(_corrections)
+corrections_update = jit(parallel=True, **_OPTS)(_corrections_update)
+update = jit(parallel=True, **_OPTS)(_update)
+forward_layer_blocked = jit(parallel=True, **_OPTS)(_forward_layer_blocked)
+forward_layer_units = jit(parallel=True, **_OPTS)(_forward_layer_units)
+update_forward_next = jit(parallel=True, **_OPTS)(_update_forward_next)
+backward_layer_blocked = jit(parallel=True, **_OPTS)(_backward_layer_blocked)
+corrections_update_blocked = jit(parallel=True, **_OPTS)(_corrections_update_blocked)
+forward_layer_tiled = jit(parallel=True, **_OPTS)(_forward_layer_tiled)
+backward_layer_tiled = jit(parallel=True, **_OPTS)(_backward_layer_tiled)
+corrections_update_tiled = jit(parallel=True, **_OPTS)(_corrections_update_tiled)
+forward_layer_gemm = jit(parallel=True, **_OPTS)(_forward_layer_gemm)
+backward_layer_gemm = jit(parallel=True, **_OPTS)(_backward_layer_gemm)
+corrections_update_gemm = jit(parallel=True, **_OPTS)(_corrections_update_gemm)
 
 
 def _serial(fn):
@@ -907,7 +907,7 @@ def _serial(fn):
     twin = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__ + "_serial",
                               fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + "_serial"
-    return njit(**_OPTS)(twin)
+    return jit(**_OPTS)(twin)
 
 
 _forward_layer_s = _serial(_forward_layer_blocked)
@@ -920,7 +920,7 @@ _corrections_update_tiled_s = _serial(_corrections_update_tiled)
 
 
 # ---------------------------------------------------------------- the output layer
-@njit(**_OPTS)
+@jit(**_OPTS)
 def weight_sum(sw):
     """sum_m s_m in the fixed order m = 0..M-1 (the batch's weight, n_batch unweighted)."""
     t = 0.0
@@ -929,7 +929,7 @@ def weight_sum(sw):
     return t
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def output_error(delta, a, z, y, sw, act, loss):
     """Output error delta^L = dC/dz^L, exact for every output/loss pair, times the sample
     weight factor s_m M / sum_m s_m (exactly 1 for unit weights).
@@ -963,7 +963,7 @@ def output_error(delta, a, z, y, sw, act, loss):
                 delta[m, k] *= f
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def sample_loss(out, a, z, y, act, loss):
     """Per-sample cost C_m into out (M,); returns max_m,k |a - y| (the stop criterion's error).
 
@@ -1002,7 +1002,7 @@ def sample_loss(out, a, z, y, act, loss):
 
 
 # ---------------------------------------------------------------- the whole network
-@njit(**_VIEW_OPTS)
+@jit(**_VIEW_OPTS)
 def _params(theta, shape, l):
     """Views W^(l) (N_l, N_{l-1}) and b^(l) (N_l,) into a flat parameter buffer."""
     n_out, n_in = shape.sizes[l], shape.sizes[l - 1]
@@ -1011,7 +1011,7 @@ def _params(theta, shape, l):
     return W, b
 
 
-@njit(**_VIEW_OPTS)
+@jit(**_VIEW_OPTS)
 def _rows(buf, shape, l, mb):
     """Layer l's (mb, N_l) block of a batch buffer laid out by shape's a_off."""
     cap = buf.shape[0] // shape.a_off[-1]
@@ -1019,7 +1019,7 @@ def _rows(buf, shape, l, mb):
     return buf[off:off + mb * shape.sizes[l]].reshape((mb, shape.sizes[l]))
 
 
-@njit(**_VIEW_OPTS)
+@jit(**_VIEW_OPTS)
 def _targets(bufs, shape, mb):
     K = shape.sizes[-1]
     return bufs.y[:mb * K].reshape((mb, K))
@@ -1031,12 +1031,12 @@ def _counted(fn):
     twin = types.FunctionType(fn.py_func.__code__, fn.py_func.__globals__,
                               fn.py_func.__name__ + "_rc")
     twin.__qualname__ = fn.py_func.__qualname__ + "_rc"
-    return njit(**_RC_OPTS)(twin)
+    return jit(**_RC_OPTS)(twin)
 
 
 _params_rc, _rows_rc, _targets_rc = _counted(_params), _counted(_rows), _counted(_targets)
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _blocks(tile, n_out, n_in):
     """A layer's block sizes (forward mc, nc; error recursion mc, nc; corrections ju, ic) for
     W (n_out, n_in): tile[:6] when W has at least tile[6] > 0 elements (a size 0 there: the
@@ -1062,7 +1062,7 @@ def gemm_need(n_out, n_in, M, train):
     return max(f, n_out * ((n_in + NR - 1) // NR * NR), ((n_in + NR - 1) // NR * NR + n_out) * M)
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def forward(theta, shape, bufs, mb, par, par_work, l0):
     """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs
     (prediction, scoring, gradients; the epoch has its own). Always the parallel kernel split
@@ -1079,7 +1079,7 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
         forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], int(4), W.shape[0])
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def backprop(theta, grad, shape, bufs, mb, loss, alpha):
     """Gradient of the (weighted) mean cost plus alpha/(2 sum_m s_m) sum ||W||^2 over the
     batch into grad, after forward(): output error, then for l = L..1 the corrections of
@@ -1101,7 +1101,7 @@ def backprop(theta, grad, shape, bufs, mb, loss, alpha):
                            _rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def load_batch(bufs, shape, X, Y, S, order, start, mb):
     """Copy samples order[start:start+mb] into layer 0, the targets and the weight row.
     (Flat offsets, as _rows and _targets lay them out, rather than their views: inlining
@@ -1122,7 +1122,7 @@ def load_batch(bufs, shape, X, Y, S, order, start, mb):
         bufs.s[m] = S[r]
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def penalty(theta, shape):
     """sum_l ||W^(l)||^2 over the weights (not the biases), for the L2 term of the cost."""
     t = 0.0
@@ -1276,7 +1276,7 @@ def _twin(fn, suffix, opts, **consts):
     twin = types.FunctionType(fn.__code__, g, fn.__name__ + suffix, fn.__defaults__, fn.__closure__)
     twin.__qualname__ = fn.__qualname__ + suffix
     twin.__doc__ = fn.__doc__
-    return njit(**opts)(twin)
+    return jit(**opts)(twin)
 
 
 # The online twin runs without reference counting, its views inlined (a sample is ~4 us, and

@@ -17,15 +17,15 @@ with g = (sum_m a_i delta_j + alpha w_ij) / M, scikit-learn's gradient of
 mean loss + alpha / (2 M) sum ||W||^2 (no L2 on biases), and for Adam
 eta_t = eta sqrt(1 - b2^t) / (1 - b1^t) at step t (scikit-learn's bias correction).
 """
-from numba import njit
+
 
 from . import loops, rules
-from ._numba_setup import CACHE   # False where no cache folder is writable
+from .jit import jit
 from .config import FASTMATH
 
 SGD, NESTEROV, ADAM = rules.RULE_SGD, rules.RULE_NESTEROV, rules.RULE_ADAM
 
-_OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
+_OPTS = dict(fastmath=FASTMATH, nogil=True)
 
 
 # The corrections sum_m a_i delta_j fused with the update of row j (scikit-learn's L2 term
@@ -36,7 +36,7 @@ corrections_rule = loops.corrections_update_blocked
 _corrections_rule_s = loops._corrections_update_s
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def train_epoch(theta, s1, s2, grad, shape, bufs, X, Y, S, order, batch_size, rule, hyper, t,
                 loss, loss_scale, par_min, par_work):
     """One epoch of scikit-learn's stochastic solver: for each batch (order[start:start+mb]),

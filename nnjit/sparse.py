@@ -14,15 +14,15 @@ feature i of a stored entry selects one contiguous row WT[i, :] -- in the lectur
 each entry would touch N_1 cache lines. Index names: m sample, i input feature, j unit of
 layer 1. The layers above use nnjit's flat layout (a "tail" network whose input is layer 1).
 """
-from numba import njit, prange
+from numba import prange
 
 from . import loops, rules
 from .activations import apply_f
-from ._numba_setup import CACHE   # False where no cache folder is writable
+from .jit import jit
 from .config import FASTMATH
 from .sklearn_loops import _corrections_rule_s, corrections_rule
 
-_OPTS = dict(fastmath=FASTMATH, cache=CACHE, nogil=True)
+_OPTS = dict(fastmath=FASTMATH, nogil=True)
 
 
 def _sparse_forward(z1, a1, WT, b1, indptr, indices, data, order, start, act):
@@ -45,10 +45,10 @@ def _sparse_forward(z1, a1, WT, b1, indptr, indices, data, order, start, act):
         apply_f(a1[m], zr, act)
 
 
-sparse_forward = njit(parallel=True, **_OPTS)(_sparse_forward)
+sparse_forward = jit(parallel=True, **_OPTS)(_sparse_forward)
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def sparse_corrections(GT, gb, mark, stamp, d1, indptr, indices, data, order, start):
     """Corrections of layer 1 over stored entries: dw_ij += sum_m x_mi delta_j (summed; the
     rule scales by 1/M), db_j += sum_m delta_j; mark[i] = stamp for every feature touched.
@@ -86,10 +86,10 @@ def _dense_rule(WT, V, Q, GT, mark, stamp, zero_row, rowsq, scale, an, rule, c):
         rowsq[i] = acc
 
 
-dense_rule = njit(parallel=True, **_OPTS)(_dense_rule)
+dense_rule = jit(parallel=True, **_OPTS)(_dense_rule)
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _clear_rows(GT, indptr, indices, order, start, mb):
     """GT[i, :] = 0 for the features of the batch (the only rows written)."""
     n1 = GT.shape[1]
@@ -101,7 +101,7 @@ def _clear_rows(GT, indptr, indices, order, start, mb):
                 g[j] = 0.0
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def _fixed_sum(v):
     acc = 0.0
     for i in range(v.shape[0]):
@@ -109,7 +109,7 @@ def _fixed_sum(v):
     return acc
 
 
-@njit(**_OPTS)
+@jit(**_OPTS)
 def train_epoch(WT, b1, V1, Q1, vb1, qb1, GT, gb1, mark, rowsq, zero_row, z1, a1, d1, act1,
                 theta, s1, s2, grad, shape, bufs, indptr, indices, data, Y, S, order,
                 batch_size, rule, hyper, t, loss, loss_scale, par_min, par_work):

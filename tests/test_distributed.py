@@ -207,3 +207,40 @@ def test_worker_killed_mid_training_gives_the_same_result(client, mode):
     for a, b in zip(snapshots[out.n_epochs_ - 1], out.weights + out.biases):
         np.testing.assert_array_equal(a, b)
     assert out.history_["loss"] == ref.history_["loss"][:out.n_epochs_]
+
+
+class _CrashOnSums(distributed.WorkerPlugin):
+    """Every worker (and every restarted one) dies with a segmentation fault when it runs a
+    step: what a broken kernel cache did to both workers of a LocalCluster."""
+
+    def setup(self, worker):
+        import nnjit.engine
+
+        def sums(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGSEGV)
+        nnjit.engine.CPUEngine.sums = sums
+
+
+def test_workers_that_crash_on_every_try_stop_the_fit_with_an_error(xy):
+    """Before: the workers restarted forever and fit never returned (the lost shards stayed
+    stuck in Dask's scheduler). Now: WorkerCrashError after a few losses, the weights of the
+    last finished epoch kept."""
+    X, y = xy
+    with dask.config.set({"distributed.logging.distributed": "critical"}):
+        cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                           dashboard_address=None, silence_logs=60)
+        c = distributed.Client(cluster, set_as_default=False)
+        try:
+            net = _dfit(_net(), X, y, c, epochs=1, lr=0.5)
+            before = net.weights + net.biases
+            c.register_plugin(_CrashOnSums())
+            t0 = time.perf_counter()
+            with pytest.raises(nd.WorkerCrashError, match="died"):
+                _dfit(net, X, y, c, epochs=2, lr=0.5)
+            assert time.perf_counter() - t0 < 240
+            assert net.n_epochs_ == 1
+            for a, b in zip(before, net.weights + net.biases):
+                np.testing.assert_array_equal(a, b)
+        finally:
+            c.close()
+            cluster.close()

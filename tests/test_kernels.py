@@ -580,7 +580,7 @@ def test_gemm_micro_kernel_vectorised():
     import re
     from numba import njit
     from nnjit import microkernel as mk
-    from nnjit._numba_setup import slp_compile
+    from nnjit.jit import slp_compile
     from numba.core import config as nconfig
     fn = slp_compile(njit(fastmath=mk._FLAGS, cache=False, nogil=True,
                           error_model="numpy")(mk.block.py_func))

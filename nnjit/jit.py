@@ -1,0 +1,294 @@
+"""How nnjit compiles its kernels and keeps them on disk: one decorator, :func:`jit`.
+
+What it is for: every Numba function of nnjit is made by ``jit(...)`` (Numba's ``njit`` with
+nnjit's disk cache), so that a kernel loaded from the cache behaves exactly as one compiled in
+the process, whatever other processes compiled before or at the same time. Not for users.
+
+Numba's own disk cache (``cache=True``) is not safe for a package like this one, in which
+compiled callers link copies of their compiled callees and parallel kernels are called from
+serial ones. Four ways it fails, each reproduced with nnjit (reliability issue, item 1) and
+each closed here by construction, not by ordering:
+
+1. **Lost thread-pool start-up.** A function compiled against a parallel callee that was
+   *loaded* from the cache records no "start the thread pool" hook (Numba's
+   ``_reload_init`` is not part of a loaded library), so when that caller is later loaded by
+   a fresh process that has not run a parallel kernel yet, its first parallel region jumps
+   through unresolved symbols: a segmentation fault. (A training script, then two
+   prediction scripts: the second crashed.) Here every load from the cache starts Numba's
+   threading layer first.
+2. **Symbol names that collide across processes.** Numba names compiled code after a
+   per-process counter; a cached caller carries copies of its callees under those names,
+   and when two cache entries written by different processes hold different code under the
+   same name (functions made by one factory, parallel regions), the loader resolves both to
+   whichever came first: a silently wrong function, or a crash. Here each process counts from
+   a random 48-bit start (again after ``fork``), so names from different processes never meet.
+3. **Concurrent first runs.** Numba's index (signature -> data file) is read, changed and
+   written without a lock, so two processes compiling different signatures at once can
+   pair one's index with the other's code. Here the whole load-or-compile-and-save of a
+   function runs under an inter-process lock of its own (callers before callees, so no
+   cycle), a data file names the key it was saved for and is ignored otherwise, and a
+   second process waiting on a kernel another one is compiling loads it instead of
+   compiling it again.
+4. **Stale callee copies.** Numba keys a function's entries by its own file only, so a
+   cached caller keeps the old copy of a callee edited in another file. Here every entry
+   is keyed by the whole package (its sources, nnjit's, Numba's and llvmlite's versions):
+   the cache lives in a folder of its own, ``nnjit-<version>-<hash>``.
+
+Where the folder is: ``$NUMBA_CACHE_DIR/nnjit-…`` if that is set, else ``__pycache__`` beside
+the package if it is writable, else the user's cache folder (``~/.cache/nnjit``). Where none
+is writable, :data:`CACHE` is False, kernels compile in memory in every process and one
+warning says to set ``NUMBA_CACHE_DIR``.
+"""
+import contextlib
+import hashlib
+import itertools
+import os
+import secrets
+import tempfile
+import time
+import warnings
+
+import numba
+from numba.core import caching
+from numba.core.bytecode import FunctionIdentity
+from numba.core.compiler_lock import global_compiler_lock
+
+from . import _numba_setup  # noqa: F401  (the threading layer is chosen before any kernel)
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+#: seconds a process waits for another one compiling the same kernel before it compiles it
+#: itself, without saving (a stopped process must not stop every other one)
+LOCK_TIMEOUT = 600.0
+
+
+# ---------------------------------------------------------------- 2. names unique across processes
+def _count_from_random():
+    FunctionIdentity._unique_ids = itertools.count(secrets.randbits(48) + 1)
+
+
+_count_from_random()
+if hasattr(os, "register_at_fork"):     # a forked child would otherwise reuse its parent's names
+    os.register_at_fork(after_in_child=_count_from_random)
+
+
+# ---------------------------------------------------------------- 4. one folder per package build
+def _package_key():
+    import llvmlite
+
+    from . import __version__
+    h = hashlib.sha256(f"{__version__} {numba.__version__} {llvmlite.__version__}".encode())
+    for root, dirs, files in sorted(os.walk(_PKG_DIR)):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+        for name in sorted(files):
+            if name.endswith(".py"):
+                path = os.path.join(root, name)
+                h.update(os.path.relpath(path, _PKG_DIR).encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return f"nnjit-{__version__}-{h.hexdigest()[:16]}"
+
+
+def _writable(path):
+    try:
+        os.makedirs(path, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+        return True
+    except OSError:
+        return False
+
+
+def _cache_root():
+    key = _package_key()
+    bases = []
+    if numba.config.CACHE_DIR:
+        bases.append(numba.config.CACHE_DIR)
+    bases.append(os.path.join(_PKG_DIR, "__pycache__"))
+    from numba.misc.appdirs import AppDirs
+    bases.append(AppDirs(appname="nnjit", appauthor=False).user_cache_dir)
+    for base in bases:
+        path = os.path.join(base, key)
+        if _writable(path):
+            return path
+    return None
+
+
+#: the folder of this build's compiled kernels, or None where no folder is writable
+CACHE_DIR = _cache_root()
+#: whether kernels are cached on disk
+CACHE = CACHE_DIR is not None
+if not CACHE:
+    warnings.warn("nnjit: no writable Numba cache location (read-only install, no writable "
+                  "home); kernels are compiled in memory in every process. Set "
+                  "NUMBA_CACHE_DIR to a writable folder to cache them.",
+                  RuntimeWarning, stacklevel=2)
+
+
+class _Locator(caching._CacheLocator):
+    """A kernel's entries: CACHE_DIR/<the source file's folder inside the package>, stamped
+    with the package key rather than the file's own hash (4. above)."""
+
+    def __init__(self, py_func, py_file):
+        self._py_file = py_file
+        self._lineno = py_func.__code__.co_firstlineno
+        folder = os.path.dirname(os.path.abspath(py_file))
+        rel = os.path.relpath(folder, _PKG_DIR)
+        if rel == os.curdir:
+            rel = "nnjit"
+        elif rel.startswith(os.pardir):     # a function outside the package (tests)
+            rel = "other-" + hashlib.sha1(folder.encode()).hexdigest()[:16]
+        self._path = os.path.join(CACHE_DIR, rel)
+
+    def get_cache_path(self):
+        return self._path
+
+    def get_source_stamp(self):
+        return os.path.basename(CACHE_DIR)
+
+    def get_disambiguator(self):
+        return str(self._lineno)
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        if not (CACHE and os.path.exists(py_file)):
+            return None
+        self = cls(py_func, py_file)
+        try:
+            self.ensure_cache_path()
+        except OSError:
+            return None
+        return self
+
+
+class _Impl(caching.CompileResultCacheImpl):
+    _locator_classes = [_Locator]
+
+
+def _start_threads():
+    from numba.np.ufunc.parallel import _launch_threads
+    _launch_threads()
+
+
+class KernelCache(caching.FunctionCache):
+    """Numba's per-function cache with 1. and 3. above: a data file holds (key, entry) and is
+    used only for that key; a load starts the thread pool first."""
+    _impl_class = _Impl
+
+    def _load_overload(self, sig, target_context):
+        if not self._enabled:
+            return None
+        key = self._index_key(sig, target_context.codegen())
+        data = self._cache_file.load(key)
+        if not (isinstance(data, tuple) and len(data) == 2 and data[0] == key):
+            return None
+        _start_threads()        # 1.: before any loaded code can reach a parallel region
+        return self._impl.rebuild(target_context, data[1])
+
+    def _save_overload(self, sig, data):
+        if not self._enabled or not self._impl.check_cachable(data):
+            return
+        self._impl.locator.ensure_cache_path()
+        key = self._index_key(sig, data.codegen)
+        self._cache_file.save(key, (key, self._impl.reduce(data)))
+
+    @property
+    def lock_path(self):
+        return os.path.join(self._cache_path, self._impl.filename_base + ".lock")
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+    """Hold an exclusive lock on path (created if missing) across processes; yields whether
+    it is held (False after LOCK_TIMEOUT, or where the platform has no flock)."""
+    try:
+        import fcntl
+    except ImportError:         # pragma: no cover - Windows: no inter-process lock
+        yield False
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield False
+        return
+    try:
+        deadline = time.monotonic() + LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held = True
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    held = False
+                    break
+                time.sleep(0.02)
+        try:
+            yield held
+        finally:
+            if held:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def _locked_compile(dispatcher):
+    """Wrap dispatcher.compile so that loading or compiling-and-saving a signature runs under
+    the function's inter-process lock (3. above). Numba's compiler lock is taken first: within
+    a process it already serialises compiles, and taking it after the file lock could deadlock
+    two threads. Callees are compiled inside their caller's compile, so locks are taken
+    callers before callees, an order no two processes can cross."""
+    compile_ = dispatcher.compile
+
+    def compile(sig):
+        args, _ = numba.core.sigutils.normalize_signature(sig)
+        if tuple(args) in dispatcher.overloads:
+            return compile_(sig)
+        with global_compiler_lock, _file_lock(dispatcher._cache.lock_path) as held:
+            if held:
+                return compile_(sig)
+            warnings.warn(f"nnjit: waited {LOCK_TIMEOUT:.0f} s for another process compiling "
+                          f"{dispatcher.py_func.__qualname__}; compiling it here, uncached",
+                          RuntimeWarning, stacklevel=2)
+            dispatcher._cache.disable()
+            try:
+                return compile_(sig)
+            finally:
+                dispatcher._cache.enable()
+    dispatcher.compile = compile
+    return dispatcher
+
+
+def jit(fn=None, *, cache=True, slp=False, **options):
+    """``numba.njit(**options)`` with nnjit's disk cache (unless ``cache=False`` or no folder
+    is writable). ``slp=True`` compiles the function with LLVM's SLP vectoriser on, and only
+    this one (see :func:`slp_compile`)."""
+    def decorate(f):
+        dispatcher = numba.njit(cache=False, **options)(f)
+        if slp:
+            slp_compile(dispatcher)
+        if cache and CACHE:
+            dispatcher._cache = KernelCache(dispatcher.py_func)
+            _locked_compile(dispatcher)
+        return dispatcher
+    return decorate if fn is None else decorate(fn)
+
+
+def slp_compile(dispatcher):
+    """Compile this Numba function (every signature, when first needed) with LLVM's SLP
+    vectoriser on, and only this one: the switch (numba.config.SLP_VECTORIZE, off by default
+    since numba#8852) is read each time a module is optimised, so it is set for the length of
+    the function's own compile, under Numba's compiler lock, and restored. Callers link the
+    already vectorised code. Used for nnjit.microkernel.block; returns the dispatcher."""
+    from numba.core import config
+    compile_ = dispatcher.compile
+
+    def compile(sig):
+        with global_compiler_lock:
+            old = config.SLP_VECTORIZE
+            config.SLP_VECTORIZE = 1
+            try:
+                return compile_(sig)
+            finally:
+                config.SLP_VECTORIZE = old
+    dispatcher.compile = compile
+    return dispatcher
