@@ -6,12 +6,12 @@ __all__ = ["MLP", "DivergenceError", "ModelFileError", "threading_layer", "__ver
 # Imported on first use (PEP 562): importing numba and loading the kernels takes seconds, and
 # `nnjit --help`, `nnjit info` or a Ctrl-C during start-up should not wait for it.
 _LAZY = {"MLP": "model", "DivergenceError": "model", "ModelFileError": "io",
-         "threading_layer": "_numba_setup"}
+         "threading_layer": "threads"}
 
 
-_SUBMODULES = ("activations", "bench", "cli", "config", "cuda", "data", "distributed", "engine",
-               "io", "loops", "model", "plot", "preprocessing", "rules", "sklearn", "sklearn_loops",
-               "sparse", "vectorised")
+_SUBMODULES = ("activations", "bench", "checks", "cli", "config", "cuda", "data", "distributed",
+               "engine", "forms", "io", "jit", "layout", "loops", "model", "plot", "preprocessing",
+               "rules", "sklearn", "training", "vectorised")
 
 
 def __getattr__(name):

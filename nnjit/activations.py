@@ -1,221 +1,239 @@
-"""The lecture's activation functions f and their derivatives f', side by side.
+"""The lecture's activation functions f and their derivatives f', and the costs with their
+output errors δ^L: each written once, here, and compiled for every form (nnjit.forms).
 
-One table, two forms: NumPy functions for the vectorised form (``F``, ``F_PRIME``) and
-Numba row kernels for the loop form (``apply_f``, ``mul_fprime``). The CUDA form keeps its
-scalar device twins in :mod:`nnjit.cuda`. Each f' is written in terms of z and a = f(z),
-whichever the lecture uses.
+One table, ``ACTIVATIONS``: a code, a name, f(z) and f'(z, a) side by side (each f' in terms
+of z or a = f(z), whichever the lecture uses), and where the function may stand. The loop,
+CUDA and vectorised forms all dispatch on the code through functions generated from this
+table, and each dispatch raises on a code that is not in it. A new activation is a new
+entry (two small functions and a line): nothing else in nnjit learns its name.
 
-=========  ===============================  ==============================================
-name       f(z)                             f'(z)
-=========  ===============================  ==============================================
-identity   z                                1
-sigmoid    1 / (1 + e^-z)                   a (1 - a)
-tanh       tanh z                           1 - a^2
-relu       max(0, z)                        1 if z > 0 else 0   (0 at z = 0, as the lecture)
-gelu       z/2 (1 + erf(z / sqrt 2))        Phi(z) + z phi(z)   (exact erf form)
-softmax    e^z_k / sum_k' e^z_k'            full Jacobian a_k (1[k=k'] - a_k'), output only
-=========  ===============================  ==============================================
+============  ===============================  ============================================
+name          f(z)                             f'(z)
+============  ===============================  ============================================
+identity      z                                1
+sigmoid       1 / (1 + e^-z)                   a (1 - a)
+tanh          tanh z                           1 - a^2
+relu          max(0, z)                        1 if z > 0 else 0   (0 at z = 0, as the lecture)
+gelu          z/2 (1 + erf(z / sqrt 2))        Phi(z) + z phi(z)   (exact erf form)
+leaky_relu    z if z > 0 else 0.01 z           1 if z > 0 else 0.01 (PyTorch's LeakyReLU)
+softmax       e^z_k / sum_k' e^z_k'            full Jacobian a_k (1[k=k'] - a_k'), output only
+exp           e^z                              a   (output only: Poisson regression's link)
+============  ===============================  ============================================
+
+The definitions are written with the names of :mod:`nnjit.forms` (ZERO, ONE, exp, where, ...)
+so that each runs on scalars in the compiled forms and on whole arrays in the vectorised one.
+Softmax couples a row's units, so its definition is a row function (``softmax_row``), and the
+vectorised form keeps its own array expressions for softmax and the costs.
+
+Costs (means over samples in every form), each with the output it belongs to:
+
+=============  ====================================================  =====================
+loss           C_m                                                   canonical output
+=============  ====================================================  =====================
+squared_error  1/2 sum_k (a_k - y_k)^2 (the lecture's)               identity (any other:
+                                                                     f'(z)(a - y), softmax's
+                                                                     Jacobian)
+cross_entropy  -sum_k y_k log a_k (softmax), the binary form          softmax, sigmoid (only)
+               (sigmoid), both from z: finite where a rounds to 0, 1
+poisson        sum_k a_k - y_k log a_k + y_k log y_k - y_k, from z   exp (only)
+=============  ====================================================  =====================
+
+δ^L = dC/dz^L is exact for every pair: a - y for the canonical ones, f'(z)(a - y) for squared
+error with another elementwise f, and the softmax Jacobian times (a - y) for softmax with
+squared error. ``LOSSES`` names each loss's allowed outputs; a loss is refused with others.
 """
-import math
+from collections import namedtuple
 
 import numpy as np
-from numba import types
-from numba.extending import intrinsic, overload
 
-from .jit import jit
+from .forms import HALF, ONE, ZERO, SQRT1_2, INV_SQRT_2PI, erf, exp, log, log1p, tanh, where
 
-IDENTITY, SIGMOID, TANH, RELU, GELU, SOFTMAX = range(6)
-CODES = {"identity": IDENTITY, "sigmoid": SIGMOID, "tanh": TANH, "relu": RELU,
-         "gelu": GELU, "softmax": SOFTMAX}
-NAMES = {v: k for k, v in CODES.items()}
-HIDDEN = ("sigmoid", "tanh", "relu", "gelu", "identity")
-OUTPUT = ("softmax", "sigmoid", "identity", "tanh", "relu", "gelu")
-
-SQUARED_ERROR, CROSS_ENTROPY = range(2)
-LOSSES = {"squared_error": SQUARED_ERROR, "cross_entropy": CROSS_ENTROPY}
-
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+#: one row of the table: f(z) and f'(z, a) (None for softmax, a row function), and whether
+#: the function may be a hidden layer's and an output layer's
+Activation = namedtuple("Activation", "code name f fprime hidden output")
 
 
-@jit(error_model="numpy", _nrt=False)
-def _erf_flat(out, x):
-    for i in range(x.shape[0]):
-        out[i] = math.erf(x[i])
+def identity(z):
+    return z
 
 
-def erf(x):
-    """Elementwise erf of an array (NumPy has none; SciPy is not a dependency)."""
-    x = np.ascontiguousarray(x)
-    out = np.empty_like(x)
-    _erf_flat(out.reshape(-1), x.reshape(-1))
-    return out
+def identity_prime(z, a):
+    return ONE
 
 
-def _softmax(z):
-    e = np.exp(z - z.max(axis=1, keepdims=True))   # subtract the max: exp never overflows
-    return e / e.sum(axis=1, keepdims=True)
+def sigmoid(z):
+    return ONE / (ONE + exp(-z))
 
 
-def _sigmoid(z):
-    with np.errstate(over="ignore"):               # e^-z = inf gives a = 0, correctly
-        return 1.0 / (1.0 + np.exp(-z))
+def sigmoid_prime(z, a):
+    return a * (ONE - a)
 
 
-# The vectorised form's table: code -> f(z), and code -> f'(z, a).
-F = {
-    IDENTITY: lambda z: z.copy(),
-    SIGMOID: _sigmoid,
-    TANH: np.tanh,
-    RELU: lambda z: np.maximum(z, 0),
-    GELU: lambda z: 0.5 * z * (1.0 + erf(z * _INV_SQRT2)),
-    SOFTMAX: _softmax,
-}
-F_PRIME = {
-    IDENTITY: lambda z, a: np.ones_like(z),
-    SIGMOID: lambda z, a: a * (1.0 - a),
-    TANH: lambda z, a: 1.0 - a * a,
-    RELU: lambda z, a: (z > 0).astype(z.dtype),
-    GELU: lambda z, a: (0.5 * (1.0 + erf(z * _INV_SQRT2))
-                        + z * (_INV_SQRT_2PI * np.exp(-0.5 * z * z))),
-}
+def tanh_(z):
+    return tanh(z)
 
 
-# e^x in the loop form. LLVM turns math.exp into a call of the C library's expf, one element
-# at a time (and its underflow path, e^-100 in a saturated sigmoid, is slower still), so the
-# sigmoid and softmax rows could not vectorise: 3.6 ns an element against NumPy's 2. For
-# float32 nnjit computes e^x itself, in plain arithmetic LLVM vectorises: Cody-Waite range
-# reduction x = n ln2 + r, |r| <= ln2/2, Cephes' degree-6 polynomial for e^r (within 1 ulp
-# of the correctly rounded e^x, tests/test_kernels.py), and 2^n built in the exponent bits
-# (two factors 2^(n//2) 2^(n - n//2), so n from -149 to 128 needs no special case). 0.9 ns
-# an element here. Overflow gives inf, x < -103.97 gives 0, NaN stays NaN; float64 keeps the
-# library's exp. (tanh stays the library's, 19 ns an element: a polynomial tanh calling this
-# e^x was not inlined by LLVM and stayed scalar; left for later.)
-@intrinsic
-def _f32_bits(typingctx, x):
-    """The bits of a float32 as an int32 (a bit cast, no conversion)."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-    return types.int32(types.float32), codegen
+def tanh_prime(z, a):
+    return ONE - a * a
 
 
-@intrinsic
-def _bits_f32(typingctx, x):
-    """The float32 whose bits are this int32."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.int32), codegen
+def relu(z):
+    return where(z > ZERO, z, ZERO)
 
 
-# The row kernels' flags: no reassoc, which would fold (k - magic) back into x log2e and lose
-# the rounding to n, and n C1 + n C2 into n ln2.
-_ROW_FLAGS = {"nsz", "contract"}
-_ROW_OPTS = dict(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
+def relu_prime(z, a):
+    return where(z > ZERO, ONE, ZERO)
 
 
-def _exp32(x):
-    T = np.float32
-    hi, lo = T(88.72283905206835), T(-103.97207708)
-    xc = hi if x > hi else x                 # NaN passes through both
-    xc = lo if xc < lo else xc
-    magic = T(12582912.0)                    # 1.5 2^23: k's low bits hold round(x log2e)
-    k = xc * T(1.4426950408889634) + magic
-    n = k - magic
-    r = xc - n * T(0.693359375) - n * T(-2.12194440e-4)
-    p = T(1.9875691500e-4)
-    p = p * r + T(1.3981999507e-3)
-    p = p * r + T(8.3334519073e-3)
-    p = p * r + T(4.1665795894e-2)
-    p = p * r + T(1.6666665459e-1)
-    p = p * r + T(5.0000001201e-1)
-    p = p * r * r + r + T(1.0)
-    ni = _f32_bits(k) - np.int32(0x4B400000)
-    n1 = ni >> np.int32(1)
-    e = p * _bits_f32((n1 + np.int32(127)) << np.int32(23)) \
-        * _bits_f32((ni - n1 + np.int32(127)) << np.int32(23))
-    e = T(0.0) if x < lo else e
-    return T(np.inf) if x > hi else e
+def gelu(z):
+    return HALF * z * (ONE + erf(z * SQRT1_2))
 
 
-def _exp(x):
-    return math.exp(x)
+def gelu_prime(z, a):
+    return HALF * (ONE + erf(z * SQRT1_2)) + z * INV_SQRT_2PI * exp(-HALF * z * z)
 
 
-# A function of its own (LLVM inlines it into the row loops): inlining it into Numba's IR
-# instead took 5 s more to compile apply_f.
-@overload(_exp, jit_options=_ROW_OPTS)
-def _exp_impl(x):
-    if x != types.float32:
-        return lambda x: math.exp(x)
-    return _exp32
+LEAKY_SLOPE = 0.01      # PyTorch's LeakyReLU default negative_slope
 
 
-@jit(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
-def exp_row(out, x):
-    """out_j = e^(x_j) as the loop form computes it (tests read it)."""
-    for j in range(x.shape[0]):
-        out[j] = _exp(x[j])
+def leaky_relu(z):
+    return where(z > ZERO, z, LEAKY_SLOPE * z)
 
 
+def leaky_relu_prime(z, a):
+    return where(z > ZERO, ONE, LEAKY_SLOPE)
 
-# The loop form's twins: one row a[j] = f(z[j]) at a time, the branch on the code hoisted
-# out of the loop so each inner loop stays a plain SIMD-friendly loop (error_model numpy: a
-# division is a plain IEEE one, no zero check in the loop to stop the vectoriser). Without
-# reassoc (see _ROW_FLAGS) softmax sums its row in order.
-@jit(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
-def apply_f(a, z, code):
-    """a_j = f(z_j) for one sample's row; a, z: (N_l,)."""
+
+def exp_(z):
+    return exp(z)
+
+
+def exp_prime(z, a):
+    return a
+
+
+ACTIVATIONS = (
+    Activation(0, "identity", identity, identity_prime, True, True),
+    Activation(1, "sigmoid", sigmoid, sigmoid_prime, True, True),
+    Activation(2, "tanh", tanh_, tanh_prime, True, True),
+    Activation(3, "relu", relu, relu_prime, True, True),
+    Activation(4, "gelu", gelu, gelu_prime, True, True),
+    Activation(5, "softmax", None, None, False, True),
+    Activation(6, "leaky_relu", leaky_relu, leaky_relu_prime, True, True),
+    Activation(7, "exp", exp_, exp_prime, False, True),
+)
+
+CODES = {a.name: a.code for a in ACTIVATIONS}
+NAMES = {a.code: a.name for a in ACTIVATIONS}
+BY_CODE = {a.code: a for a in ACTIVATIONS}
+HIDDEN = tuple(a.name for a in ACTIVATIONS if a.hidden)
+OUTPUT = tuple(a.name for a in ACTIVATIONS if a.output)
+ELEMENTWISE = tuple(a for a in ACTIVATIONS if a.f is not None)
+IDENTITY, SIGMOID, SOFTMAX, EXP = CODES["identity"], CODES["sigmoid"], CODES["softmax"], CODES["exp"]
+#: outputs whose values are probabilities (cross-entropy's and classifiers')
+PROBABILITY_OUTPUTS = ("softmax", "sigmoid")
+
+
+def softmax_row(a, z):
+    """a_k = e^(z_k - zmax) / sum_k' e^(z_k' - zmax) for one sample's row (the max
+    subtracted, so e^x never overflows); a, z (K,)."""
     n = z.shape[0]
-    one = z.dtype.type(1.0)
-    zero = z.dtype.type(0.0)
-    half = z.dtype.type(0.5)
-    r2 = z.dtype.type(_INV_SQRT2)
-    if code == SIGMOID:
-        for j in range(n):
-            a[j] = one / (one + _exp(-z[j]))
-    elif code == TANH:
-        for j in range(n):
-            a[j] = math.tanh(z[j])
-    elif code == RELU:
-        for j in range(n):
-            a[j] = z[j] if z[j] > zero else zero
-    elif code == GELU:
-        for j in range(n):
-            a[j] = half * z[j] * (one + math.erf(z[j] * r2))
-    elif code == SOFTMAX:
-        zmax = z[0]
-        for j in range(1, n):
-            zmax = max(zmax, z[j])
-        s = zero
-        for j in range(n):
-            a[j] = _exp(z[j] - zmax)
-            s += a[j]
-        for j in range(n):
-            a[j] = a[j] / s
+    zmax = z[0]
+    for j in range(1, n):
+        zmax = max(zmax, z[j])
+    s = ZERO
+    for j in range(n):
+        a[j] = exp(z[j] - zmax)
+        s += a[j]
+    for j in range(n):
+        a[j] = a[j] / s
+
+
+# ---------------------------------------------------------------- costs and output errors
+Loss = namedtuple("Loss", "code name outputs canonical")
+SQUARED_ERROR, CROSS_ENTROPY, POISSON = 0, 1, 2
+LOSS_TABLE = (Loss(SQUARED_ERROR, "squared_error", OUTPUT, "identity"),
+              Loss(CROSS_ENTROPY, "cross_entropy", PROBABILITY_OUTPUTS, None),
+              Loss(POISSON, "poisson", ("exp",), "exp"))
+LOSSES = {x.name: x.code for x in LOSS_TABLE}
+LOSS_BY_CODE = {x.code: x for x in LOSS_TABLE}
+
+
+def default_loss(output):
+    """The loss an output gets when none is named: cross-entropy for probabilities, Poisson
+    for exp, squared error otherwise."""
+    return ("cross_entropy" if output in PROBABILITY_OUTPUTS else
+            "poisson" if output == "exp" else "squared_error")
+
+
+def cost(a, z, y, m, act, loss):
+    """C_m, the cost of sample m (rows of a, z, y (M, K)): 1/2 sum_k (a_k - y_k)^2;
+    cross-entropy from z: -sum_k y_k (z_k - log sum_k' e^z_k') for softmax, sum_k
+    max(z_k, 0) - z_k y_k + log(1 + e^-|z_k|) for sigmoid; Poisson deviance's half from z,
+    sum_k e^z_k - y_k z_k + y_k log y_k - y_k (scikit-learn's, zero at a = y)."""
+    K = a.shape[1]
+    c = ZERO
+    if loss == SQUARED_ERROR:
+        for k in range(K):
+            e = a[m, k] - y[m, k]
+            c += HALF * e * e
+    elif loss == CROSS_ENTROPY and act == SOFTMAX:
+        zmax = z[m, 0]
+        for k in range(1, K):
+            zmax = max(zmax, z[m, k])
+        se = ZERO
+        for k in range(K):
+            se += exp(z[m, k] - zmax)
+        lse = zmax + log(se)
+        for k in range(K):
+            c -= y[m, k] * (z[m, k] - lse)
+    elif loss == CROSS_ENTROPY and act == SIGMOID:
+        for k in range(K):
+            zk = z[m, k]
+            c += max(zk, ZERO) - zk * y[m, k] + log1p(exp(-abs(zk)))
+    elif loss == POISSON and act == EXP:
+        for k in range(K):
+            yk = y[m, k]
+            c += a[m, k] - yk * z[m, k] - yk
+            if yk > ZERO:
+                c += yk * log(yk)
     else:
-        for j in range(n):
-            a[j] = z[j]
+        raise ValueError("unknown loss code, or a loss with an output it does not take")
+    return c
 
 
-@jit(fastmath=_ROW_FLAGS, error_model="numpy", _nrt=False)
-def mul_fprime(d, z, a, code):
-    """d_j <- f'(z_j) d_j for one sample's row (elementwise f only); d, z, a: (N_l,)."""
-    n = z.shape[0]
-    one = z.dtype.type(1.0)
-    zero = z.dtype.type(0.0)
-    half = z.dtype.type(0.5)
-    r2 = z.dtype.type(_INV_SQRT2)
-    r2pi = z.dtype.type(_INV_SQRT_2PI)
-    if code == SIGMOID:
-        for j in range(n):
-            d[j] *= a[j] * (one - a[j])
-    elif code == TANH:
-        for j in range(n):
-            d[j] *= one - a[j] * a[j]
-    elif code == RELU:
-        for j in range(n):
-            d[j] = d[j] if z[j] > zero else zero
-    elif code == GELU:
-        for j in range(n):
-            zj = z[j]
-            d[j] *= half * (one + math.erf(zj * r2)) + zj * r2pi * math.exp(-half * zj * zj)
+def output_error(delta, a, z, y, m, act, loss, w):
+    """δ^L of sample m (rows of delta, a, z, y (M, K)) times its weight factor w: a - y for
+    the canonical pairs, f'(z)(a - y) for squared error with an elementwise f, a_k ((a - y)_k
+    - sum_k' a_k' (a - y)_k') for softmax with squared error. f' is fprime, this form's
+    dispatch on the activation table."""
+    K = a.shape[1]
+    for k in range(K):
+        delta[m, k] = a[m, k] - y[m, k]
+    if loss == SQUARED_ERROR and act == SOFTMAX:
+        s = ZERO
+        for k in range(K):
+            s += a[m, k] * delta[m, k]
+        for k in range(K):
+            delta[m, k] = a[m, k] * (delta[m, k] - s)
+    elif loss == SQUARED_ERROR and act != IDENTITY:
+        for k in range(K):
+            delta[m, k] *= fprime(z[m, k], a[m, k], act)
+    elif not ((loss == SQUARED_ERROR) or (loss == CROSS_ENTROPY and (act == SOFTMAX or act == SIGMOID))
+              or (loss == POISSON and act == EXP)):
+        raise ValueError("unknown loss code, or a loss with an output it does not take")
+    if w != ONE:
+        for k in range(K):
+            delta[m, k] *= w
+
+
+def fprime(z, a, act):      # noqa: ARG001 - rebound per form: the table's dispatch on act
+    raise NotImplementedError("output_error runs specialised, with its form's fprime")
+
+
+def max_error(a, y, m):
+    """max_k |a_k - y_k| of sample m (the lecture's stopping criterion)."""
+    e = ZERO
+    for k in range(a.shape[1]):
+        e = max(e, abs(a[m, k] - y[m, k]))
+    return e

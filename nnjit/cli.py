@@ -23,6 +23,9 @@ import zipfile
 
 import numpy as np
 
+from . import activations as A
+from . import rules as R
+
 #: Seconds the first run spends compiling the loops kernels on the project's 2-core machine
 #: (35 s for `nnjit train` with a fresh NUMBA_CACHE_DIR, see the README); quoted in the compile
 #: notice.
@@ -281,7 +284,7 @@ def detect_task(y, task="auto"):
     return True, f"the target has {k} distinct integer values, {per:.1f} samples each ({rule})"
 
 
-def _split(n, fraction, rng):
+def split_indices(n, fraction, rng):
     """(kept indices, held-out indices): a random `fraction` of range(n) held out."""
     idx = rng.permutation(n)
     k = int(round(n * fraction)) if fraction > 0 else 0
@@ -438,15 +441,32 @@ class _Progress:
 
 
 # ---------------------------------------------------------------- commands
+def _rule_param(text):
+    """NAME=VALUE of --rule-param: a number, numbers separated by commas, or a word."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    if name not in R.PARAMS:
+        raise argparse.ArgumentTypeError(f"unknown rule hyper-parameter {name!r}; the rules take "
+                                         f"{', '.join(sorted(R.PARAMS))}")
+    try:
+        parts = [float(v) for v in value.split(",")]
+        return name, parts[0] if len(parts) == 1 else tuple(parts)
+    except ValueError:
+        return name, value
+
+
 def _rule(args):
-    """The fit arguments of --optimizer, --momentum, --alpha."""
+    """The fit arguments of --optimizer, --momentum, --alpha and --rule-param."""
     if not 0 <= args.momentum < 1:
         raise CLIError(f"--momentum must be in [0, 1), got {args.momentum:g}")
     if not (args.alpha >= 0 and math.isfinite(args.alpha)):
         raise CLIError(f"--alpha must be 0 or more, got {args.alpha:g}")
     rule = {"optimizer": args.optimizer, "alpha": args.alpha}
-    if args.optimizer in ("sgd", "nesterov"):
+    if "momentum" in R.BY_CODE[R.CODES[args.optimizer]].params:
         rule["momentum"] = args.momentum
+    rule.update(dict(args.rule_param))
+    R.check(**rule)         # every problem named before the data is read
     return rule
 
 
@@ -464,8 +484,8 @@ def cmd_train(args):
     regression, why = detect_task(y, args.task)
     other = "classification" if regression else "regression"
     rng = np.random.default_rng(args.seed)
-    train, test = _split(len(X), args.test_fraction, rng)
-    fit_idx, val = _split(len(train), args.validation_fraction, rng)
+    train, test = split_indices(len(X), args.test_fraction, rng)
+    fit_idx, val = split_indices(len(train), args.validation_fraction, rng)
     fit_idx, val = train[fit_idx], train[val]
     if len(fit_idx) < 2:
         raise CLIError(f"{args.data!r} has {len(X)} samples: too few to hold out a test and a "
@@ -530,7 +550,7 @@ def cmd_train(args):
         bar.close()
         raise CLIError(f"{str(e).split(';')[0]}; try a smaller --lr (now {args.lr:g})"
                        + (f" or --momentum (now {args.momentum:g})"
-                          if args.optimizer in ("sgd", "nesterov") and args.momentum else "")
+                          if "momentum" in _rule(args) and args.momentum else "")
                        + ("" if args.scale != "none" else " or --scale standard")) from None
     finally:
         bar.close()
@@ -562,8 +582,8 @@ def cmd_train(args):
 
 
 def cmd_predict(args):
-    from . import io as nio
-    net = nio.load(args.model, backend=args.backend)
+    from .model import MLP
+    net = MLP.load(args.model, backend=args.backend)
     X, y, _ = _load(args.data, args.target_column, n_features=net.layers[0], header=args.header,
                     delimiter=args.delimiter)
     if X.shape[1] != net.layers[0]:
@@ -587,7 +607,7 @@ def cmd_predict(args):
     if args.out:
         print(f"wrote {len(X)} predictions to {args.out}", file=sys.stderr)
     if y is not None:
-        kind = "accuracy" if net._is_classifier else "R^2"
+        kind = "accuracy" if net.is_classifier else "R^2"
         try:
             print(f"{kind} against the file's targets: {net.score(X, y):.4f}", file=sys.stderr)
         except (ValueError, TypeError) as e:
@@ -630,14 +650,17 @@ def cmd_info(args):
 
 
 # ---------------------------------------------------------------- parser, main
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+class _Formatter(argparse.RawDescriptionHelpFormatter):
     """The module docstring's layout kept, and every option's default shown (not for flags
     and options without a default, where "(default: None)" would say nothing)."""
 
     def _get_help_string(self, action):
-        if action.default in (None, False) or isinstance(action, argparse._StoreFalseAction):
-            return action.help
-        return super()._get_help_string(action)
+        text = action.help or ""
+        store_false = action.nargs == 0 and action.const is False
+        if (action.default in (None, False, argparse.SUPPRESS) or store_false
+                or not action.option_strings or "%(default)" in text):
+            return text
+        return text + " (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -670,6 +693,7 @@ def build_parser():
     p = _Parser(prog="nnjit", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("-V", "--version", action="version", version=f"nnjit {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p.subcommands = sub
     t = sub.add_parser("train", help="train an MLP on a dataset, report the test score, save it",
                        formatter_class=_Formatter,
                        description="Train an MLP on a dataset and report the held-out score. "
@@ -684,12 +708,15 @@ def build_parser():
                    help="feature scaling, fitted on the training split and saved in the model "
                         "(regression targets are standardised too unless 'none')")
     t.add_argument("--hidden", type=_layers, default="64", help="hidden layer sizes, e.g. 64,32")
-    t.add_argument("--activation", default="tanh",
-                   choices=["tanh", "sigmoid", "relu", "gelu", "identity"], help="hidden f")
+    t.add_argument("--activation", default="tanh", choices=A.HIDDEN, help="hidden f")
     t.add_argument("--epochs", type=_positive(int), default=300,
                    help="at most this many epochs (early stopping usually ends sooner)")
-    t.add_argument("--optimizer", default="adam", choices=["adam", "adamw", "sgd", "nesterov"],
+    t.add_argument("--optimizer", default="adam", choices=tuple(R.CODES),
                    help="update rule (README: Update rules); sgd is the lecture's, with momentum")
+    t.add_argument("--rule-param", action="append", default=[], type=_rule_param,
+                   metavar="NAME=VALUE",
+                   help="another hyper-parameter of the update rule, e.g. rho=0.9 (RMSprop), "
+                        "betas=0.9,0.99, eps=1e-6, weight_decay=0.01 (AdamW); repeatable")
     t.add_argument("--lr", type=_positive(float), default=0.001, help="learning rate eta")
     t.add_argument("--momentum", type=float, default=0.9, help="momentum mu of sgd/nesterov, in [0, 1)")
     t.add_argument("--alpha", type=float, default=1e-4,
@@ -772,8 +799,8 @@ def main(argv=None):
             parser = build_parser()
             args, extra = parser.parse_known_args(argv)
             if extra:       # reported by the subcommand's parser, so the line names it
-                sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-                sub.choices[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+                parser.subcommands.choices[args.command].error(
+                    f"unrecognized arguments: {' '.join(extra)}")
         except SystemExit as e:     # argparse: --help and --version exit 0, errors 2
             if e.code in (0, None):
                 raise

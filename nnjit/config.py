@@ -3,6 +3,7 @@
 Numba's on-disk cache freezes module globals into compiled code, so kernels never read
 these values themselves: the wrappers read them and pass them to kernels as plain values.
 """
+from collections import namedtuple
 
 #: fastmath flags for the loop kernels. ``reassoc`` lets LLVM vectorise the sums
 #: z_j = sum_i w_ij a_i; ``nnan``/``ninf`` are left out on purpose, so a diverging
@@ -44,9 +45,16 @@ GEMM_MIN_BATCH = 64
 GEMM_BLOCKS = (48, 256, 24)
 
 
+#: The blocks of every kernel the loop form's epoch can run, as it takes them: forward
+#: (fwd_mc samples, fwd_nc units), error recursion (bwd_mc, bwd_nc), corrections (corr_ju
+#: units, corr_ic inputs), cache-blocked from min_weights elements of W; the GEMM path from
+#: gemm_batch samples, with gemm_mc samples a step, gemm_kc terms a pass, gemm_ju units a step.
+Tiles = namedtuple("Tiles", "fwd_mc fwd_nc bwd_mc bwd_nc corr_ju corr_ic min_weights "
+                            "gemm_batch gemm_mc gemm_kc gemm_ju")
+
+
 def tiles():
-    """The tile tuple loops.train_epoch takes (see loops._blocks and loops._gemm_on), from
-    the values above."""
+    """The Tiles nnjit.loops.train_epoch takes, from the values above."""
     for name, v in (("TILE_FORWARD", TILE_FORWARD), ("TILE_BACKWARD", TILE_BACKWARD),
                     ("TILE_CORRECTIONS", TILE_CORRECTIONS)):
         if len(v) != 2 or v[0] < 1 or v[1] < 0 or (name != "TILE_BACKWARD" and v[0] % 4):
@@ -55,8 +63,8 @@ def tiles():
     if len(GEMM_BLOCKS) != 3 or min(GEMM_BLOCKS) < 1 or GEMM_BLOCKS[0] % 3:
         raise ValueError("nnjit.config.GEMM_BLOCKS must be 3 positive sizes, the first a "
                          f"multiple of 3; got {GEMM_BLOCKS!r}")
-    return tuple(int(x) for x in (*TILE_FORWARD, *TILE_BACKWARD, *TILE_CORRECTIONS,
-                                  TILE_MIN_WEIGHTS, max(GEMM_MIN_BATCH, 0), *GEMM_BLOCKS))
+    return Tiles(*(int(x) for x in (*TILE_FORWARD, *TILE_BACKWARD, *TILE_CORRECTIONS,
+                                     TILE_MIN_WEIGHTS, max(GEMM_MIN_BATCH, 0), *GEMM_BLOCKS)))
 
 
 #: Rows per chunk when predicting or scoring, so memory stays O(chunk x width).
@@ -89,5 +97,5 @@ MODEL_FILE_MAX_PARAMS = 2**28
 
 #: Each epoch of the loops backend uses as many threads as cores not taken by other runnable
 #: tasks (at most numba.get_num_threads()), so a busy machine slows training gracefully
-#: (nnjit/_numba_setup.EpochThreads). False: always numba.get_num_threads().
+#: (nnjit/threads.EpochThreads). False: always numba.get_num_threads().
 ADAPTIVE_THREADS = True

@@ -50,13 +50,16 @@ try:
 except ImportError as e:  # pragma: no cover - depends on the environment
     raise ImportError("backend='cuda' needs numba-cuda: pip install 'nnjit[cuda]'") from e
 
-from . import config
-from .activations import (CROSS_ENTROPY, GELU, IDENTITY, RELU, SIGMOID, SOFTMAX,
-                          SQUARED_ERROR, TANH)
-from .rules import H_ALPHA, RULE_NESTEROV, RULE_SGD
+import sys
 
-_INV_SQRT2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+from . import activations as A
+from . import config
+from . import rules as R
+from .forms import specialise, switch
+from .layout import layer
+
+SOFTMAX = A.SOFTMAX
+_HERE = sys.modules[__name__]
 
 # A 10-unit output layer or a small batch is a small grid by nature; numba-cuda would warn
 # about under-utilisation on every such launch, with a new message text each grid size.
@@ -106,54 +109,54 @@ def timed(fn):
 # ================================================================ the kernels, per dtype
 @functools.lru_cache(maxsize=None)
 def _device(dtype):
-    """Scalar device twins of the activation table (nnjit.activations) for one dtype."""
+    """The tables' definitions (nnjit.activations, nnjit.rules) as device functions for one
+    dtype: f(z, act), fprime(z, a, act), softmax_row(a, z), cost(a, z, y, m, act, loss),
+    output_error(delta, a, z, y, m, act, loss, w), max_error(a, y, m) and
+    rule_step(rule, w, v, q, g, c) -> (w, v, q). Each dispatch is generated from its table;
+    its last branch raises (a device cannot report it: the launchers check every code on the
+    host first)."""
     dtype = np.dtype(dtype)
-    ONE, ZERO, HALF = dtype.type(1.0), dtype.type(0.0), dtype.type(0.5)
-    R2, R2PI = dtype.type(_INV_SQRT2), dtype.type(_INV_SQRT_2PI)
+    dev = cuda.jit(device=True)
 
-    @cuda.jit(device=True)
-    def f(z, act):
-        """a = f(z) for the elementwise activations (softmax is a row kernel)."""
-        if act == SIGMOID:
-            return ONE / (ONE + math.exp(-z))
-        if act == TANH:
-            return math.tanh(z)
-        if act == RELU:
-            return z if z > ZERO else ZERO
-        if act == GELU:
-            return HALF * z * (ONE + math.erf(z * R2))
-        return z
+    def compiled(fn, **names):
+        return dev(specialise(fn, "cuda", dtype, dev, **names))
+    ns = {}
+    for a in A.ELEMENTWISE:
+        ns[f"F_{a.name}"] = compiled(a.f)
+        ns[f"FP_{a.name}"] = compiled(a.fprime)
+    for r in R.RULES:
+        ns[f"STEP_{r.code}"] = compiled(r.step)
+    sfx = f"__cuda_{dtype.name}"
+    unknown_act = ["raise ValueError('unknown activation code')"]
+    k = _Kernels()
+    k.f = dev(switch("f" + sfx, ("z", "act"), "act",
+                     [(a.code, [f"return F_{a.name}(z)"]) for a in A.ELEMENTWISE], unknown_act,
+                     ns, _HERE))
+    k.fprime = dev(switch("fprime" + sfx, ("z", "a", "act"), "act",
+                          [(a.code, [f"return FP_{a.name}(z, a)"]) for a in A.ELEMENTWISE],
+                          unknown_act, ns, _HERE))
+    k.rule_step = dev(switch("rule_step" + sfx, ("rule", "w", "v", "q", "g", "c"), "rule",
+                             [(r.code, [f"return STEP_{r.code}(w, v, q, g, c)"]) for r in R.RULES],
+                             ["raise ValueError('unknown update rule code')"], ns, _HERE))
+    k.softmax_row = compiled(A.softmax_row)
+    k.cost = compiled(A.cost)
+    k.output_error = compiled(A.output_error, fprime=k.fprime)
+    k.max_error = compiled(A.max_error)
+    return k
 
-    @cuda.jit(device=True)
-    def fprime(z, a, act):
-        """f'(z), from z or a = f(z) as the lecture writes it (elementwise f only)."""
-        if act == SIGMOID:
-            return a * (ONE - a)
-        if act == TANH:
-            return ONE - a * a
-        if act == RELU:
-            return ONE if z > ZERO else ZERO
-        if act == GELU:
-            return HALF * (ONE + math.erf(z * R2)) + z * R2PI * math.exp(-HALF * z * z)
-        return ONE
 
-    @cuda.jit(device=True)
-    def rule_step(rule, w, v, q, g, eta, mu, b1, b2, A, B, eps, decay):
-        """One element of the update rule with gradient g (see nnjit.loops._rule_row);
-        returns the new (w, v, q): sgd v = mu v - eta g, w + v; nesterov the same v,
-        w + mu v - eta g; adam(w) m = b1 v + (1-b1) g, s = b2 q + (1-b2) g^2,
-        w decay - A m / (sqrt(s) B + eps)."""
-        if rule == RULE_SGD:
-            u = mu * v - eta * g
-            return w + u, u, q
-        if rule == RULE_NESTEROV:
-            u = mu * v - eta * g
-            return w + (mu * u - eta * g), u, q
-        m = b1 * v + (ONE - b1) * g
-        s2 = b2 * q + (ONE - b2) * g * g
-        return w * decay - A * m / (math.sqrt(s2) * B + eps), m, s2
-
-    return f, fprime, rule_step
+def _check(act=None, loss=None, rule=None):
+    """Refuse codes not in the tables on the host (a device function cannot raise)."""
+    if act is not None and int(act) not in A.BY_CODE:
+        raise ValueError(f"unknown activation code {act!r}")
+    if loss is not None:
+        x = A.LOSS_BY_CODE.get(int(loss))
+        if x is None:
+            raise ValueError(f"unknown loss code {loss!r}")
+        if act is not None and A.NAMES[int(act)] not in x.outputs:
+            raise ValueError(f"loss {x.name!r} does not take the output {A.NAMES[int(act)]!r}")
+    if rule is not None and int(rule) not in R.BY_CODE:
+        raise ValueError(f"unknown update rule code {rule!r}")
 
 
 class _Kernels:
@@ -164,9 +167,10 @@ class _Kernels:
 def simple_kernels(dtype):
     """The simple kernels for one dtype: each is a loop body of nnjit.loops, indexed by thread."""
     dtype = np.dtype(dtype)
-    f, fprime, rule_step = _device(dtype)
+    d = _device(dtype)
+    f, fprime, rule_step = d.f, d.fprime, d.rule_step
+    softmax_row, cost, output_error_row, max_error = d.softmax_row, d.cost, d.output_error, d.max_error
     ZERO = dtype.type(0.0)
-    HALF = dtype.type(0.5)
     k = _Kernels()
 
     @cuda.jit
@@ -188,91 +192,23 @@ def simple_kernels(dtype):
                 a[m, j] = f(s, act)
     k.forward_layer = forward_layer
 
-    # -- the output layer: row functions shared by its kernels, then the kernels
-    @cuda.jit(device=True)
-    def softmax_row(a, z, m):
-        """a[m] = softmax(z[m]), the max subtracted so exp never overflows."""
-        K = z.shape[1]
-        zmax = z[m, 0]
-        for j in range(1, K):
-            zmax = max(zmax, z[m, j])
-        s = ZERO
-        for j in range(K):
-            a[m, j] = math.exp(z[m, j] - zmax)
-            s += a[m, j]
-        for j in range(K):
-            a[m, j] = a[m, j] / s
-
-    @cuda.jit(device=True)
-    def error_unit(a, z, y, m, kk, act, loss):
-        """delta^L_k of sample m: delta_out = a - y for the canonical pairs, f'(z) delta_out
-        for squared error with an elementwise f, a_k (delta_out_k - sum_k' a_k'
-        delta_out_k') for softmax with squared error."""
-        d = a[m, kk] - y[m, kk]
-        if not (loss == CROSS_ENTROPY or act == IDENTITY):
-            if act == SOFTMAX:
-                s = ZERO
-                for q in range(a.shape[1]):
-                    s += a[m, q] * (a[m, q] - y[m, q])
-                d = a[m, kk] * (d - s)
-            else:
-                d *= fprime(z[m, kk], a[m, kk], act)
-        return d
-
-    @cuda.jit(device=True)
-    def cost_row(a, z, y, m, act, loss):
-        """C_m: squared error 1/2 sum_k (a_k - y_k)^2; cross-entropy from z (log-sum-exp for
-        softmax, the stable binary form for sigmoid), finite where a rounds to 0 or 1."""
-        K = a.shape[1]
-        c = ZERO
-        if loss == SQUARED_ERROR:
-            for q in range(K):
-                e = a[m, q] - y[m, q]
-                c += HALF * e * e
-        elif act == SOFTMAX:          # log a_k = z_k - zmax - log sum exp(z - zmax)
-            zmax = z[m, 0]
-            for q in range(1, K):
-                zmax = max(zmax, z[m, q])
-            se = ZERO
-            for q in range(K):
-                se += math.exp(z[m, q] - zmax)
-            lse = zmax + math.log(se)
-            for q in range(K):
-                c -= y[m, q] * (z[m, q] - lse)
-        else:                         # sigmoid: log(1+e^z) - y z, written stably
-            for q in range(K):
-                zq = z[m, q]
-                c += max(zq, ZERO) - zq * y[m, q] + math.log1p(math.exp(-abs(zq)))
-        return c
-
-    @cuda.jit(device=True)
-    def err_row(a, y, m):
-        """max_k |a_k - y_k| of sample m (the lecture's stopping criterion)."""
-        e = ZERO
-        for q in range(a.shape[1]):
-            e = max(e, abs(a[m, q] - y[m, q]))
-        return e
-
     @cuda.jit
     def softmax(a, z):
         """a_k = e^(z_k - zmax) / sum_k' e^(z_k' - zmax). z, a (M, K). Thread m owns row m
         (the row's sum couples its units)."""
         m = cuda.grid(1)
         if m < z.shape[0]:
-            softmax_row(a, z, m)
+            softmax_row(a[m], z[m])
     k.softmax = softmax
 
     @cuda.jit
     def output_error(delta, a, z, y, sw, wscale, act, loss):
-        """Output error delta^L = dC/dz^L (see error_unit) times the sample weight factor
-        s_m wscale, wscale = M / sum_m s_m. a, z, y, delta (M, K); sw (M,). Thread t owns
-        (m, k) = divmod(t, K)."""
-        M, K = a.shape
-        t = cuda.grid(1)
-        if t < M * K:
-            m = t // K
-            kk = t - m * K
-            delta[m, kk] = error_unit(a, z, y, m, kk, act, loss) * (sw[m] * wscale)
+        """Output error delta^L = dC/dz^L (nnjit.activations.output_error) times the sample
+        weight factor s_m wscale, wscale = M / sum_m s_m. a, z, y, delta (M, K); sw (M,).
+        Thread m owns sample m."""
+        m = cuda.grid(1)
+        if m < a.shape[0]:
+            output_error_row(delta, a, z, y, m, act, loss, sw[m] * wscale)
     k.output_error = output_error
 
     @cuda.jit
@@ -281,8 +217,8 @@ def simple_kernels(dtype):
         a, z, y (M, K). Thread m owns sample m."""
         m = cuda.grid(1)
         if m < a.shape[0]:
-            out[m] = cost_row(a, z, y, m, act, loss)
-            err[m] = err_row(a, y, m)
+            out[m] = cost(a, z, y, m, act, loss)
+            err[m] = max_error(a, y, m)
     k.sample_loss = sample_loss
 
     @cuda.jit
@@ -293,12 +229,10 @@ def simple_kernels(dtype):
         m = cuda.grid(1)
         if m < a.shape[0]:
             if act == SOFTMAX:
-                softmax_row(a, z, m)
-            out[m] = cost_row(a, z, y, m, act, loss)
-            err[m] = err_row(a, y, m)
-            f_m = sw[m] * wscale
-            for kk in range(a.shape[1]):
-                delta[m, kk] = error_unit(a, z, y, m, kk, act, loss) * f_m
+                softmax_row(a[m], z[m])
+            out[m] = cost(a, z, y, m, act, loss)
+            err[m] = max_error(a, y, m)
+            output_error_row(delta, a, z, y, m, act, loss, sw[m] * wscale)
     k.output_layer = output_layer
 
     @cuda.jit
@@ -319,13 +253,12 @@ def simple_kernels(dtype):
     k.backward_layer = backward_layer
 
     @cuda.jit
-    def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule,
-                           eta, mu, b1, b2, A, B, eps, decay):
+    def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule, c):
         """Corrections dw_ij = scale sum_m a_i delta_j + an w_ij ; db_j = scale sum_m
-        delta_j, then if upd the update rule (rule_step) on w, v, s. W, vW, sW, dW
-        (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}). Thread t
-        owns (j, i) = divmod(t, N_{l-1} + 1); i = N_{l-1} is the bias, the weight of an input
-        always 1 (and not penalised)."""
+        delta_j, then if upd the update rule (rule_step, c its Coefs) on w, v, s. W, vW, sW,
+        dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1}). Thread
+        t owns (j, i) = divmod(t, N_{l-1} + 1); i = N_{l-1} is the bias, the weight of an
+        input always 1 (and not penalised)."""
         M, n_in = a_prev.shape
         n_out = delta.shape[1]
         t = cuda.grid(1)
@@ -339,26 +272,23 @@ def simple_kernels(dtype):
                 g = s * scale + an * W[j, i]
                 dW[j, i] = g
                 if upd:
-                    W[j, i], vW[j, i], sW[j, i] = rule_step(rule, W[j, i], vW[j, i], sW[j, i], g,
-                                                            eta, mu, b1, b2, A, B, eps, decay)
+                    W[j, i], vW[j, i], sW[j, i] = rule_step(rule, W[j, i], vW[j, i], sW[j, i], g, c)
             else:
                 for m in range(M):
                     s += delta[m, j]
                 g = s * scale
                 db[j] = g
                 if upd:
-                    b[j], vb[j], sb[j] = rule_step(rule, b[j], vb[j], sb[j], g,
-                                                   eta, mu, b1, b2, A, B, eps, decay)
+                    b[j], vb[j], sb[j] = rule_step(rule, b[j], vb[j], sb[j], g, c)
     k.corrections_update = corrections_update
 
     @cuda.jit
-    def update(theta, vel, sq, grad, rule, eta, mu, b1, b2, A, B, eps, decay):
+    def update(theta, vel, sq, grad, rule, c):
         """The update rule (rule_step) on flat theta, vel, sq, grad (P,).
         Grid-stride: thread t owns p = t, t + stride, ..."""
         start, stride = cuda.grid(1), cuda.gridsize(1)
         for p in range(start, theta.shape[0], stride):
-            theta[p], vel[p], sq[p] = rule_step(rule, theta[p], vel[p], sq[p], grad[p],
-                                                eta, mu, b1, b2, A, B, eps, decay)
+            theta[p], vel[p], sq[p] = rule_step(rule, theta[p], vel[p], sq[p], grad[p], c)
     k.update = update
 
     @cuda.jit
@@ -390,7 +320,8 @@ def tiled_kernels(dtype, tile):
     owns one), staging both operands through shared memory one tile of the summed index at a
     time, so each global element is read once per block instead of once per thread."""
     dtype = np.dtype(dtype)
-    f, fprime, rule_step = _device(dtype)
+    d = _device(dtype)
+    f, fprime, rule_step = d.f, d.fprime, d.rule_step
     T = numba.from_dtype(dtype)
     ZERO = dtype.type(0.0)
     ONE = dtype.type(1.0)
@@ -450,8 +381,7 @@ def tiled_kernels(dtype, tile):
     k.backward_layer = backward_layer
 
     @cuda.jit
-    def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule,
-                           eta, mu, b1, b2, A, B, eps, decay):
+    def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule, c):
         """Corrections (+ the update rule if upd), tiled: dw_ij = scale sum_m a_i delta_j +
         an w_ij, db_j likewise with a_i = 1 at i = N_{l-1}. Shapes as corrections_update; thread
         (ty, tx) owns j = bx TL + ty, i = by TL + tx, i in [0, N_{l-1}]."""
@@ -481,14 +411,12 @@ def tiled_kernels(dtype, tile):
             g = s * scale + an * W[j, i]
             dW[j, i] = g
             if upd:
-                W[j, i], vW[j, i], sW[j, i] = rule_step(rule, W[j, i], vW[j, i], sW[j, i], g,
-                                                        eta, mu, b1, b2, A, B, eps, decay)
+                W[j, i], vW[j, i], sW[j, i] = rule_step(rule, W[j, i], vW[j, i], sW[j, i], g, c)
         elif j < n_out and i == n_in:
             g = s * scale
             db[j] = g
             if upd:
-                b[j], vb[j], sb[j] = rule_step(rule, b[j], vb[j], sb[j], g,
-                                               eta, mu, b1, b2, A, B, eps, decay)
+                b[j], vb[j], sb[j] = rule_step(rule, b[j], vb[j], sb[j], g, c)
     k.corrections_update = corrections_update
     return k
 
@@ -520,6 +448,7 @@ def forward_layer(z, a, a_prev, W, b, act, rows=True):
     """Feed-forward of one layer (see simple_kernels' forward_layer), then softmax rows
     unless rows=False (training leaves them to output_layer)."""
     M, n_out = z.shape
+    _check(act=act)
     if M == 0:
         return
     _launch1(_simple(z).forward_layer, M * n_out)(z, a, a_prev, W, b, act)
@@ -530,6 +459,7 @@ def forward_layer(z, a, a_prev, W, b, act, rows=True):
 def forward_layer_tiled(z, a, a_prev, W, b, act, rows=True):
     """Feed-forward of one layer with shared-memory tiles; softmax rows as forward_layer."""
     M, n_out = z.shape
+    _check(act=act)
     if M == 0:
         return
     _launch2(_tiled(z).forward_layer, M, n_out)(z, a, a_prev, W, b, act)
@@ -546,6 +476,7 @@ def softmax(a, z):
 def backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
     """Error recursion to layer l (see simple_kernels' backward_layer)."""
     M, n = delta_prev.shape
+    _check(act=act_prev)
     if M:
         _launch1(_simple(delta).backward_layer, M * n)(delta_prev, delta, W, z_prev, a_prev, act_prev)
 
@@ -553,24 +484,21 @@ def backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
 def backward_layer_tiled(delta_prev, delta, W, z_prev, a_prev, act_prev):
     """Error recursion to layer l with shared-memory tiles."""
     M, n = delta_prev.shape
+    _check(act=act_prev)
     if M:
         _launch2(_tiled(delta).backward_layer, M, n)(delta_prev, delta, W, z_prev, a_prev, act_prev)
 
 
-def _coef_args(t, c):
-    """The rule's per-step scalars (nnjit.loops.step_coefs order, alpha_n left out) in the
-    kernels' dtype, so a float32 kernel does no float64 arithmetic."""
-    return tuple(t(x) for x in c[:8])
-
-
 def _corr(kernels, launch, W, b, vW, vb, sW, sb, dW, db, delta, a_prev, scale, an, upd, rule, c):
+    _check(rule=rule)
     t = dW.dtype.type
     n_out, n_in = dW.shape
     launch(kernels.corrections_update, n_out, n_in + 1)(
-        W, b, vW, vb, sW, sb, dW, db, delta, a_prev, t(scale), t(an), upd, rule, *_coef_args(t, c))
+        W, b, vW, vb, sW, sb, dW, db, delta, a_prev, t(scale), t(an), upd, rule, R.cast(c, t))
 
 
-_NO_RULE = (0.0,) * 9
+#: the Coefs of a corrections launch that updates nothing
+_NO_RULE = R.zero_coefs()
 
 
 def corrections(dW, db, delta, a_prev, scale, W, an):
@@ -581,10 +509,10 @@ def corrections(dW, db, delta, a_prev, scale, W, an):
 
 
 def corrections_update(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c):
-    """Corrections (batch mean + L2 term c[8] w) fused with the update rule (rule, c: see
-    nnjit.loops.step_coefs)."""
+    """Corrections (batch mean + the L2 term c.alpha_n w) fused with the update rule (rule, c:
+    nnjit.rules)."""
     _corr(_simple(W), lambda k, r, cc: _launch1(k, r * cc), W, b, vW, vb, sW, sb, dW, db,
-          delta, a_prev, 1.0 / delta.shape[0], c[8], 1, rule, c)
+          delta, a_prev, 1.0 / delta.shape[0], c.alpha_n, 1, rule, c)
 
 
 def corrections_tiled(dW, db, delta, a_prev, scale, W, an):
@@ -596,16 +524,16 @@ def corrections_tiled(dW, db, delta, a_prev, scale, W, an):
 def corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c):
     """corrections_update with shared-memory tiles."""
     _corr(_tiled(W), _launch2, W, b, vW, vb, sW, sb, dW, db, delta, a_prev,
-          1.0 / delta.shape[0], c[8], 1, rule, c)
+          1.0 / delta.shape[0], c.alpha_n, 1, rule, c)
 
 
 def update(theta, vel, sq, grad, rule, c, blocks=None):
     """The update rule on flat vectors (grid-stride; blocks caps the grid, so fewer threads
     than elements each take several). grad holds any L2 term already."""
+    _check(rule=rule)
     threads = int(config.CUDA_THREADS)
     n = _blocks(theta.shape[0], threads) if blocks is None else int(blocks)
-    t = theta.dtype.type
-    _simple(theta).update[n, threads](theta, vel, sq, grad, rule, *_coef_args(t, c))
+    _simple(theta).update[n, threads](theta, vel, sq, grad, rule, R.cast(c, theta.dtype.type))
 
 
 def _wscale(sw, M):
@@ -616,14 +544,16 @@ def _wscale(sw, M):
 
 def output_error(delta, a, z, y, sw, act, loss):
     """Output error delta^L times s_m M / sum_m s_m (see simple_kernels' output_error)."""
-    M, K = a.shape
+    M = a.shape[0]
+    _check(act=act, loss=loss)
     if M:
-        _launch1(_simple(a).output_error, M * K)(delta, a, z, y, sw, a.dtype.type(_wscale(sw, M)),
-                                                 act, loss)
+        _launch1(_simple(a).output_error, M)(delta, a, z, y, sw, a.dtype.type(_wscale(sw, M)),
+                                             act, loss)
 
 
 def sample_loss(out, err, a, z, y, act, loss):
     """Per-sample cost into out (M,) and max_k |a - y| into err (M,)."""
+    _check(act=act, loss=loss)
     if a.shape[0]:
         _launch1(_simple(a).sample_loss, a.shape[0])(out, err, a, z, y, act, loss)
 
@@ -631,6 +561,7 @@ def sample_loss(out, err, a, z, y, act, loss):
 def output_layer(delta, out, err, a, z, y, sw, wscale, act, loss):
     """softmax rows (for a softmax output), sample_loss and output_error (weighted by
     s_m wscale) in one launch."""
+    _check(act=act, loss=loss)
     if a.shape[0]:
         _launch1(_simple(a).output_layer, a.shape[0])(delta, out, err, a, z, y, sw,
                                                       a.dtype.type(wscale), act, loss)
@@ -664,7 +595,8 @@ def kernel_signatures(dtype, tile=None):
     s, t = simple_kernels(dtype), tiled_kernels(dtype, int(tile or config.CUDA_TILE))
     fwd = (m2, m2, m2, m2, v1, i8)
     bwd = (m2, m2, m2, m2, m2, i8)
-    corr = (m2, v1, m2, v1, m2, v1, m2, v1, m2, m2, T, T, i8, i8) + (T,) * 8
+    coefs = numba.typeof(R.zero_coefs(dtype.type))
+    corr = (m2, v1, m2, v1, m2, v1, m2, v1, m2, m2, T, T, i8, i8, coefs)
     sigs = [
         ("forward_layer", s.forward_layer, fwd),
         ("softmax", s.softmax, (m2, m2)),
@@ -673,7 +605,7 @@ def kernel_signatures(dtype, tile=None):
         ("output_layer", s.output_layer, (m2, v1, v1, m2, m2, m2, v1, T, i8, i8)),
         ("backward_layer", s.backward_layer, bwd),
         ("corrections_update", s.corrections_update, corr),
-        ("update", s.update, (v1, v1, v1, v1, i8) + (T,) * 8),
+        ("update", s.update, (v1, v1, v1, v1, i8, coefs)),
         ("load_batch", s.load_batch, (m2, m2, v1, m2, m2, v1, numba.int64[::1], i8)),
         ("forward_layer_tiled", t.forward_layer, fwd),
         ("backward_layer_tiled", t.backward_layer, bwd),
@@ -712,7 +644,7 @@ class _Batch:
 class CUDAEngine:
     """Parameters, velocities, batch buffers and (during fit) the training data on the device.
 
-    The methods are those of nnjit.engine.CPUEngine; only get_params/get_velocity and the
+    The methods are those of nnjit.engine.CPUEngine; only get_params/get_state and the
     per-epoch order, costs and errors cross to the host during a fit. config.CUDA_KERNELS
     ("tiled" or "simple") picks the matrix-product kernels at each call.
     """
@@ -755,12 +687,6 @@ class CUDAEngine:
     def set_params(self, theta):
         self.theta.copy_to_device(np.ascontiguousarray(theta, self.dtype))
 
-    def get_velocity(self):
-        return self.vel.copy_to_host()
-
-    def set_velocity(self, vel):
-        self.vel.copy_to_device(np.ascontiguousarray(vel, self.dtype))
-
     def get_state(self):
         """The optimizer state: {"vel": (P,), "sq": (P,), "step": int} on the host."""
         return {"vel": self.vel.copy_to_host(), "sq": self.sq.copy_to_host(),
@@ -773,8 +699,9 @@ class CUDAEngine:
 
     def penalty(self):
         """sum_l ||W^(l)||^2 (weights only), from a host copy of theta."""
-        from .vectorised import penalty
-        return penalty(self.get_params(), self.shape)
+        theta = self.get_params()
+        return float(sum((layer(theta, self.shape, l)[0].astype(np.float64) ** 2).sum()
+                         for l in range(1, len(self.sizes))))
 
     # -- the passes over one batch already in v.a[0] (and v.y)
     def _forward(self, k, v, rows=True):
@@ -864,47 +791,51 @@ class CUDAEngine:
         return (self.grad.copy_to_host(), float((cost.astype(np.float64) * sw).sum()),
                 float(err.max()), float(sw.sum()))
 
-    def update(self, grad, rule, hyper, alpha_n=0.0):
+    def update(self, grad, rule, h):
         """One update with the flat mean gradient grad (any L2 term included); counts a step."""
-        from .vectorised import step_coefs
         self.step[0] += 1
-        c = step_coefs(rule, hyper, int(self.step[0]), float(alpha_n))
+        c = R.coefs(rule, h, int(self.step[0]), 0.0)
         self.grad.copy_to_device(np.ascontiguousarray(grad, self.dtype))
         update(self.theta, self.vel, self.sq, self.grad, rule, c)
 
     # -- training: data on the device for the whole fit
     def begin_fit(self, X, Y, batch_size, S=None):
+        if hasattr(X, "tocsr"):
+            raise ValueError("sparse X is not supported on the cuda backend (it would be "
+                             "densified); use backend='loops' (sparse loop kernels) or pass "
+                             "X.toarray()")
         n = X.shape[0]
         self._fit = types.SimpleNamespace()
         f = self._fit
-        f.X, f.Y = cuda.to_device(X), cuda.to_device(Y)
+        f.X, f.Y = cuda.to_device(np.ascontiguousarray(X)), cuda.to_device(np.ascontiguousarray(Y))
         f.S_host = np.ones(n) if S is None else np.asarray(S, np.float64)
         f.S = cuda.to_device(np.ascontiguousarray(f.S_host, self.dtype))
         f.order = cuda.device_array(n, np.int64)
         f.cost, f.err = cuda.device_array(n, self.dtype), cuda.device_array(n, self.dtype)
         f.buf = _Batch(self.sizes, min(batch_size, n), self.dtype)
 
-    def train_epoch(self, order, batch_size, rule, hyper, loss):
+    def train_epoch(self, order, batch_size, rule, h, loss):
         """One epoch of the lecture's algorithm with every batch on the device (see
-        nnjit.loops.train_epoch): returns (sum_m s_m C_m + the L2 terms, max |a - y|). The
-        batch loop and the rule's per-step scalars live on the host; the data, weights and
-        optimizer state stay on the device."""
-        from .vectorised import step_coefs
+        nnjit.loops.train_epoch: the same five sums). The batch loop and the rule's per-step
+        scalars live on the host; the data, weights and optimizer state stay on the device."""
+        _check(act=self.acts[-1], loss=loss, rule=rule)
         f = self._fit
         k = self._k()
         n = order.shape[0]
         order = np.ascontiguousarray(order, np.int64)
         f.order.copy_to_device(order)   # once per epoch
         sw_epoch = f.S_host[order]
-        alpha = float(hyper[H_ALPHA])
+        alpha = float(h.alpha)
         L = len(self.sizes) - 1
-        total = 0.0
+        pen = batch_pen = 0.0
+        batches = []
         for start in range(0, n, batch_size):
             mb = min(batch_size, n - start)
             v = f.buf.rows(mb)
             Sb = 0.0
             for x in sw_epoch[start:start + mb]:     # the loop form's order
                 Sb += x
+            batches.append((start, mb, Sb))
             load_batch(v.a[0], v.y, v.s, f.X, f.Y, f.S, f.order, start)
             self._forward(k, v, rows=False)      # output_layer does the softmax rows
             output_layer(v.delta[L], f.cost[start:start + mb], f.err[start:start + mb],
@@ -913,9 +844,11 @@ class CUDAEngine:
             if Sb <= 0.0:
                 continue
             if alpha > 0.0:
-                total += 0.5 * alpha * self.penalty()
+                p = self.penalty()
+                pen += p
+                batch_pen += p * mb / Sb
             self.step[0] += 1
-            c = step_coefs(rule, hyper, int(self.step[0]), alpha / Sb)
+            c = R.coefs(rule, h, int(self.step[0]), alpha / Sb)
             for l in range(L, 0, -1):
                 W, b = self._p[0][l]
                 vW, vb = self._p[1][l]
@@ -926,9 +859,9 @@ class CUDAEngine:
                                         self.acts[l - 2])
                 k["corrections_update"](W, b, vW, vb, sW, sb, dW, db, v.delta[l], v.a[l - 1],
                                         rule, c)
-        cost = f.cost.copy_to_host()          # one copy per epoch, after the last batch
-        total += float((cost.astype(np.float64) * sw_epoch).sum())
-        return total, float(f.err.copy_to_host().max())
+        cost = f.cost.copy_to_host().astype(np.float64) * sw_epoch   # one copy per epoch
+        batch_cost = sum(float(cost[s:s + mb].sum()) * mb / Sb for s, mb, Sb in batches if Sb > 0)
+        return (float(cost.sum()), pen, float(f.err.copy_to_host().max()), batch_cost, batch_pen)
 
     def end_fit(self):
         self._fit = None

@@ -28,11 +28,12 @@ Not for data that fits in memory (pass an ndarray; it is never streamed) and not
 machines (see :mod:`nnjit.distributed`).
 """
 import mmap
+import zlib
 
 import numpy as np
 
 from . import config
-from .rules import H_ALPHA, weight_mask
+from .layout import weight_mask
 
 
 def is_out_of_core(X):
@@ -97,12 +98,12 @@ def chunks(X, y, rows, rng=None):
 
 
 def _check_meta(net, X, name="X"):
-    """Shape and dtype checks that need no data, then the first row through net._check_X."""
+    """Shape and dtype checks that need no data, then the first row through net.check_X."""
     if getattr(X, "ndim", 2) != 2 or len(X.shape) != 2:
         raise ValueError(f"{name} must be 2-D (samples, features), got shape {tuple(X.shape)}")
     if X.shape[0] == 0:
         raise ValueError(f"{name} is empty: it has 0 samples")
-    net._check_X(read(X, 0, 1), name)
+    net.check_X(read(X, 0, 1), name)
     return int(X.shape[0])
 
 
@@ -112,7 +113,7 @@ def forward(net, X):
     M = _check_meta(net, X)
     out = np.empty((M, net.layers[-1]), net.dtype)
     for s, Xc, _ in chunks(X, None, chunk_rows(X)):
-        out[s:s + Xc.shape[0]] = net._engine.forward(net._check_X(Xc, f"X[{s}:{s + Xc.shape[0]}]"))
+        out[s:s + Xc.shape[0]] = net.engine.forward(net.check_X(Xc, f"X[{s}:{s + Xc.shape[0]}]"))
     return out
 
 
@@ -129,19 +130,19 @@ def score(net, X, y):
     hits, n, K = 0, 0, net.layers[-1]
     ss_res, mean, ss_tot = np.zeros(K), np.zeros(K), np.zeros(K)
     for s, Xc, yc in chunks(X, y, chunk_rows(X)):
-        Xc = net._check_X(Xc, f"X[{s}:{s + Xc.shape[0]}]")
+        Xc = net.check_X(Xc, f"X[{s}:{s + Xc.shape[0]}]")
         mc = Xc.shape[0]
-        if net._is_classifier:
+        if net.is_classifier:
             hits += round(net.score(Xc, yc) * mc)
             continue
-        Y = net._check_y(yc, mc).astype(np.float64)
-        ss_res += ((Y - net._engine.forward(Xc).astype(np.float64)) ** 2).sum(axis=0)
+        Y = net.check_y(yc, mc).astype(np.float64)
+        ss_res += ((Y - net.engine.forward(Xc).astype(np.float64)) ** 2).sum(axis=0)
         mc_mean = Y.mean(axis=0)
         d = mc_mean - mean
         ss_tot += ((Y - mc_mean) ** 2).sum(axis=0) + d * d * n * mc / (n + mc)
         mean += d * mc / (n + mc)
         n += mc
-    if net._is_classifier:
+    if net.is_classifier:
         return hits / M
     r2 = np.where(ss_tot > 0, 1 - ss_res / np.where(ss_tot > 0, ss_tot, 1), 0.0)
     return float(r2.mean())
@@ -159,75 +160,95 @@ class Stream:
         if y.ndim == 0 or y.shape[0] != self.M:
             raise ValueError(f"X has {self.M} samples but y has shape {tuple(y.shape)}")
         self.y = y
-        column = len(y.shape) == 2 and y.shape[1] == 1 and net._is_classifier
-        if net._is_classifier and (y.ndim == 1 or column) and net.classes_ is None:
+        column = len(y.shape) == 2 and y.shape[1] == 1 and net.is_classifier
+        if net.is_classifier and (y.ndim == 1 or column) and net.classes_ is None:
             # every chunk's labels are mapped with the classes of the whole y, found first
             labels = np.unique(np.concatenate(
                 [np.unique(yc) for _, yc, _ in chunks(y, None, chunk_rows(y))]))
-            net._check_y(labels[:, None] if column else labels, labels.shape[0], fit=True)
+            net.check_y(labels[:, None] if column else labels, labels.shape[0], fit=True)
 
     def _chunk(self, s, Xc, yc):
         e = s + Xc.shape[0]
-        Xc = self.net._check_X(Xc, f"X[{s}:{e}]")
-        return Xc, self.net._check_y(yc, Xc.shape[0], fit=True)
+        Xc = self.net.check_X(Xc, f"X[{s}:{e}]")
+        return Xc, self.net.check_y(yc, Xc.shape[0], fit=True)
 
-    def train_epoch(self, engine, batch_size, rule, hyper, loss, shuffle, rng, S=None):
-        """One epoch over all chunks; returns (sum_m s_m C_m + the L2 terms, max |a - y|) like
-        the engine's train_epoch. S: the sample weights (n,) in memory, or None. If a chunk
-        fails validation the error propagates; MLP.fit restores the epoch's start state."""
+    def train_epoch(self, engine, batch_size, rule, h, loss, shuffle, rng, S=None):
+        """One epoch over all chunks; returns the five sums of the engine's train_epoch
+        (nnjit.loops.train_epoch). S: the sample weights (n,) in memory, or None. If a chunk
+        fails validation the error propagates; the training loop restores the epoch's start."""
         rows = chunk_rows(self.X)
         if batch_size <= rows:
             return self._minibatches(engine, rows // batch_size * batch_size, batch_size,
-                                     rule, hyper, loss, shuffle, rng, S)
-        return self._large_batches(engine, rows, batch_size, rule, hyper, loss, shuffle, rng, S)
+                                     rule, h, loss, shuffle, rng, S)
+        return self._large_batches(engine, rows, batch_size, rule, h, loss, shuffle, rng, S)
 
-    def _minibatches(self, engine, rows, batch_size, rule, hyper, loss, shuffle, rng, S):
-        total, emax = 0.0, 0.0
+    def _minibatches(self, engine, rows, batch_size, rule, h, loss, shuffle, rng, S):
+        sums, emax = np.zeros(5), 0.0
         try:
             for s, Xc, yc in chunks(self.X, self.y, rows, rng if shuffle else None):
                 Xc, Yc = self._chunk(s, Xc, yc)
                 mc = Xc.shape[0]
                 order = (rng.permutation(mc) if shuffle else np.arange(mc)).astype(np.int64)
                 engine.begin_fit(Xc, Yc, batch_size, None if S is None else S[s:s + mc])
-                t, e = engine.train_epoch(order, batch_size, rule, hyper, loss)
-                total, emax = total + t, max(emax, e)
+                part = engine.train_epoch(order, batch_size, rule, h, loss)
+                sums += part
+                emax = max(emax, part[2])       # a maximum, not a sum
         finally:
             engine.end_fit()
-        return total, emax
+        return sums[0], sums[1], emax, sums[3], sums[4]
 
-    def _large_batches(self, engine, rows, batch_size, rule, hyper, loss, shuffle, rng, S):
+    def _large_batches(self, engine, rows, batch_size, rule, h, loss, shuffle, rng, S):
         """Batches larger than a chunk: add each piece's weighted sums, then one update per
         batch with the weighted mean sum_m s_m Delta w_m / sum_m s_m + alpha W / sum_m s_m."""
         starts = np.arange(0, self.M, batch_size)
         if shuffle:
             starts = rng.permutation(starts)
-        alpha = float(hyper[H_ALPHA])
+        alpha = float(h.alpha)
         mask = None
-        total, emax = 0.0, 0.0
+        total = pen = emax = batch_cost = batch_pen = 0.0
         for b in starts.tolist():
             mb = min(batch_size, self.M - b)
             gsum = np.zeros(engine.get_params().shape, np.float64)
-            wsum = 0.0
+            wsum = bc = 0.0
             for s in range(b, b + mb, rows):
                 e = min(s + rows, b + mb)
                 Xc, Yc = self._chunk(s, read(self.X, s, e), read(self.y, s, e))
                 release(self.X)
-                g, t, em, w = sums(engine, Xc, Yc, loss, None if S is None else S[s:e])
+                g, t, em, w = engine.sums(Xc, Yc, loss, None if S is None else S[s:e])
                 gsum += g
                 wsum += w
-                total, emax = total + t, max(emax, em)
+                bc += t
+                emax = max(emax, em)
+            total += bc
             if wsum <= 0:
                 continue
+            batch_cost += bc * mb / wsum
             if alpha:
                 if mask is None:
-                    mask = weight_mask(engine.shape, gsum.shape[0])
-                theta = engine.get_params()
-                total += 0.5 * alpha * engine.penalty()
-                gsum += alpha * mask * theta.astype(np.float64)
-            engine.update(gsum / wsum, rule, hyper)
-        return total, emax
+                    mask = weight_mask(engine.shape)
+                p = engine.penalty()
+                pen += p
+                batch_pen += p * mb / wsum
+                gsum += alpha * mask * engine.get_params().astype(np.float64)
+            engine.update(gsum / wsum, rule, h)
+        return total, pen, emax, batch_cost, batch_pen
 
 
-def sums(engine, X, Y, loss, S=None):
-    """(sum_m s_m Delta w_m flat, sum_m s_m C_m, max |a - y|, sum_m s_m) of one block."""
-    return engine.sums(X, Y, loss, S)
+def crc32(*arrays):
+    """CRC-32 of arrays' bytes (None entries skipped), row chunk by row chunk: O(chunk)
+    memory for a memmap (its pages are released as it goes), zarr or Dask array as for an
+    ndarray; the same value as one crc32 of the whole contiguous array. None where no bytes
+    define the data (object arrays), or for no arrays at all."""
+    crc, seen = 0, False
+    for a in arrays:
+        if a is None:
+            continue
+        if getattr(a, "dtype", np.dtype(object)) == object or not hasattr(a, "shape"):
+            return None
+        seen = True
+        rows = chunk_rows(a)
+        for s in range(0, max(1, a.shape[0]), rows):
+            block = np.ascontiguousarray(read(a, s, s + rows))
+            crc = zlib.crc32(block.reshape(-1).view(np.uint8), crc)
+            release(a)
+    return crc if seen else None

@@ -67,6 +67,9 @@ import zlib
 
 import numpy as np
 
+from . import checks
+from .data import crc32
+
 FORMAT = "nnjit-mlp"
 VERSION = 2
 
@@ -139,47 +142,35 @@ def _plain(v):
     return v
 
 
-def _seed(seed):
-    if seed is None or (isinstance(seed, (int, np.integer)) and not isinstance(seed, bool)):
-        return None if seed is None else int(seed)
-    return None     # a Generator/SeedSequence seed: the saved rng state carries it
-
-
-def _state(net, fit=None, checkpoint=None, best_theta=None):
-    """(header dict, arrays dict) describing net completely."""
-    L = len(net.layers) - 1
-    Ws, bs = net._split(net._engine.get_params())
-    opt = net._engine.get_state()
-    vWs, vbs = net._split(opt["vel"])
-    sWs, sbs = net._split(opt["sq"])
+def _header_and_arrays(st, fit=None, checkpoint=None, best_theta=None):
+    """(header dict, arrays dict) describing a model's state_dict() completely."""
     arrays = {}
-    for l in range(1, L + 1):
-        arrays[f"W{l}"], arrays[f"b{l}"] = Ws[l - 1], bs[l - 1]
-        arrays[f"vW{l}"], arrays[f"vb{l}"] = vWs[l - 1], vbs[l - 1]
-        arrays[f"sW{l}"], arrays[f"sb{l}"] = sWs[l - 1], sbs[l - 1]
+    for prefix, key in (("", "params"), ("v", "velocity"), ("s", "square")):
+        Ws, bs = st[key]
+        for l, (W, b) in enumerate(zip(Ws, bs), start=1):
+            arrays[f"{prefix}W{l}"], arrays[f"{prefix}b{l}"] = W, b
     if best_theta is not None:
         arrays["best_theta"] = np.asarray(best_theta)
-    cls_entry, cls_arrays = _classes_arrays(net.classes_)
+    cls_entry, cls_arrays = _classes_arrays(st["classes"])
     arrays.update(cls_arrays)
     scalers = {}
     for which in ("x", "y"):            # nnjit.preprocessing: kind in the header, arrays beside
-        sc = getattr(net, f"{which}_scaler", None)
+        sc = st[f"{which}_scaler"]
         if sc is not None and sc.offset_ is not None:
             scalers[which] = sc.kind
             arrays[f"{which}_offset"], arrays[f"{which}_scale"] = sc.offset_, sc.scale_
-    arch = {k: getattr(net, k) for k in _ARCH}
-    arch["seed"] = _seed(arch["seed"])
     from . import __version__
+    best_epoch, best_loss, best_score = st["best"]
     header = {"format": FORMAT, "version": VERSION, "nnjit_version": __version__,
-              "architecture": arch, "n_epochs": int(net.n_epochs_),
-              "history": {k: [_plain(v) for v in vs] for k, vs in net.history_.items()},
-              "rng": net._rng.bit_generator.state, "classes": cls_entry, "scalers": scalers,
+              "architecture": dict(st["architecture"]), "n_epochs": int(st["n_epochs"]),
+              "history": {k: [_plain(v) for v in vs] for k, vs in st["history"].items()},
+              "rng": st["rng"], "classes": cls_entry, "scalers": scalers,
               "fit": fit, "checkpoint": checkpoint, "sha256": _digest(arrays),
-              "optimizer": {"step": int(opt["step"]), "t": int(net.t_),
-                            "lr": None if net.lr_ is None else float(net.lr_),
-                            "best_epoch": net.best_epoch_,
-                            "best_loss": None if net.best_loss_ is None else float(net.best_loss_),
-                            "best_score": None if net.best_score_ is None else float(net.best_score_)}}
+              "optimizer": {"step": int(st["step"]), "t": int(st["t"]),
+                            "lr": None if st["lr"] is None else float(st["lr"]),
+                            "best_epoch": best_epoch,
+                            "best_loss": None if best_loss is None else float(best_loss),
+                            "best_score": None if best_score is None else float(best_score)}}
     return header, arrays
 
 
@@ -282,9 +273,10 @@ def _decode_floats(d):
 
 
 def save(net, path, fit=None, checkpoint=None, best_theta=None):
-    """Write net to path atomically in the format above. ``fit``: optional JSON-able dict of
-    training hyperparameters to record; ``checkpoint``: the fit state (used by MLP.fit)."""
-    header, arrays = _state(net, fit, checkpoint, best_theta)
+    """Write net (anything with an MLP's state_dict()) to path atomically in the format
+    above. ``fit``: optional JSON-able dict of training hyperparameters to record;
+    ``checkpoint``: the fit state (used by MLP.fit)."""
+    header, arrays = _header_and_arrays(net.state_dict(), fit, checkpoint, best_theta)
     text = json.dumps(_encode_floats(header), allow_nan=False, sort_keys=True)
     arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     _atomic_savez(path, arrays)
@@ -343,6 +335,7 @@ def _check_header(header):
         raise _Bad(f"unknown dtype {str(arch['dtype'])[:40]!r}")
     if arch["backend"] not in ("loops", "vectorised", "cuda"):
         raise _Bad(f"unknown backend {str(arch['backend'])[:40]!r}")
+    _check_names(arch, len(layers) - 2)
     _int(header["n_epochs"], "n_epochs")
     hist = header["history"]
     if not isinstance(hist, dict) or not all(
@@ -365,6 +358,28 @@ def _check_header(header):
                 isinstance(v, (int, float, str, bool)) for v in vals):
             raise _Bad("classes.values must list numbers or strings")
     return layers, np.dtype(arch["dtype"])
+
+
+def _check_names(arch, n_hidden):
+    """The architecture's names against nnjit's tables (what MLP(...) would refuse)."""
+    from . import activations as A
+    act = arch["activation"]
+    hidden = [act] * n_hidden if isinstance(act, str) else act
+    if not isinstance(hidden, list) or len(hidden) != n_hidden or any(h not in A.HIDDEN for h in hidden):
+        raise _Bad(f"architecture.activation {str(act)[:60]!r} is not {n_hidden} hidden "
+                   f"activation name(s) of {A.HIDDEN}")
+    if arch["output"] not in A.OUTPUT:
+        raise _Bad(f"unknown output activation {str(arch['output'])[:40]!r}")
+    if arch["loss"] not in A.LOSSES or arch["output"] not in A.LOSS_BY_CODE[A.LOSSES[arch["loss"]]].outputs:
+        raise _Bad(f"loss {str(arch['loss'])[:40]!r} with output {arch['output']!r}")
+    if arch["init"] not in ("normal", "xavier", "he"):
+        raise _Bad(f"unknown init {str(arch['init'])[:40]!r}")
+    scale = arch["init_scale"]
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
+        raise _Bad(f"architecture.init_scale must be a positive number, got {str(scale)[:40]!r}")
+    seed = arch["seed"]
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise _Bad(f"architecture.seed must be a non-negative integer or null, got {str(seed)[:40]!r}")
 
 
 class _Bad(ValueError):
@@ -502,23 +517,23 @@ def read(path):
     return header, arrays
 
 
-def _params_from(net, arrays, prefix, path):
-    L = len(net.layers) - 1
+def _layers_from(arrays, prefix, layers, dtype, path):
+    """([W^(l)], [b^(l)]) of one prefix ("", "v", "s"), each of the architecture's shape."""
     Ws, bs = [], []
-    for l in range(1, L + 1):
-        for name, want, out in ((f"{prefix}W{l}", (net.layers[l], net.layers[l - 1]), Ws),
-                                (f"{prefix}b{l}", (net.layers[l],), bs)):
+    for l in range(1, len(layers)):
+        for name, want, out in ((f"{prefix}W{l}", (layers[l], layers[l - 1]), Ws),
+                                (f"{prefix}b{l}", (layers[l],), bs)):
             if name not in arrays:
                 raise ModelFileError(f"{path!r} lacks the array {name!r}")
             a = arrays[name]
-            if a.shape != want or a.dtype != np.dtype(net.dtype):
+            if a.shape != want or a.dtype != dtype:
                 raise ModelFileError(f"{path!r}: array {name!r} is {a.dtype}{a.shape}, the "
-                                     f"architecture needs {net.dtype}{want}")
+                                     f"architecture needs {dtype}{want}")
             out.append(a)
-    return net._join(Ws, bs)
+    return Ws, bs
 
 
-def _classes_from(header, arrays, path, net):
+def _classes_from(header, arrays, path, arch):
     """classes_ as saved: exact values, sorted and unique (labels are found by binary search)."""
     entry = header.get("classes")
     if entry is None:
@@ -532,7 +547,7 @@ def _classes_from(header, arrays, path, net):
         c = arrays["classes"]
         if entry.get("object"):         # files written before labels moved to the header
             c = np.array(c.tolist(), dtype=object)
-    limit = net.layers[-1] if net.output == "softmax" else 2
+    limit = arch["layers"][-1] if arch["output"] == "softmax" else 2
     try:
         ok = 0 < len(c) <= limit and (len(c) == 1 or bool(np.all(c[1:] > c[:-1])))
     except TypeError:
@@ -543,67 +558,22 @@ def _classes_from(header, arrays, path, net):
     return c
 
 
-def _apply(net, header, arrays, path):
-    """Set every piece of learned and training state of net from a read file."""
-    net._engine.set_params(_params_from(net, arrays, "", path))
-    vel = _params_from(net, arrays, "v", path)
-    if header["version"] >= 2:
-        sq = _params_from(net, arrays, "s", path)
-        opt = header.get("optimizer")
-        if not isinstance(opt, dict):
-            raise ModelFileError(f"{path!r} lacks the header entry 'optimizer'")
-    else:                       # version 1: momentum only
-        sq, opt = np.zeros_like(vel), {}
-    try:
-        net._engine.set_state({"vel": vel, "sq": sq, "step": int(opt.get("step", 0))})
-        net.t_ = int(opt.get("t", 0))
-        net.lr_ = None if opt.get("lr") is None else float(opt["lr"])
-        net.best_epoch_ = opt.get("best_epoch")
-        net.best_loss_ = opt.get("best_loss")
-        net.best_score_ = opt.get("best_score")
-        state = header["rng"]
-        bitgen = _BIT_GENERATORS[state["bit_generator"]]()     # an allow-list, never getattr
-        bitgen.state = state
-        net._rng = np.random.Generator(bitgen)
-        net.n_epochs_ = int(header["n_epochs"])
-        net.history_ = {k: list(vs) for k, vs in header["history"].items()}
-        if "val_epoch" not in net.history_:     # files from before val_epoch: the latest epochs
-            n = len(net.history_.get("val_loss", []))
-            net.history_["val_epoch"] = list(range(net.n_epochs_ - n, net.n_epochs_))
-    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
-        raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
-    _apply_scalers(net, header, arrays, path)
-    net.classes_ = _classes_from(header, arrays, path, net)
-
-
-def _build(header, arrays, path, backend):
-    from .model import MLP
-    arch = dict(header["architecture"])
-    try:
-        net = MLP(**dict(arch, backend="vectorised"))     # the stored values, checked
-    except (ValueError, TypeError) as e:
-        raise ModelFileError(f"{path!r} has an invalid architecture ({e})") from None
-    if (backend or arch["backend"]) != "vectorised":
-        net = MLP(**dict(arch, backend=backend or arch["backend"]))
-    _apply(net, header, arrays, path)
-    return net
-
-
-def _apply_scalers(net, header, arrays, path):
+def _scalers_from(header, arrays, path, layers):
     from .preprocessing import KINDS, Scaler
     scalers = header.get("scalers") or {}     # absent in files written before scalers existed
     if not isinstance(scalers, dict):
         raise ModelFileError(f"{path!r} has a malformed 'scalers' entry")
+    out = {}
     for which in ("x", "y"):
         kind = scalers.get(which)
         if kind is None:
-            setattr(net, f"{which}_scaler", None)
+            out[which] = None
             continue
         names = (f"{which}_offset", f"{which}_scale")
         if kind not in KINDS or any(n not in arrays for n in names):
             raise ModelFileError(f"{path!r} has a malformed {which} scaler ({kind!r})")
         offset, scale = (arrays[n] for n in names)
-        n_cols = net.layers[0] if which == "x" else net.layers[-1]
+        n_cols = layers[0] if which == "x" else layers[-1]
         if (offset.shape != (n_cols,) or scale.shape != (n_cols,) or offset.dtype.kind != "f"
                 or scale.dtype.kind != "f" or not (np.isfinite(offset).all() and np.isfinite(scale).all())
                 or (scale == 0).any()):
@@ -611,19 +581,50 @@ def _apply_scalers(net, header, arrays, path):
                                  "numbers with non-zero scales")
         sc = Scaler(kind)
         sc.offset_, sc.scale_ = offset.astype(np.float64), scale.astype(np.float64)
-        setattr(net, f"{which}_scaler", sc)
+        out[which] = sc
+    return out
 
 
-def load(path, backend=None):
-    """The MLP stored at path. ``backend`` overrides the stored one (e.g. load a model trained
-    with "cuda" on a machine without a GPU); predictions are bit-identical on the same backend."""
-    return _build(*read(path), os.fspath(path), backend)
+def state_from(header, arrays, path):
+    """(an MLP.state_dict(), the shuffling generator) of a read file."""
+    arch = dict(header["architecture"])
+    layers, dtype = arch["layers"], np.dtype(arch["dtype"])
+    params = _layers_from(arrays, "", layers, dtype, path)
+    vel = _layers_from(arrays, "v", layers, dtype, path)
+    if header["version"] >= 2:
+        sq = _layers_from(arrays, "s", layers, dtype, path)
+        opt = header.get("optimizer")
+        if not isinstance(opt, dict):
+            raise ModelFileError(f"{path!r} lacks the header entry 'optimizer'")
+    else:                       # version 1: momentum only
+        sq, opt = ([np.zeros_like(W) for W in vel[0]], [np.zeros_like(b) for b in vel[1]]), {}
+    scalers = _scalers_from(header, arrays, path, layers)
+    try:
+        state = header["rng"]
+        bitgen = _BIT_GENERATORS[state["bit_generator"]]()     # an allow-list, never getattr
+        bitgen.state = state
+        st = {"architecture": arch, "params": params, "velocity": vel, "square": sq,
+              "step": int(opt.get("step", 0)), "classes": _classes_from(header, arrays, path, arch),
+              "x_scaler": scalers["x"], "y_scaler": scalers["y"],
+              "history": {k: list(vs) for k, vs in header["history"].items()},
+              "n_epochs": int(header["n_epochs"]), "t": int(opt.get("t", 0)),
+              "lr": None if opt.get("lr") is None else float(opt["lr"]),
+              "best": (opt.get("best_epoch"), opt.get("best_loss"), opt.get("best_score"))}
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
+        raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
+    return st, np.random.Generator(bitgen)
+
+
+def load_state(path):
+    """(state_dict, generator) of the model file at path (MLP.load builds the model)."""
+    header, arrays = read(path)
+    return state_from(header, arrays, os.fspath(path))
 
 
 def info(path):
     """A summary dict of the file at path (header facts and parameter count), for ``nnjit info``."""
     header, arrays = read(path)
-    _build(header, arrays, os.fspath(path), "vectorised")     # what load would refuse, info refuses
+    state_from(header, arrays, os.fspath(path))     # what load would refuse, info refuses
     arch = header["architecture"]
     layers = arch["layers"]
     n_params = sum(layers[l] * layers[l - 1] + layers[l] for l in range(1, len(layers)))
@@ -643,26 +644,6 @@ def info(path):
 
 
 # ---------------------------------------------------------------- checkpoints
-def _data_crc(*arrays):
-    """CRC-32 of the training data's bytes, row chunk by row chunk: O(chunk) memory for a
-    memmap (its pages are released as it goes), zarr or Dask array as for an ndarray; the
-    same value as one crc32 of the whole contiguous array. None where no bytes define the
-    data (object arrays)."""
-    from . import data as _data
-    crc = 0
-    for a in arrays:
-        if a is None:
-            continue
-        if getattr(a, "dtype", np.dtype(object)) == object or not hasattr(a, "shape"):
-            return None
-        rows = _data.chunk_rows(a)
-        for s in range(0, max(1, a.shape[0]), rows):
-            block = np.ascontiguousarray(_data.read(a, s, s + rows))
-            crc = zlib.crc32(block.reshape(-1).view(np.uint8), crc)
-            _data.release(a)
-    return crc
-
-
 class Checkpoint:
     """The checkpoint and resume bookkeeping of one ``MLP.fit`` call.
 
@@ -673,7 +654,6 @@ class Checkpoint:
     """
 
     def __init__(self, net, path, every, X, Y, epochs, lr, **settings):
-        from .model import _check_positive_int
         if path is None:
             raise ValueError("resume=True needs checkpoint='path' to resume from")
         if not isinstance(path, (str, os.PathLike)):
@@ -682,14 +662,14 @@ class Checkpoint:
         folder = os.path.dirname(os.path.abspath(self.path))
         if not os.path.isdir(folder):       # fail now, not after the first epoch's work
             raise FileNotFoundError(f"the checkpoint's directory {folder!r} does not exist")
-        self.every = _check_positive_int("checkpoint_every", every)
+        self.every = checks.positive_int("checkpoint_every", every)
         self.epochs = epochs
         self.start_epoch = net.n_epochs_
         settings["lr"] = None if callable(lr) else float(lr)
         settings = {k: (v if not isinstance(v, dict) else {a: _plain(b) for a, b in v.items()})
                     for k, v in settings.items()}
         settings["n_samples"] = int(X.shape[0])
-        settings["data_crc32"] = _data_crc(X, Y)
+        settings["data_crc32"] = crc32(X, Y)
         self.settings = {k: _plain(v) for k, v in settings.items()}
 
     def start(self, resume):
@@ -705,7 +685,7 @@ class Checkpoint:
                              "fit(checkpoint=...); load it with MLP.load and call fit instead")
         net = self.net
         arch = header["architecture"]
-        mine = {k: getattr(net, k) for k in _ARCH if k not in ("backend", "seed")}
+        mine = {k: v for k, v in net.architecture().items() if k not in ("backend", "seed")}
         theirs = {k: arch.get(k) for k in mine}
         if mine != theirs:
             diff = {k: (theirs[k], mine[k]) for k in mine if mine[k] != theirs[k]}
@@ -720,7 +700,8 @@ class Checkpoint:
                              + ", ".join(f"{k} ({old.get(k)!r} there, {self.settings[k]!r} here)"
                                          for k in diff)
                              + "; resuming continues that run exactly, so these must match")
-        _apply(net, header, arrays, self.path)
+        st, rng = state_from(header, arrays, self.path)
+        net.load_state_dict(st, rng)
         self.best_theta = arrays.get("best_theta")
         self.start_epoch = int(ck["start_epoch"])
         state = ck.get("state")

@@ -53,7 +53,7 @@ from numba.core import caching
 from numba.core.bytecode import FunctionIdentity
 from numba.core.compiler_lock import global_compiler_lock
 
-from . import _numba_setup  # noqa: F401  (the threading layer is chosen before any kernel)
+from . import threads  # noqa: F401  (the threading layer is chosen before any kernel)
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -231,7 +231,7 @@ def _file_lock(path):
         os.close(fd)
 
 
-def _locked_compile(dispatcher):
+def _locked_compile(dispatcher, cache):
     """Wrap dispatcher.compile so that loading or compiling-and-saving a signature runs under
     the function's inter-process lock (3. above). Numba's compiler lock is taken first: within
     a process it already serialises compiles, and taking it after the file lock could deadlock
@@ -243,17 +243,17 @@ def _locked_compile(dispatcher):
         args, _ = numba.core.sigutils.normalize_signature(sig)
         if tuple(args) in dispatcher.overloads:
             return compile_(sig)
-        with global_compiler_lock, _file_lock(dispatcher._cache.lock_path) as held:
+        with global_compiler_lock, _file_lock(cache.lock_path) as held:
             if held:
                 return compile_(sig)
             warnings.warn(f"nnjit: waited {LOCK_TIMEOUT:.0f} s for another process compiling "
                           f"{dispatcher.py_func.__qualname__}; compiling it here, uncached",
                           RuntimeWarning, stacklevel=2)
-            dispatcher._cache.disable()
+            cache.disable()
             try:
                 return compile_(sig)
             finally:
-                dispatcher._cache.enable()
+                cache.enable()
     dispatcher.compile = compile
     return dispatcher
 
@@ -267,8 +267,9 @@ def jit(fn=None, *, cache=True, slp=False, **options):
         if slp:
             slp_compile(dispatcher)
         if cache and CACHE:
-            dispatcher._cache = KernelCache(dispatcher.py_func)
-            _locked_compile(dispatcher)
+            kernel_cache = KernelCache(dispatcher.py_func)
+            dispatcher._cache = kernel_cache        # Numba's dispatcher has no public setter
+            _locked_compile(dispatcher, kernel_cache)
         return dispatcher
     return decorate if fn is None else decorate(fn)
 

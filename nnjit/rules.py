@@ -1,53 +1,151 @@
-"""Update rules: the codes, the hyper-parameter vector and the schedules, chosen in Python.
+"""Update rules: each written once, here, and compiled for every form (nnjit.forms); their
+hyper-parameters, checks and the learning-rate schedules, chosen in Python.
 
-A rule is an int code plus a float64 vector ``hyper`` (layout ``H_*`` below) that the
-compiled epoch reads; the per-step scalars (Adam's bias corrections, AdamW's decay) are
-derived from it and the step count t inside the compiled epoch (``step_coefs`` in each form).
-The optimizer state the engine keeps beside theta: ``vel`` (momentum velocity v, or Adam's
-first moment m), ``sq`` (Adam's second moment v) and ``step`` (updates made, Adam's t).
+One table, ``RULES``. A rule is
+
+* ``step(w, v, q, g, c)``: the update of one parameter w with gradient g, given its state v
+  (velocity, first moment or momentum buffer, kept in the engine's ``vel``) and q (second
+  moment or square average, ``sq``); it returns the new (w, v, q). The loop form calls it per
+  element inside its fused correction kernels, the CUDA form as a device function per
+  thread, and the vectorised form and the flat ``update`` on whole arrays — the same source;
+* ``scalars(h, t)``: the step's per-step scalars (A, B, decay) from the hyper-parameters h
+  and the update count t (1 for the first), e.g. Adam's bias corrections;
+* its hyper-parameters: the ``Hyper`` fields it reads, with defaults and checks.
+
+A new rule is a new entry: nothing else in nnjit learns its name (fit, the CLI's
+``--optimizer`` and ``--rule-param``, Dask, the model file and every form take it from here).
 
 Equations (g = the batch's mean gradient, with the L2 term alpha W / n_batch added):
 
-* sgd (the lecture's heavy-ball momentum):  v <- mu v - eta g ;  w <- w + v
-* nesterov (scikit-learn's form):           v <- mu v - eta g ;  w <- w + mu v - eta g
-  PyTorch's form b <- mu b + g ; w <- w - eta (g + mu b) is the same update with v = -eta b
-  (for constant eta).
-* adam:  m <- b1 m + (1-b1) g ; v <- b2 v + (1-b2) g^2 ;  w <- w - A m / (sqrt(v) B + eps)
-  with A = eta / (1-b1^t), B = 1/sqrt(1-b2^t) (PyTorch: eps outside sqrt(v_hat)) or
-  A = eta sqrt(1-b2^t)/(1-b1^t), B = 1 (scikit-learn: eps outside sqrt(v)).
-* adamw: w <- w (1 - eta wd), then the adam step (PyTorch's decoupled weight decay).
+=========  ===================================================================================
+sgd        v <- mu v - eta g ;  w <- w + v   (the lecture's update with heavy-ball momentum)
+nesterov   v <- mu v - eta g ;  w <- w + mu v - eta g   (scikit-learn's form; PyTorch's
+           b <- mu b + g ; w <- w - eta (g + mu b) is the same update with v = -eta b)
+adam       m <- b1 m + (1-b1) g ; s <- b2 s + (1-b2) g^2 ; w <- w - A m / (sqrt(s) B + eps),
+           A = eta / (1-b1^t), B = 1/sqrt(1-b2^t) (PyTorch: eps outside sqrt(s_hat)) or
+           A = eta sqrt(1-b2^t)/(1-b1^t), B = 1 (scikit-learn: eps outside sqrt(s))
+adamw      w <- w (1 - eta wd), then the adam step (PyTorch's decoupled weight decay)
+rmsprop    s <- rho s + (1-rho) g^2 ; with momentum mu > 0: b <- mu b + g / (sqrt(s) + eps),
+           w <- w - eta b ; else w <- w - eta g / (sqrt(s) + eps)   (PyTorch, centered=False)
+=========  ===================================================================================
 """
 import math
 import numbers
+from collections import namedtuple
 
 import numpy as np
 
-RULE_SGD, RULE_NESTEROV, RULE_ADAM, RULE_ADAMW = 0, 1, 2, 3
-RULES = {"sgd": RULE_SGD, "nesterov": RULE_NESTEROV, "adam": RULE_ADAM, "adamw": RULE_ADAMW}
+from .forms import ONE, ZERO, sqrt
 
-#: positions in the hyper vector
-H_ETA, H_MU, H_BETA1, H_BETA2, H_EPS, H_ALPHA, H_WD, H_EPS_MODE = range(8)
-N_HYPER = 8
+#: every hyper-parameter a rule may read (per epoch; float64). eps_mode: 0 PyTorch's Adam
+#: epsilon placement, 1 scikit-learn's.
+Hyper = namedtuple("Hyper", "eta mu beta1 beta2 eps rho alpha weight_decay eps_mode")
+#: a step's scalars, in the parameters' dtype (coefs): the hyper-parameters a step reads,
+#: the per-step A, B, decay, and alpha_n = alpha / n_batch, the L2 term's factor
+Coefs = namedtuple("Coefs", "eta mu beta1 beta2 eps rho A B decay alpha_n")
+
+#: one row of the table: the step, its per-step scalars, the hyper-parameters a user sets for
+#: it, and the state it keeps ("v", and "q" for rules with a second moment)
+Rule = namedtuple("Rule", "code name step scalars params state")
+
+
+# ---------------------------------------------------------------- the steps
+def sgd(w, v, q, g, c):
+    v = c.mu * v - c.eta * g
+    return w + v, v, q
+
+
+def nesterov(w, v, q, g, c):
+    v = c.mu * v - c.eta * g
+    return w + (c.mu * v - c.eta * g), v, q
+
+
+def adam(w, m, s, g, c):
+    m = c.beta1 * m + (ONE - c.beta1) * g
+    s = c.beta2 * s + (ONE - c.beta2) * g * g
+    return w * c.decay - c.A * m / (sqrt(s) * c.B + c.eps), m, s
+
+
+def rmsprop(w, b, s, g, c):
+    s = c.rho * s + (ONE - c.rho) * g * g
+    if c.mu > ZERO:
+        b = c.mu * b + g / (sqrt(s) + c.eps)
+        return w - c.eta * b, b, s
+    return w - c.eta * g / (sqrt(s) + c.eps), b, s
+
+
+# ---------------------------------------------------------------- their per-step scalars
+def plain_scalars(h, t):
+    """(A, B, decay) of a rule without per-step scalars."""
+    return h.eta, 1.0, 1.0
+
+
+def adam_scalars(h, t):
+    """Adam's bias corrections at update t: (A, B) by the epsilon placement, decay 1."""
+    bc1 = 1.0 - h.beta1 ** t
+    bc2 = 1.0 - h.beta2 ** t
+    if h.eps_mode == 0:
+        return h.eta / bc1, 1.0 / math.sqrt(bc2), 1.0
+    return h.eta * math.sqrt(bc2) / bc1, 1.0, 1.0
+
+
+def adamw_scalars(h, t):
+    A, B, _ = adam_scalars(h, t)
+    return A, B, 1.0 - h.eta * h.weight_decay
+
+
+#: name: (default, low, high, low open, high open) of every rule hyper-parameter a user sets
+#: by name (eta is fit's lr, alpha its L2 penalty: common to all rules)
+PARAMS = {"momentum": (0.0, 0.0, 1.0, False, True),
+          "betas": ((0.9, 0.999), 0.0, 1.0, False, True),
+          "eps": (1e-8, 0.0, None, True, False),
+          "weight_decay": (0.0, 0.0, None, False, False),
+          "rho": (0.99, 0.0, 1.0, False, True),
+          "adam_eps": ("pytorch", None, None, False, False)}
+
+RULES = (
+    Rule(0, "sgd", sgd, plain_scalars, ("momentum",), "v"),
+    Rule(1, "nesterov", nesterov, plain_scalars, ("momentum",), "v"),
+    Rule(2, "adam", adam, adam_scalars, ("betas", "eps", "adam_eps"), "vq"),
+    Rule(3, "adamw", adam, adamw_scalars, ("betas", "eps", "adam_eps", "weight_decay"), "vq"),
+    Rule(4, "rmsprop", rmsprop, plain_scalars, ("rho", "eps", "momentum"), "vq"),
+)
+CODES = {r.name: r.code for r in RULES}
+BY_CODE = {r.code: r for r in RULES}
 EPS_MODES = {"pytorch": 0, "sklearn": 1}
-
-SCHEDULES = ("constant", "invscaling", "adaptive", "step", "cosine")
-_SCHEDULE_KEYS = {"constant": {}, "invscaling": {"power_t": 0.5},
-                  "adaptive": {"factor": 5.0, "min_lr": 1e-6},
-                  "step": {"step_size": None, "gamma": 0.1},
-                  "cosine": {"t_max": None, "eta_min": 0.0}}
+RULE_SGD, RULE_NESTEROV, RULE_ADAM = CODES["sgd"], CODES["nesterov"], CODES["adam"]
 
 
-def hyper(eta, mu, betas, eps, alpha, weight_decay, eps_mode):
-    """The float64 hyper-parameter vector the kernels read (layout H_*)."""
-    h = np.zeros(N_HYPER)
-    h[H_ETA], h[H_MU] = eta, mu
-    h[H_BETA1], h[H_BETA2] = betas
-    h[H_EPS], h[H_ALPHA], h[H_WD] = eps, alpha, weight_decay
-    h[H_EPS_MODE] = EPS_MODES[eps_mode]
-    return h
+def coefs_of(code, h, t, alpha_n, scalars):
+    """The Coefs of update t (float64) given that rule's (A, B, decay)."""
+    A, B, decay = scalars
+    return Coefs(h.eta, h.mu, h.beta1, h.beta2, h.eps, h.rho, A, B, decay, alpha_n)
 
 
-def _real(name, v, lo=None, hi=None, lo_open=False, hi_open=False):
+def coefs(code, h, t, alpha_n):
+    """The Coefs of update t of rule ``code`` (Python side: the vectorised and CUDA forms,
+    Dask's driver, streamed full batches). The loop form compiles the same scalars functions
+    into its epoch (nnjit.loops.rows.step_coefs)."""
+    if code not in BY_CODE:
+        raise ValueError(f"unknown update rule code {code!r}")
+    return coefs_of(code, h, t, alpha_n, BY_CODE[code].scalars(h, t))
+
+
+def zero_coefs(T=float):
+    """Coefs of zeros in type T (a kernel that updates nothing still takes one)."""
+    return Coefs(*(T(0),) * len(Coefs._fields))
+
+
+def cast(c, T):
+    """c with every field of type T (the parameters' dtype), so a float32 step does float32
+    arithmetic (written out: compiled code cannot loop over a namedtuple's fields)."""
+    return Coefs(T(c.eta), T(c.mu), T(c.beta1), T(c.beta2), T(c.eps), T(c.rho), T(c.A),
+                 T(c.B), T(c.decay), T(c.alpha_n))
+
+
+# ---------------------------------------------------------------- checks (Python)
+def real(name, v, lo=None, hi=None, lo_open=False, hi_open=False):
+    """v as a float if it is a finite real number in the range, else ValueError naming it."""
     if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
         raise ValueError(f"{name} must be a finite number, got {v!r}")
     if lo is not None and (v < lo or (lo_open and v == lo)):
@@ -57,33 +155,69 @@ def _real(name, v, lo=None, hi=None, lo_open=False, hi_open=False):
     return float(v)
 
 
-def check(optimizer, nesterov, momentum, betas, eps, adam_eps, alpha, weight_decay):
-    """Validated (rule code, betas, eps, alpha, weight_decay); ValueError names the problem."""
-    if not isinstance(optimizer, str) or optimizer not in RULES:
+def _param(name, v):
+    default, lo, hi, lo_open, hi_open = PARAMS[name]
+    if name == "betas":
+        if not isinstance(v, (tuple, list)) or len(v) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {v!r}")
+        return tuple(real(f"betas[{i}]", b, lo, hi, lo_open, hi_open) for i, b in enumerate(v))
+    if name == "adam_eps":
+        if not isinstance(v, str) or v not in EPS_MODES:
+            raise ValueError(f"adam_eps must be 'pytorch' or 'sklearn', got {v!r}")
+        return v
+    return real(name, v, lo, hi, lo_open, hi_open)
+
+
+def check(optimizer, alpha=0.0, nesterov=False, **params):
+    """Validated (rule code, {hyper-parameter: value}) for fit's ``optimizer`` and its
+    keyword hyper-parameters; ValueError names the problem (an unknown rule or parameter, a
+    value out of range, a parameter the rule does not read set to a non-default value)."""
+    if not isinstance(optimizer, str) or optimizer not in CODES:
         raise ValueError(f"unknown optimizer {optimizer!r}; choose one of "
-                         + ", ".join(map(repr, RULES)))
-    rule = RULES[optimizer]
+                         + ", ".join(map(repr, CODES)))
     if not isinstance(nesterov, (bool, np.bool_)):
         raise TypeError(f"nesterov must be True or False, got {nesterov!r}")
-    if rule == RULE_SGD and nesterov:
-        rule = RULE_NESTEROV
-    if nesterov and rule in (RULE_ADAM, RULE_ADAMW):
-        raise ValueError(f"nesterov=True applies to optimizer='sgd', not {optimizer!r}")
-    if rule == RULE_NESTEROV and momentum == 0:
+    if nesterov:
+        if optimizer not in ("sgd", "nesterov"):
+            raise ValueError(f"nesterov=True applies to optimizer='sgd', not {optimizer!r}")
+        optimizer = "nesterov"
+    rule = BY_CODE[CODES[optimizer]]
+    unknown = sorted(set(params) - set(PARAMS))
+    if unknown:
+        raise ValueError(f"unknown rule hyper-parameter(s) {unknown}; the rules take "
+                         f"{sorted(PARAMS)}")
+    out = {}
+    for name in PARAMS:
+        v = params.get(name)
+        if v is None:
+            out[name] = PARAMS[name][0]
+            continue
+        out[name] = _param(name, v)
+        if name not in rule.params and out[name] != PARAMS[name][0]:
+            hint = ("; weight_decay is AdamW's decoupled decay (optimizer='adamw'); for an L2 "
+                    "penalty on any optimizer use alpha" if name == "weight_decay" else "")
+            raise ValueError(f"{name}={v!r} is not a hyper-parameter of optimizer "
+                             f"{optimizer!r} (it takes {', '.join(rule.params)}){hint}")
+    if rule.name == "nesterov" and out["momentum"] == 0:
         raise ValueError("Nesterov momentum needs momentum > 0 (as in PyTorch and scikit-learn)")
-    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
-        raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-    b1 = _real("betas[0]", betas[0], 0, 1, hi_open=True)
-    b2 = _real("betas[1]", betas[1], 0, 1, hi_open=True)
-    eps = _real("eps", eps, 0, lo_open=True)
-    if not isinstance(adam_eps, str) or adam_eps not in EPS_MODES:
-        raise ValueError(f"adam_eps must be 'pytorch' or 'sklearn', got {adam_eps!r}")
-    alpha = _real("alpha", alpha, 0)
-    weight_decay = _real("weight_decay", weight_decay, 0)
-    if weight_decay and rule != RULE_ADAMW:
-        raise ValueError("weight_decay is AdamW's decoupled decay (optimizer='adamw'); "
-                         "for an L2 penalty on any optimizer use alpha")
-    return rule, (b1, b2), eps, alpha, weight_decay
+    out["alpha"] = real("alpha", alpha, 0)
+    return rule.code, out
+
+
+def hyper(eta, params):
+    """The float64 Hyper of an epoch with learning rate eta and check()'s parameters."""
+    b1, b2 = params["betas"]
+    return Hyper(float(eta), float(params["momentum"]), float(b1), float(b2),
+                 float(params["eps"]), float(params["rho"]), float(params["alpha"]),
+                 float(params["weight_decay"]), int(EPS_MODES[params["adam_eps"]]))
+
+
+# ---------------------------------------------------------------- learning-rate schedules
+SCHEDULES = ("constant", "invscaling", "adaptive", "step", "cosine")
+_SCHEDULE_KEYS = {"constant": {}, "invscaling": {"power_t": 0.5},
+                  "adaptive": {"factor": 5.0, "min_lr": 1e-6},
+                  "step": {"step_size": None, "gamma": 0.1},
+                  "cosine": {"t_max": None, "eta_min": 0.0}}
 
 
 def check_schedule(schedule, params):
@@ -100,21 +234,21 @@ def check_schedule(schedule, params):
                          f"it takes {sorted(out) or 'none'}")
     out.update(params or {})
     if schedule == "invscaling":
-        out["power_t"] = _real("power_t", out["power_t"], 0)
+        out["power_t"] = real("power_t", out["power_t"], 0)
     elif schedule == "adaptive":
-        out["factor"] = _real("factor", out["factor"], 1, lo_open=True)
-        out["min_lr"] = _real("min_lr", out["min_lr"], 0)
+        out["factor"] = real("factor", out["factor"], 1, lo_open=True)
+        out["min_lr"] = real("min_lr", out["min_lr"], 0)
     elif schedule == "step":
         s = out["step_size"]
         if isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0:
             raise ValueError(f"schedule 'step' needs schedule_params={{'step_size': positive int}}, got {s!r}")
         out["step_size"] = int(s)
-        out["gamma"] = _real("gamma", out["gamma"], 0, lo_open=True)
+        out["gamma"] = real("gamma", out["gamma"], 0, lo_open=True)
     elif schedule == "cosine":
         t = out["t_max"]
         if t is not None and (isinstance(t, bool) or not isinstance(t, numbers.Integral) or t <= 0):
             raise ValueError(f"t_max must be a positive int or None, got {t!r}")
-        out["eta_min"] = _real("eta_min", out["eta_min"], 0)
+        out["eta_min"] = real("eta_min", out["eta_min"], 0)
     return schedule, out
 
 
@@ -123,7 +257,7 @@ def scheduled_lr(schedule, p, lr0, epoch, t, t_max):
     invscaling lr0/(t+1)^power_t (scikit-learn), step lr0 gamma^(epoch // step_size)
     (PyTorch StepLR), cosine eta_min + (lr0 - eta_min)(1 + cos(pi epoch/T))/2 (PyTorch
     CosineAnnealingLR). "constant" and "adaptive" return lr0 (adaptive is stateful: the
-    wrapper divides it)."""
+    training loop divides it)."""
     if schedule == "invscaling":
         return lr0 / (t + 1) ** p["power_t"]
     if schedule == "step":
@@ -132,12 +266,3 @@ def scheduled_lr(schedule, p, lr0, epoch, t, t_max):
         T = p["t_max"] or t_max
         return p["eta_min"] + (lr0 - p["eta_min"]) * (1 + math.cos(math.pi * epoch / T)) / 2
     return lr0
-
-
-def weight_mask(shape, n_params):
-    """1.0 at the flat positions of weights, 0.0 at biases: the L2 term penalises weights only."""
-    mask = np.zeros(n_params)
-    for l in range(1, len(shape.sizes)):
-        n = int(shape.sizes[l] * shape.sizes[l - 1])
-        mask[shape.w_off[l - 1]:shape.w_off[l - 1] + n] = 1.0
-    return mask

@@ -8,15 +8,18 @@ solvers (``"adam"``, ``"sgd"`` with (Nesterov) momentum and the three learning-r
 ``"lbfgs"``), the same random-number use (the same ``random_state`` gives the same initial
 weights, shuffles and validation split as scikit-learn, so the two train the same trajectory),
 the same early stopping, warm_start and partial_fit rules. What changes is where the work is
-done: each batch's feed-forward, loss and backpropagation run in nnjit's compiled loop kernels
-(:mod:`nnjit.loops`), or the chosen ``backend``. Needs the ``sklearn`` extra (and SciPy, which
+done: the stochastic solvers run nnjit's training loop (nnjit.training) over the backend's
+engine -- every batch of an epoch in one compiled call on the loops backend, dense or sparse
+(CSR) X, with or without sample weights, the Poisson loss too -- in scikit-learn's batch
+order, with scikit-learn's loss accounting and stopping rules; L-BFGS evaluates the loss and
+gradient with the engine's one-pass ``sums``. Needs the ``sklearn`` extra (and SciPy, which
 scikit-learn brings); nnjit's core never imports scikit-learn.
 
 Extra keywords, all after scikit-learn's: ``backend`` ("loops", "vectorised", "cuda"),
 ``dtype`` (None: follow X's float32/float64, as scikit-learn does; or force one),
 ``error_threshold`` (the lecture's stop criterion), ``callbacks`` (cb(estimator, epoch, info),
-True stops) and ``progress`` (a tqdm bar). ``activation`` also accepts nnjit's "sigmoid" (=
-"logistic") and "gelu".
+True stops) and ``progress`` (a tqdm bar). ``activation`` also accepts nnjit's hidden names
+("sigmoid" = "logistic", "gelu", "leaky_relu").
 
 Where scikit-learn's own tests read private state, the same information has a public name here:
 ``optimizer_`` (sklearn's ``_optimizer``: ``learning_rate``, ``velocities`` / ``ms``, ``vs``,
@@ -25,10 +28,8 @@ Where scikit-learn's own tests read private state, the same information has a pu
 
 How the work is split: the estimator keeps scikit-learn's state (``coefs_``, ``intercepts_``;
 assignable) and copies it into the flat parameter vector of an :class:`nnjit.MLP` (``net_``) at
-the start of every fit, partial_fit and predict; the update rules work on that flat vector.
-Dense X without sample weights runs on the backend's kernels; sparse X, non-unit sample weights
-and the Poisson loss (exponential output, which the kernels do not have) run on a NumPy/SciPy
-twin of the same equations (:class:`_NumpyPass`), as scikit-learn itself computes them.
+the start of every fit, partial_fit and predict; the optimizer state lives in that network's
+engine beside it.
 """
 import numbers
 import warnings
@@ -37,13 +38,12 @@ from itertools import chain
 import numpy as np
 import scipy.optimize
 import scipy.sparse as sp
-from scipy.special import xlogy
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, _fit_context, is_classifier
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d, gen_batches, shuffle
+from sklearn.utils import check_random_state, column_or_1d, shuffle
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 try:                        # scikit-learn's own shim for SciPy's iprint deprecation
     from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -56,361 +56,119 @@ from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
 from . import activations as A
-from . import config
+from . import rules as R
+from .layout import layer, n_params
 from .model import MLP
+from .training import Best, Progress, Schedule, Stopper, Trainer
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
-# scikit-learn's activation names -> nnjit's (nnjit's own names pass through)
-_HIDDEN = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu",
-           "sigmoid": "sigmoid", "gelu": "gelu"}
-# scikit-learn's out_activation_ -> nnjit (output, loss); "exp" (Poisson) has no kernel twin
+# scikit-learn's activation names -> nnjit's (nnjit's own hidden names pass through)
+_HIDDEN = {"logistic": "sigmoid", **{name: name for name in A.HIDDEN}}
+# scikit-learn's out_activation_ -> nnjit (output, loss)
 _OUTPUT = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "cross_entropy"),
-           "identity": ("identity", "squared_error")}
+           "identity": ("identity", "squared_error"), "exp": ("exp", "poisson")}
 
 
-# ---------------------------------------------------------------- update rules on a flat vector
-class SGDOptimizer:
-    """scikit-learn's SGD with momentum on one flat parameter vector (same arithmetic, in the
-    same order, as ``sklearn.neural_network._stochastic_optimizers.SGDOptimizer``):
-    v <- mu v - eta g ; w <- w + v, or with Nesterov w <- w + mu v - eta g (v already updated).
-    ``learning_rate`` is the current eta: "invscaling" sets it to eta_0 / (t + 1)^power_t after
-    each epoch (t = samples seen), "adaptive" divides it by 5 when training stalls."""
-
-    def __init__(self, n_params, dtype, learning_rate_init=0.1, lr_schedule="constant",
-                 momentum=0.9, nesterov=False, power_t=0.5):
-        self.learning_rate_init = learning_rate_init
-        self.learning_rate = float(learning_rate_init)
-        self.lr_schedule = lr_schedule
-        self.momentum = momentum
-        self.nesterov = nesterov
-        self.power_t = power_t
-        self.velocities = np.zeros(n_params, dtype)
-        self._tmp = np.zeros(n_params, dtype)
-
-    def update_params(self, theta, grad):
-        v, tmp = self.velocities, self._tmp
-        np.multiply(v, self.momentum, out=v)
-        np.multiply(grad, self.learning_rate, out=tmp)
-        v -= tmp                                   # v = mu v - eta g
-        if self.nesterov:
-            np.multiply(v, self.momentum, out=tmp)
-            tmp -= self.learning_rate * grad       # mu v - eta g, with the new v
-            theta += tmp
-        else:
-            theta += v
-
-    def iteration_ends(self, time_step):
-        if self.lr_schedule == "invscaling":
-            self.learning_rate = float(self.learning_rate_init) / (time_step + 1) ** self.power_t
-
-    def trigger_stopping(self, msg, verbose):
-        if self.lr_schedule != "adaptive":
-            if verbose:
-                print(msg + " Stopping.")
-            return True
-        if self.learning_rate <= 1e-6:
-            if verbose:
-                print(msg + " Learning rate too small. Stopping.")
-            return True
-        self.learning_rate /= 5.0
-        if verbose:
-            print(msg + " Setting learning rate to %f" % self.learning_rate)
-        return False
+def _stochastic(est):
+    """partial_fit's availability: a stochastic solver."""
+    if est.solver not in _STOCHASTIC_SOLVERS:
+        raise AttributeError("partial_fit is only available for stochastic optimizers. "
+                             "%s is not stochastic." % est.solver)
+    return True
 
 
-class AdamOptimizer:
-    """scikit-learn's Adam on one flat vector: m <- b1 m + (1-b1) g ; v <- b2 v + (1-b2) g^2 ;
-    eta_t = eta_0 sqrt(1 - b2^t) / (1 - b1^t) ; w <- w - eta_t m / (sqrt(v) + eps)
-    (``learning_rate`` is eta_t, eps added to sqrt(v), as ``_stochastic_optimizers``)."""
+class OptimizerState:
+    """scikit-learn's ``_optimizer`` as its tests read it, over the state in the engine:
+    ``learning_rate`` (SGD: the current eta of its schedule; Adam: eta_t = eta_0
+    sqrt(1 - b2^t) / (1 - b1^t)), ``velocities`` (SGD), ``ms``, ``vs``, ``t`` (Adam)."""
 
-    def __init__(self, n_params, dtype, learning_rate_init=0.001, beta_1=0.9, beta_2=0.999,
-                 epsilon=1e-8):
-        self.learning_rate_init = learning_rate_init
-        self.learning_rate = float(learning_rate_init)
-        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
-        self.t = 0
-        self.ms = np.zeros(n_params, dtype)
-        self.vs = np.zeros(n_params, dtype)
-        self._tmp = np.zeros(n_params, dtype)
+    def __init__(self, est, schedule):
+        self.est, self.schedule = est, schedule
+        self.learning_rate_init = est.learning_rate_init
 
-    def update_params(self, theta, grad):
-        self.t += 1
-        m, v, tmp = self.ms, self.vs, self._tmp
-        np.multiply(m, self.beta_1, out=m)
-        np.multiply(grad, 1 - self.beta_1, out=tmp)
-        m += tmp
-        np.multiply(v, self.beta_2, out=v)
-        np.multiply(grad, grad, out=tmp)
-        tmp *= 1 - self.beta_2
-        v += tmp
-        self.learning_rate = (self.learning_rate_init * np.sqrt(1 - self.beta_2 ** self.t)
-                              / (1 - self.beta_1 ** self.t))
-        np.sqrt(v, out=tmp)
-        tmp += self.epsilon
-        np.divide(-self.learning_rate * m, tmp, out=tmp)
-        theta += tmp
-
-    def iteration_ends(self, time_step):
-        pass
-
-    def trigger_stopping(self, msg, verbose):
-        if verbose:
-            print(msg + " Stopping.")
-        return True
-
-
-# ---------------------------------------------------------------- one pass: loss and gradient
-class _KernelPass:
-    """Loss and (weighted) mean gradient of a batch from the backend's kernels (dense X):
-    load_batch, forward, sample_loss, backprop on the net's own buffers."""
-
-    def __init__(self, net, X, Y, sw, cap):
-        self.e = net._engine
-        self.k = self.e.k
-        self.shape = self.e.shape
-        self.X, self.Y = X, Y
-        self.S = np.ones(X.shape[0], X.dtype) if sw is None else np.ascontiguousarray(sw, X.dtype)
-        self.bufs = self.e._buffers(max(int(cap), 1))
-        self.grad = np.zeros_like(self.e.theta)
-        self.loss_code = net._loss
-        self.act = int(self.shape.acts[-1])
-        # scikit-learn's squared error is a mean over the K outputs too; ours a sum over them
-        self.loss_scale = 1.0 / Y.shape[1] if net.loss == "squared_error" else 1.0
-        self.loaded = False
-
-    def run(self, order, start, mb, reuse=False):
-        """(sum_m s_m C_m over the batch, max |a - y|); weighted mean gradient in self.grad.
-        reuse: the batch is the one loaded by the previous call (lbfgs: X never changes)."""
-        e, k, bufs = self.e, self.k, self.bufs
-        if not (reuse and self.loaded):
-            k.load_batch(bufs, self.shape, self.X, self.Y, self.S, order, start, mb)
-            self.loaded = True
-        k.forward(e.theta, self.shape, bufs, mb, mb >= config.PARALLEL_MIN_SAMPLES,
-                  config.PARALLEL_MIN_WORK, 1)
-        a, z = e._out(bufs, mb)
-        y = bufs.y[:a.size].reshape(a.shape)
-        emax = k.sample_loss(bufs.cost[:mb], a, z, y, self.act, self.loss_code)
-        k.backprop(e.theta, self.grad, self.shape, bufs, mb, self.loss_code, 0.0)
-        total = float((bufs.s[:mb].astype(np.float64) * bufs.cost[:mb]).sum())
-        return total * self.loss_scale, float(emax)
-
-
-class _SumsPass:
-    """The same through the engine's ``sums`` (the CUDA engine: rows gathered on the host)."""
-
-    def __init__(self, net, X, Y, sw, cap):
-        self.e, self.X, self.Y, self.loss_code = net._engine, X, Y, net._loss
-        self.S = None if sw is None else np.ascontiguousarray(sw, X.dtype)
-        self.loss_scale = 1.0 / Y.shape[1] if net.loss == "squared_error" else 1.0
-        self.grad = None
-
-    def run(self, order, start, mb, reuse=False):
-        rows = order[start:start + mb]
-        g, total, emax, ssum = self.e.sums(np.ascontiguousarray(self.X[rows]),
-                                           np.ascontiguousarray(self.Y[rows]), self.loss_code,
-                                           None if self.S is None else self.S[rows])
-        self.grad = np.asarray(g) / ssum          # the weighted sum -> the weighted mean
-        return total * self.loss_scale, emax
-
-
-class _SparsePass:
-    """Sparse CSR X on the loops backend (nnjit.sparse): W^(1) and its optimizer state are
-    held transposed, (D, N_1), for the epoch and written back into theta after it."""
-
-    def __init__(self, net, X, Y, sw, cap, opt):
-        from .engine import make_batch, make_shape
-        e = net._engine
-        layers = [int(n) for n in net.layers]
-        D, N1 = layers[0], layers[1]
-        self.n1w = n1w = D * N1
-        theta = e.theta
-        dt = theta.dtype
-        self.net, self.opt = net, opt
-        self.X = X if X.dtype == dt else X.astype(dt)
-        self.indptr = self.X.indptr.astype(np.int64)
-        self.indices = self.X.indices.astype(np.int64)
-        self.Y = Y
-        self.S = np.ones(X.shape[0], dt) if sw is None else np.ascontiguousarray(sw, dt)
-        self.W1 = theta[:n1w].reshape(N1, D)
-        self.b1 = theta[n1w:n1w + N1]
-        self.tail = theta[n1w + N1:]
-        self.tshape, n_tail = make_shape(layers[1:], net._acts[1:])
-        assert n_tail == self.tail.size
-        self.tbufs = make_batch(self.tshape, max(int(cap), 1), dt, pack=False)
-        self.GT = np.zeros((D, N1), dt)
-        self.gb1 = np.zeros(N1, dt)
-        self.mark = np.full(D, -1, np.int64)
-        self.zero_row = np.zeros(N1, dt)
-        self.z1, self.a1, self.d1 = (np.zeros((max(int(cap), 1), N1), dt) for _ in range(3))
-        self.tgrad = np.zeros_like(self.tail)
-        self.loss_code = net._loss
-        self.act1 = int(net._acts[0])
-        self.loss_scale = 1.0 / Y.shape[1] if net.loss == "squared_error" else 1.0
-        self.grad = None
-
+    @property
     def _state(self):
-        opt = self.opt
-        return (opt.ms, opt.vs) if isinstance(opt, AdamOptimizer) else (opt.velocities, opt._tmp)
+        return self.est.optimizer_arrays()
 
-    def epoch(self, order, batch_size, rule, hyper, t):
-        from . import sparse
-        n1w, N1 = self.n1w, self.b1.size
-        s1, s2 = self._state()
-        WT = np.ascontiguousarray(self.W1.T)
-        V1 = np.ascontiguousarray(s1[:n1w].reshape(N1, -1).T)
-        Q1 = np.ascontiguousarray(s2[:n1w].reshape(N1, -1).T)
-        rowsq = np.einsum("ij,ij->i", WT, WT, dtype=np.float64)
-        total, emax, t = sparse.train_epoch(
-            WT, self.b1, V1, Q1, s1[n1w:n1w + N1], s2[n1w:n1w + N1], self.GT, self.gb1,
-            self.mark, rowsq, self.zero_row, self.z1, self.a1, self.d1, self.act1, self.tail,
-            s1[n1w + N1:], s2[n1w + N1:], self.tgrad, self.tshape, self.tbufs, self.indptr,
-            self.indices, self.X.data, self.Y, self.S, order, batch_size, rule, hyper, t,
-            self.loss_code, float(self.loss_scale), config.PARALLEL_MIN_SAMPLES,
-            config.PARALLEL_MIN_WORK)
-        self.W1[...] = WT.T
-        s1[:n1w].reshape(N1, -1)[...] = V1.T
-        s2[:n1w].reshape(N1, -1)[...] = Q1.T
-        return total, emax, t
+    @property
+    def learning_rate(self):
+        est = self.est
+        if est.solver == "adam":
+            t = self.t
+            if t == 0:
+                return float(est.learning_rate_init)
+            return (est.learning_rate_init * np.sqrt(1 - est.beta_2 ** t)
+                    / (1 - est.beta_1 ** t))
+        return float(self.schedule.lr(0, 0, est.t_))
 
+    @property
+    def velocities(self):
+        return self._state["vel"]
 
-class _NumpyPass:
-    """NumPy/SciPy twin of the loss and gradient, as scikit-learn computes them: for sparse X
-    (scipy.sparse products), sample weights and the Poisson loss. Works on the net's flat theta.
+    @property
+    def ms(self):
+        return self._state["vel"]
 
-    z^(l) = a^(l-1) W^(l).T + b^(l); delta^L = s_m (a - y) (canonical pairs, s_m the sample
-    weight); delta^(l) = f'(z^(l)) delta^(l+1) W^(l+1); dW = delta.T a / sum_m s_m."""
+    @property
+    def vs(self):
+        return self._state["sq"]
 
-    def __init__(self, est, net, X, Y, sw, cap, theta):
-        self.est, self.net = est, net
-        self.X, self.Y, self.sw = X, Y, sw
-        self.theta = theta
-        self.grad = np.zeros_like(self.theta)
-
-    def run(self, order, start, mb, reuse=False):
-        rows = order[start:start + mb]
-        Xb = self.X[rows]
-        Yb = self.Y[rows]
-        swb = None if self.sw is None else self.sw[rows]
-        loss, emax = _numpy_backprop(self.est, self.theta, self.grad, Xb, Yb, swb)
-        return loss * (mb if swb is None else float(swb.sum())), emax
+    @property
+    def t(self):
+        return int(self._state["step"])
 
 
-def _host_params(net):
-    """The parameter vector to update in place: the engine's own (CPU engines), or a host copy
-    that the caller writes back with set_params after each change (the cuda engine)."""
-    theta = net._engine.theta
-    return theta if isinstance(theta, np.ndarray) else net._engine.get_params()
+_CONSTRAINTS = {
+    "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
+    "activation": [StrOptions(set(_HIDDEN))],
+    "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
+    "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+    "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
+    "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+    "learning_rate_init": [Interval(numbers.Real, 0, None, closed="neither")],
+    "power_t": [Interval(numbers.Real, 0, None, closed="left")],
+    "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+    "shuffle": ["boolean"],
+    "random_state": ["random_state"],
+    "tol": [Interval(numbers.Real, 0, None, closed="left")],
+    "verbose": ["verbose"],
+    "warm_start": ["boolean"],
+    "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+    "nesterovs_momentum": ["boolean"],
+    "early_stopping": ["boolean"],
+    "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
+    "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
+    "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
+    "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
+    "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left"),
+                         Options(numbers.Real, {np.inf})],
+    "max_fun": [Interval(numbers.Integral, 1, None, closed="left")],
+    "backend": [StrOptions({"loops", "vectorised", "cuda"})],
+    "dtype": [None, StrOptions({"float32", "float64"}), type],
+    "error_threshold": [None, Interval(numbers.Real, 0, None, closed="neither")],
+    "callbacks": [None, list, tuple],
+    "progress": ["boolean"],
+}
 
 
-def _layer_views(theta, layers):
-    out, p = [], 0
-    for n_in, n_out in zip(layers[:-1], layers[1:]):
-        W = theta[p:p + n_in * n_out].reshape(n_out, n_in)
-        p += n_in * n_out
-        out.append((W, theta[p:p + n_out]))
-        p += n_out
-    return out
+class _Record:
+    """The training loop's counters for an estimator (see nnjit.training): mirrored into
+    scikit-learn's attributes after a fit."""
+
+    def __init__(self, est, early_stopping):
+        self.n_epochs_, self.t_, self.lr_ = 0, est.t_, None
+        self.history_ = {"loss": est.loss_curve_, "val_loss": [],
+                         "val_score": est.validation_scores_ if early_stopping else [],
+                         "val_epoch": []}
+        self.best_epoch_ = self.best_loss_ = self.best_score_ = None
 
 
-def _hidden_f(name, z):
-    code = A.CODES[_HIDDEN[name]]
-    return A.F[code](z)
-
-
-def _out_f(name, z):
-    if name == "exp":
-        return np.exp(z)
-    return A.F[A.CODES[_OUTPUT[name][0]]](z)
-
-
-def _forward_np(est, theta, X):
-    """Activations of every layer for X (dense or sparse), scikit-learn's forward pass."""
-    layers = est._layer_units
-    acts, zs = [X], []
-    a = X
-    views = _layer_views(theta, layers)
-    for l, (W, b) in enumerate(views):
-        z = np.asarray(a @ W.T) + b        # scipy.sparse @ dense gives a dense array
-        zs.append(z)
-        a = _hidden_f(est.activation, z) if l < len(views) - 1 else _out_f(est.out_activation_, z)
-        acts.append(a)
-    return acts, zs
-
-
-def _sk_loss(est, y, p, sw):
-    """scikit-learn's loss functions (sklearn.neural_network._base), probabilities clipped."""
-    if est.out_activation_ in ("softmax", "logistic"):
-        eps = np.finfo(p.dtype).eps
-        p = np.clip(p, eps, 1 - eps)
-        if est.out_activation_ == "logistic":      # binary and multilabel: binary_log_loss
-            return -np.average(xlogy(y, p) + xlogy(1 - y, 1 - p), weights=sw, axis=0).sum()
-        return -np.average(xlogy(y, p), weights=sw, axis=0).sum()
-    if est.out_activation_ == "exp":
-        return np.average(xlogy(y, y / p) - y + p, weights=sw, axis=0).sum()
-    return 0.5 * np.average((y - p) ** 2, weights=sw, axis=0).mean()
-
-
-def _numpy_backprop(est, theta, grad, X, Y, sw):
-    """Mean data loss (scikit-learn's definition) of the batch and its gradient into grad."""
-    acts, zs = _forward_np(est, theta, X)
-    layers = est._layer_units
-    views = _layer_views(theta, layers)
-    gviews = _layer_views(grad, layers)
-    loss = _sk_loss(est, Y, acts[-1], sw)
-    n = X.shape[0] if sw is None else sw.sum()
-    delta = acts[-1] - Y                        # canonical loss/link pairs: a - y
-    emax = float(np.abs(delta).max()) if delta.size else 0.0
-    if sw is not None:
-        delta = delta * sw.reshape(-1, 1)
-    code = A.CODES[_HIDDEN[est.activation]]
-    for l in range(len(views) - 1, -1, -1):
-        dW, db = gviews[l]
-        a_prev = acts[l]
-        g = a_prev.T @ delta                       # (n_in, n_out); sparse a_prev too
-        dW[...] = np.asarray(g).T / n
-        db[...] = delta.sum(axis=0) / n
-        if l > 0:
-            delta = (delta @ views[l][0]) * A.F_PRIME[code](zs[l - 1], acts[l])
-    return float(loss), emax
-
-
-# ---------------------------------------------------------------- the estimators
 class _BaseMLP(BaseEstimator):
     """Shared fit logic: scikit-learn's BaseMultilayerPerceptron with nnjit doing the passes."""
 
-    _parameter_constraints: dict = {
-        "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
-        "activation": [StrOptions(set(_HIDDEN))],
-        "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
-        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
-        "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
-        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
-        "learning_rate_init": [Interval(numbers.Real, 0, None, closed="neither")],
-        "power_t": [Interval(numbers.Real, 0, None, closed="left")],
-        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
-        "shuffle": ["boolean"],
-        "random_state": ["random_state"],
-        "tol": [Interval(numbers.Real, 0, None, closed="left")],
-        "verbose": ["verbose"],
-        "warm_start": ["boolean"],
-        "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
-        "nesterovs_momentum": ["boolean"],
-        "early_stopping": ["boolean"],
-        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
-        "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
-        "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
-        "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
-        "n_iter_no_change": [Interval(numbers.Integral, 1, None, closed="left"),
-                             Options(numbers.Real, {np.inf})],
-        "max_fun": [Interval(numbers.Integral, 1, None, closed="left")],
-        "backend": [StrOptions({"loops", "vectorised", "cuda"})],
-        "dtype": [None, StrOptions({"float32", "float64"}), type],
-        "error_threshold": [None, Interval(numbers.Real, 0, None, closed="neither")],
-        "callbacks": [None, list, tuple],
-        "progress": ["boolean"],
-    }
+    _parameter_constraints: dict = _CONSTRAINTS
 
     def __init__(self, hidden_layer_sizes=(100,), activation="relu", *, solver="adam",
                  alpha=0.0001, batch_size="auto", learning_rate="constant",
@@ -476,68 +234,43 @@ class _BaseMLP(BaseEstimator):
                       backend=self.backend, dtype=dtype.name, seed=0)
             self._net, self._net_key = net, key
         self._layer_units = layers
-        theta = np.empty(net._n_params, dtype)
-        p = 0
-        for W, b in zip(self.coefs_, self.intercepts_):
-            W = np.asarray(W)
-            theta[p:p + W.size] = W.T.ravel()
-            p += W.size
-            theta[p:p + b.size] = np.ravel(b)
-            p += np.size(b)
-        net._engine.set_params(theta)
+        theta = np.empty(net.n_params, dtype)
+        for l, (W, b) in enumerate(zip(self.coefs_, self.intercepts_), start=1):
+            Wl, bl = layer(theta, net.shape, l)
+            Wl[...] = np.asarray(W).T
+            bl[...] = np.ravel(b)
+        net.engine.set_params(theta)
         return net
 
     def _unpack_theta(self, theta=None):
-        theta = self._net._engine.get_params() if theta is None else theta
-        self.coefs_, self.intercepts_ = [], []
-        for W, b in _layer_views(theta, self._layer_units):
-            self.coefs_.append(np.ascontiguousarray(W.T))
-            self.intercepts_.append(b.copy())
+        net = self._net
+        theta = net.engine.get_params() if theta is None else theta
+        views = [layer(theta, net.shape, l) for l in range(1, len(net.layers))]
+        self.coefs_ = [np.ascontiguousarray(W.T) for W, _ in views]
+        self.intercepts_ = [b.copy() for _, b in views]
 
     def _sk_order(self):
         """Index maps between scikit-learn's packing (coefs_ raveled, then intercepts_) and
         nnjit's flat theta (W^(1) rows j, b^(1), W^(2), ...): theta = x[sk_of_theta]."""
-        layers = self._layer_units
-        n = sum(a * b + b for a, b in zip(layers[:-1], layers[1:]))
+        net = self._net
+        n = n_params(net.layers)
+        n_w = sum(a * b for a, b in zip(net.layers[:-1], net.layers[1:]))
         sk_of_theta = np.empty(n, np.int64)
-        n_w = sum(a * b for a, b in zip(layers[:-1], layers[1:]))
-        p, cs, bs = 0, 0, n_w
-        for n_in, n_out in zip(layers[:-1], layers[1:]):
-            j, i = np.meshgrid(np.arange(n_out), np.arange(n_in), indexing="ij")
-            sk_of_theta[p:p + n_in * n_out] = (cs + i * n_out + j).ravel()
-            p += n_in * n_out
+        cs, bs = 0, n_w
+        for l in range(1, len(net.layers)):
+            W, b = layer(sk_of_theta, net.shape, l)
+            n_out, n_in = W.shape
+            W[...] = cs + np.arange(n_in)[None, :] * n_out + np.arange(n_out)[:, None]
+            b[...] = bs + np.arange(n_out)
             cs += n_in * n_out
-            sk_of_theta[p:p + n_out] = bs + np.arange(n_out)
-            p += n_out
             bs += n_out
         theta_of_sk = np.empty_like(sk_of_theta)
         theta_of_sk[sk_of_theta] = np.arange(n)
         return sk_of_theta, theta_of_sk
 
-    def _wslices(self):
-        out, p = [], 0
-        for n_in, n_out in zip(self._layer_units[:-1], self._layer_units[1:]):
-            out.append(slice(p, p + n_in * n_out))
-            p += n_in * n_out + n_out
-        return out
-
-    def _l2(self, theta, grad, n, wsl):
-        """Add scikit-learn's L2 term: loss + alpha/2 sum ||W||^2 / n, grad_W + alpha W / n."""
-        if self.alpha == 0:
-            return 0.0
-        sq = 0.0
-        for s in wsl:
-            w = theta[s]
-            sq += float(np.dot(w, w))
-            grad[s] += self.alpha * w / n
-        return 0.5 * self.alpha * sq / n
-
-    def _make_pass(self, net, X, Y, sw, cap, theta):
-        if sp.issparse(X) or self.out_activation_ == "exp":
-            return _NumpyPass(self, net, X, Y, sw, cap, theta)
-        if self.backend == "cuda":
-            return _SumsPass(net, X, Y, sw, cap)
-        return _KernelPass(net, X, Y, sw, cap)
+    def _loss_scale(self):
+        """scikit-learn's squared error is a mean over the K outputs too; nnjit's a sum."""
+        return 1.0 / self.n_outputs_ if self._net.loss == "squared_error" else 1.0
 
     # -- scikit-learn's initialisation: the same RNG draws in the same order
     def _initialize(self, y, layer_units, dtype):
@@ -632,35 +365,34 @@ class _BaseMLP(BaseEstimator):
         net = self._ensure_net(dtype)
         Xc = X.astype(dtype).tocsr() if sp.issparse(X) else np.ascontiguousarray(X, dtype=dtype)
         sw = None if sample_weight is None else _check_sample_weight(sample_weight, X, dtype=dtype)
-        f = self._lbfgs_objective(net, Xc, Y, sw)
-        out = f(np.asarray(packed, dtype=np.float64))
+        out = self._lbfgs_objective(net, Xc, Y, sw)(np.asarray(packed, dtype=np.float64))
         self._unpack_theta()
         return out
 
     def _lbfgs_objective(self, net, X, Y, sw):
-        n = X.shape[0]
-        theta = _host_params(net)      # the cuda engine's theta lives on the device
-        passer = self._make_pass(net, X, Y, sw, n, theta)
-        order = np.arange(n, dtype=np.int64)
+        """f(x) = (loss, gradient) in scikit-learn's packing, from one pass of the engine's
+        sums (feed-forward, costs, backpropagation of all samples at once)."""
         sk_of_theta, theta_of_sk = self._sk_order()
-        wsl = self._wslices()
-        sw_sum = n if sw is None else float(sw.sum())
+        mask = np.zeros(net.n_params)
+        for l in range(1, len(net.layers)):
+            layer(mask, net.shape, l)[0][...] = 1.0
+        scale = self._loss_scale()
+        engine = net.engine
 
         def f(x):
-            theta[...] = x[sk_of_theta]
-            if self.backend == "cuda":
-                net._engine.set_params(theta)
+            theta = x[sk_of_theta]
+            engine.set_params(theta.astype(engine.dtype))
             with np.errstate(over="ignore", invalid="ignore"):
-                total, _ = passer.run(order, 0, n, reuse=True)
-            loss = total / sw_sum
-            grad = passer.grad
-            loss += self._l2(theta, grad, sw_sum, wsl)
-            return loss, grad[theta_of_sk].astype(np.float64)
+                g, cost, _, wsum = engine.sums(X, Y, net.loss_code, sw)
+            theta = engine.get_params().astype(np.float64)
+            loss = cost / wsum * scale + 0.5 * self.alpha * float(np.dot(theta * mask, theta)) / wsum
+            grad = (np.asarray(g, np.float64) + self.alpha * mask * theta) / wsum
+            return loss, grad[theta_of_sk]
         return f
 
     def _fit_lbfgs(self, net, X, Y, sw):
         sk_of_theta, theta_of_sk = self._sk_order()
-        x0 = net._engine.get_params()[theta_of_sk].astype(np.float64)
+        x0 = net.engine.get_params()[theta_of_sk].astype(np.float64)
         iprint = 1 if self.verbose is True or self.verbose >= 1 else -1
         opt_res = scipy.optimize.minimize(
             self._lbfgs_objective(net, X, Y, sw), x0, method="L-BFGS-B", jac=True,
@@ -668,23 +400,32 @@ class _BaseMLP(BaseEstimator):
                      **_get_additional_lbfgs_options_dict("iprint", iprint)})
         self.n_iter_ = _check_optimize_result("lbfgs", opt_res, self.max_iter)
         self.loss_ = opt_res.fun
-        net._engine.set_params(opt_res.x[sk_of_theta].astype(net._engine.theta.dtype))
+        net.engine.set_params(opt_res.x[sk_of_theta].astype(net.engine.dtype))
 
-    # -- the stochastic solvers: scikit-learn's epoch loop, nnjit's passes
-    def _new_optimizer(self, n_params, dtype):
+    # -- the stochastic solvers: nnjit's training loop, scikit-learn's rules
+    def _rule(self):
+        """(rule code, hyper-parameters, Schedule) of scikit-learn's optimizer."""
         if self.solver == "sgd":
-            return SGDOptimizer(n_params, dtype, self.learning_rate_init, self.learning_rate,
-                                self.momentum, self.nesterovs_momentum, self.power_t)
-        return AdamOptimizer(n_params, dtype, self.learning_rate_init, self.beta_1, self.beta_2,
-                             self.epsilon)
+            code, params = R.check("nesterov" if self.nesterovs_momentum and self.momentum > 0
+                                   else "sgd", self.alpha, momentum=self.momentum)
+            name = self.learning_rate
+            sched = {"invscaling": {"power_t": self.power_t},
+                     "adaptive": {"factor": 5.0, "min_lr": 1e-6}}.get(name, {})
+            return code, params, Schedule(self.learning_rate_init, name, sched)
+        code, params = R.check("adam", self.alpha, betas=(self.beta_1, self.beta_2),
+                               eps=self.epsilon, adam_eps="sklearn")
+        return code, params, Schedule(self.learning_rate_init)
 
     def _fit_stochastic(self, net, X, Y, y, sample_weight, incremental):
-        theta = _host_params(net)      # the cuda engine's theta lives on the device
+        engine = net.engine
+        code, params, schedule = self._rule()
         opt = getattr(self, "optimizer_", None)
-        if (not incremental or opt is None or opt.__class__ is not
-                (SGDOptimizer if self.solver == "sgd" else AdamOptimizer)
-                or len(getattr(opt, "velocities", getattr(opt, "ms", ()))) != theta.size):
-            opt = self.optimizer_ = self._new_optimizer(theta.size, theta.dtype)
+        if not incremental or opt is None or getattr(self, "_opt_key", None) != (self.solver, net.n_params):
+            engine.set_state({"vel": np.zeros(net.n_params, engine.dtype),
+                              "sq": np.zeros(net.n_params, engine.dtype), "step": 0})
+            opt = self.optimizer_ = OptimizerState(self, schedule)
+            self._opt_key = (self.solver, net.n_params)
+        schedule = opt.schedule         # partial_fit: the adaptive lr carries over
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
         for name, default in (("loss_curve_", []), ("no_improvement_count_", 0), ("t_", 0),
@@ -693,17 +434,18 @@ class _BaseMLP(BaseEstimator):
             if not hasattr(self, name):
                 setattr(self, name, default if not isinstance(default, list) else [])
         early_stopping = self.early_stopping
+        validate = None
         if early_stopping:
             if self.validation_scores_ is None:
                 self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
             stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
             if sample_weight is None:
-                X_train, X_val, y_train, y_val = train_test_split(
+                X, X_val, Y, y_val = train_test_split(
                     X, Y, random_state=self._random_state, test_size=self.validation_fraction,
                     stratify=stratify)
-                sw_train = sw_val = None
+                sample_weight = sw_val = None
             else:
-                X_train, X_val, y_train, y_val, sw_train, sw_val = train_test_split(
+                X, X_val, Y, y_val, sample_weight, sw_val = train_test_split(
                     X, Y, sample_weight, random_state=self._random_state,
                     test_size=self.validation_fraction, stratify=stratify)
             if X_val.shape[0] < 2:
@@ -711,158 +453,78 @@ class _BaseMLP(BaseEstimator):
                                  "or the size of your dataset.")
             if is_classifier(self):
                 y_val = self._label_binarizer.inverse_transform(y_val.astype(bool))
-            if not sp.issparse(X_train):
-                X_train = np.ascontiguousarray(X_train)
-            y_train = np.ascontiguousarray(y_train)
-            best_theta = theta.copy()
-        else:
-            X_train, y_train, sw_train = X, Y, sample_weight
-            X_val = y_val = sw_val = None
-        n_samples = X_train.shape[0]
-        sample_idx = np.arange(n_samples, dtype=int)
+            X = X.tocsr() if sp.issparse(X) else np.ascontiguousarray(X)
+            Y = np.ascontiguousarray(Y)
+            validate = lambda: (None, self._score_theta(X_val, y_val, sw_val))   # noqa: E731
+        n = X.shape[0]
         if self.batch_size == "auto":
-            batch_size = min(200, n_samples)
+            batch_size = min(200, n)
         else:
-            if self.batch_size > n_samples:
+            if self.batch_size > n:
                 warnings.warn("Got `batch_size` less than 1 or larger than sample size. It is "
                               "going to be clipped")
-            batch_size = int(np.clip(self.batch_size, 1, n_samples))
-        passer = self._make_pass(net, X_train, y_train, sw_train, batch_size, theta)
-        compiled = isinstance(passer, _KernelPass) and self.backend == "loops"
-        if (sp.issparse(X_train) and self.backend == "loops" and self.out_activation_ != "exp"
-                and len(self._layer_units) >= 3):       # nnjit.sparse: no densifying
-            passer = _SparsePass(net, X_train, y_train, sw_train, batch_size, opt)
-            compiled = True
-        wsl = self._wslices()
-        bar = None
-        if self.progress:
-            try:
-                from tqdm.auto import tqdm
-            except ImportError as e:  # pragma: no cover - depends on the environment
-                raise ImportError("progress=True needs tqdm: pip install 'nnjit[progress]'") from e
-            bar = tqdm(total=1 if incremental else self.max_iter, desc="fit", unit="epoch", leave=False)
-        try:
-            self.n_iter_ = 0
-            for it in range(self.max_iter):
-                if self.shuffle:
-                    sample_idx = shuffle(sample_idx, random_state=self._random_state)
-                order = sample_idx.astype(np.int64, copy=False)
-                accumulated_loss, emax = 0.0, 0.0
-                with np.errstate(over="ignore", invalid="ignore"):
-                    if compiled:                    # the whole epoch in one compiled call
-                        accumulated_loss, emax = self._compiled_epoch(passer, opt, order, batch_size)
-                    for sl in ([] if compiled else gen_batches(n_samples, batch_size)):
-                        mb = sl.stop - sl.start
-                        total, e = passer.run(order, sl.start, mb)
-                        emax = max(emax, e)
-                        grad = passer.grad
-                        sw_sum = mb if sw_train is None else float(sw_train[order[sl]].sum())
-                        l2 = self._l2(theta, grad, sw_sum, wsl)
-                        accumulated_loss += (total / sw_sum + l2) * mb
-                        opt.update_params(theta, grad)
-                        if self.backend == "cuda":
-                            net._engine.set_params(theta)
-                self.n_iter_ += 1
-                self.loss_ = accumulated_loss / X_train.shape[0]
-                self.t_ += n_samples
-                self.loss_curve_.append(self.loss_)
-                if self.verbose:
-                    print("Iteration %d, loss = %.8f" % (self.n_iter_, self.loss_))
-                if early_stopping:
-                    val_score = self._score_theta(X_val, y_val, sw_val)
-                    self.validation_scores_.append(val_score)
-                    if self.verbose:
-                        print("Validation score: %f" % self.validation_scores_[-1])
-                    if val_score < self.best_validation_score_ + self.tol:
-                        self.no_improvement_count_ += 1
-                    else:
-                        self.no_improvement_count_ = 0
-                    if val_score > self.best_validation_score_:
-                        self.best_validation_score_ = val_score
-                        best_theta[...] = theta
-                else:
-                    if self.loss_curve_[-1] > self.best_loss_ - self.tol:
-                        self.no_improvement_count_ += 1
-                    else:
-                        self.no_improvement_count_ = 0
-                    if self.loss_curve_[-1] < self.best_loss_:
-                        self.best_loss_ = self.loss_curve_[-1]
-                opt.iteration_ends(self.t_)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{self.loss_:.4g}")
-                    bar.update(1)
-                stop = False
-                if self.no_improvement_count_ > self.n_iter_no_change:
-                    if early_stopping:
-                        msg = ("Validation score did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    else:
-                        msg = ("Training loss did not improve more than tol=%f for %d "
-                               "consecutive epochs." % (self.tol, self.n_iter_no_change))
-                    if opt.trigger_stopping(msg, self.verbose):
-                        stop = True
-                    else:
-                        self.no_improvement_count_ = 0
-                if self.error_threshold is not None and emax < self.error_threshold:
-                    stop = True
-                if self.callbacks:
-                    info = {"loss": self.loss_curve_, "val_score": self.validation_scores_}
-                    if any([bool(cb(self, self.n_iter_ - 1, info)) for cb in self.callbacks]):
-                        stop = True
-                if stop or incremental:
-                    break
-                if self.n_iter_ == self.max_iter:
-                    warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
-                                  "optimization hasn't converged yet." % self.max_iter,
-                                  ConvergenceWarning)
-        except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.")
-        finally:
-            if bar is not None:
-                bar.close()
-        if early_stopping:
-            theta[...] = best_theta
-        net._engine.set_params(theta)
+            batch_size = int(np.clip(self.batch_size, 1, n))
+        sample_idx = [np.arange(n, dtype=int)]
 
-    def _compiled_epoch(self, passer, opt, order, batch_size):
-        """One epoch in nnjit.sklearn_loops.train_epoch (nnjit.sparse.train_epoch for sparse X);
-        returns (sum of batch loss x mb, max |a - y|)."""
-        from . import rules
-        from . import sklearn_loops as K
-        if isinstance(opt, AdamOptimizer):
-            rule, s1, s2, t = K.ADAM, opt.ms, opt.vs, opt.t
-            hyper = rules.hyper(opt.learning_rate_init, 0.0, (opt.beta_1, opt.beta_2), opt.epsilon,
-                                float(self.alpha), 0.0, "sklearn")
+        def epoch(rule, h, loss):
+            if self.shuffle:        # scikit-learn's order: its generator, its shuffle of the last
+                sample_idx[0] = shuffle(sample_idx[0], random_state=self._random_state)
+            return engine.train_epoch(sample_idx[0].astype(np.int64), batch_size, rule, h, loss)
+
+        rec = _Record(self, early_stopping)
+        say = print if self.verbose else None
+        stopper = Stopper(self.tol, self.n_iter_no_change, "max" if early_stopping else "min",
+                          strict=True, threshold=self.error_threshold,
+                          schedule=schedule if self.solver == "sgd" else None, say=say,
+                          what="Validation score" if early_stopping else "Training loss")
+        stopper.stall = self.no_improvement_count_
+        stopper.best = (self.best_validation_score_ if early_stopping else self.best_loss_)
+        best = None
+        if early_stopping:
+            best = Best(rec, engine, keep=True, mode="max")
+            best.metric = self.best_validation_score_
+            best.theta = getattr(self, "_best_theta", None)
+        callbacks = [lambda e, cb=cb: cb(self, e, {"loss": self.loss_curve_,
+                                                   "val_score": self.validation_scores_})
+                     for cb in (self.callbacks or [])]
+        scale = self._loss_scale()
+        trainer = Trainer(
+            epoch, engine, rec, code, params, net.loss_code, n,
+            lambda st: (st[3] * scale + 0.5 * self.alpha * st[4]) / n, schedule, stopper,
+            validate=validate, monitor="score" if early_stopping else "loss", best=best,
+            callbacks=callbacks, progress=Progress(1 if incremental else self.max_iter)
+            if self.progress else None, on_divergence="continue", on_interrupt="warn", say=say)
+        engine.begin_fit(X, Y, batch_size, sample_weight)
+        try:
+            stopped = trainer.run(1 if incremental else self.max_iter)
+        finally:
+            engine.end_fit()
+        self.n_iter_ = rec.n_epochs_
+        self.t_ = rec.t_
+        if rec.history_["loss"]:
+            self.loss_ = rec.history_["loss"][-1]
+        self.no_improvement_count_ = stopper.stall
+        if early_stopping:
+            self.best_validation_score_ = stopper.best
+            self._best_theta = best.theta
         else:
-            rule, s1, s2, t = (K.NESTEROV if opt.nesterov else K.SGD), opt.velocities, opt._tmp, 0
-            hyper = rules.hyper(opt.learning_rate, opt.momentum, (0.0, 0.0), 1.0,
-                                float(self.alpha), 0.0, "sklearn")
-        if isinstance(passer, _SparsePass):
-            total, emax, t = passer.epoch(order, int(batch_size), rule, hyper, int(t))
-        else:
-            total, emax, t = K.train_epoch(
-                passer.e.theta, s1, s2, passer.grad, passer.shape, passer.bufs, passer.X,
-                passer.Y, passer.S, order, int(batch_size), rule, hyper, int(t),
-                passer.loss_code, float(passer.loss_scale), config.PARALLEL_MIN_SAMPLES,
-                config.PARALLEL_MIN_WORK)
-        if rule == K.ADAM:
-            opt.t = int(t)
-            opt.learning_rate = (opt.learning_rate_init * np.sqrt(1 - opt.beta_2 ** opt.t)
-                                 / (1 - opt.beta_1 ** opt.t))
-        return float(total), float(emax)
+            self.best_loss_ = stopper.best
+        if not (stopped or incremental) and self.n_iter_ == self.max_iter:
+            warnings.warn("Stochastic Optimizer: Maximum iterations (%d) reached and the "
+                          "optimization hasn't converged yet." % self.max_iter, ConvergenceWarning)
 
     # -- prediction
     def _forward_theta(self, X):
         """Output activations for validated X from the current parameter vector."""
         net = self._net
-        if sp.issparse(X) or self.out_activation_ == "exp":
-            Xc = X.astype(net._engine.theta.dtype) if sp.issparse(X) else np.asarray(X, net._engine.theta.dtype)
-            return _forward_np(self, net._engine.get_params(), Xc)[0][-1]
-        Xc = np.ascontiguousarray(X, dtype=net._engine.theta.dtype)
+        if sp.issparse(X):
+            Xc = X.astype(net.engine.dtype).tocsr()
+        else:
+            Xc = np.ascontiguousarray(X, dtype=net.engine.dtype)
         if Xc.shape[0] == 0:
-            return np.zeros((0, self.n_outputs_), Xc.dtype)
+            return np.zeros((0, self.n_outputs_), net.engine.dtype)
         with np.errstate(over="ignore", invalid="ignore"):
-            return net._engine.forward(Xc)
+            return net.engine.forward(Xc)
 
     def _forward_pass_fast(self, X, check_input=True):
         if check_input:
@@ -889,19 +551,17 @@ class _BaseMLP(BaseEstimator):
         """Fit the model to X and y (scikit-learn's ``fit``; sample_weight optional). Returns self."""
         return self._fit(X, y, sample_weight=sample_weight, incremental=False)
 
-    def _check_solver(self):
-        if self.solver not in _STOCHASTIC_SOLVERS:
-            raise AttributeError("partial_fit is only available for stochastic optimizers. "
-                                 "%s is not stochastic." % self.solver)
-        return True
+    def optimizer_arrays(self):
+        """The stochastic solver's state: {"vel": velocities or Adam's m, "sq": Adam's v,
+        "step": Adam's t}, flat in the layout of ``net_``'s parameters (copies)."""
+        check_is_fitted(self, "coefs_")
+        return self._ensure_net().engine.get_state()
 
     @property
     def net_(self):
         """The fitted network as an :class:`nnjit.MLP` (``net_.save(path)``, ``net_.weights``
-        in the lecture's W[j, i] layout); not available for the Poisson loss."""
+        in the lecture's W[j, i] layout)."""
         check_is_fitted(self, "coefs_")
-        if getattr(self, "out_activation_", None) == "exp":
-            raise AttributeError("net_ is not available for loss='poisson' (exponential output)")
         net = self._ensure_net()
         net.history_["loss"] = list(getattr(self, "loss_curve_", []) or [])
         net.history_["val_score"] = list(getattr(self, "validation_scores_", None) or [])
@@ -913,9 +573,17 @@ class _BaseMLP(BaseEstimator):
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
+        if "_net" in state:             # the optimizer state lives in the net's engine
+            state["_opt_state"] = state["_net"].engine.get_state()
         state.pop("_net", None)            # rebuilt from coefs_ on demand
         state.pop("_net_key", None)
         return state
+
+    def __setstate__(self, state):
+        opt = state.pop("_opt_state", None)
+        self.__dict__.update(state)
+        if opt is not None and hasattr(self, "coefs_"):
+            self._ensure_net().engine.set_state(opt)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -979,7 +647,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     def _score(self, X, y, sample_weight=None):
         return self._score_with_function(X, y, sample_weight, accuracy_score)
 
-    @available_if(lambda est: est._check_solver())
+    @available_if(_stochastic)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over (X, y) from the current state (scikit-learn's ``partial_fit``):
@@ -1021,7 +689,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     computed by the NumPy pass). Everything else as :class:`MLPClassifier`.
     """
 
-    _parameter_constraints: dict = {**_BaseMLP._parameter_constraints,
+    _parameter_constraints: dict = {**_CONSTRAINTS,
                                     "loss": [StrOptions({"squared_error", "poisson"})]}
 
     def __init__(self, loss="squared_error", hidden_layer_sizes=(100,), activation="relu", *,
@@ -1071,7 +739,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             raise ValueError("loss='poisson' needs non-negative targets y")
         return X, y
 
-    @available_if(lambda est: est._check_solver())
+    @available_if(_stochastic)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, sample_weight=None):
         """One epoch over (X, y) from the current state (scikit-learn's ``partial_fit``)."""

@@ -28,24 +28,24 @@ def _net(backend="loops", dtype="float64", seed=3):
 def _same(a, b):
     for u, v in zip(a.weights + a.biases, b.weights + b.biases):
         np.testing.assert_array_equal(u, v)
-    np.testing.assert_array_equal(a._engine.get_velocity(), b._engine.get_velocity())
+    np.testing.assert_array_equal(a.engine.get_state()["vel"], b.engine.get_state()["vel"])
     assert a.n_epochs_ == b.n_epochs_ and a.history_ == b.history_
 
 
 def _interrupt_in_epoch(monkeypatch, net, at):
     """Make the engine raise KeyboardInterrupt in the middle of the at-th epoch from now, after
     it has already changed the weights and velocities (a half-updated model)."""
-    real = net._engine.train_epoch
+    real = net.engine.train_epoch
     calls = {"n": 0}
 
     def train_epoch(*args):
         calls["n"] += 1
         out = real(*args)
         if calls["n"] == at:
-            net._engine.set_params(net._engine.get_params() * 1.5)
+            net.engine.set_params(net.engine.get_params() * 1.5)
             raise KeyboardInterrupt
         return out
-    monkeypatch.setattr(net._engine, "train_epoch", train_epoch)
+    monkeypatch.setattr(net.engine, "train_epoch", train_epoch)
 
 
 @pytest.mark.parametrize("backend", ["loops", "vectorised"])

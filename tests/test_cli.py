@@ -213,7 +213,7 @@ def test_unscaled_csv_is_standardised_and_predict_applies_the_scaling(tmp_path, 
     assert float(out.split("test accuracy: ")[1].split()[0]) >= 0.9
     net = MLP.load(model)
     assert net.x_scaler.kind == "standard" and net.y_scaler is None
-    from nnjit.cli import _split
+    from nnjit.cli import split_indices as _split
     rng = np.random.default_rng(0)                  # --seed 0: the CLI's splits, redrawn
     train, test = _split(len(X), 0.25, rng)
     fit, val = _split(len(train), 0.15, rng)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from nnjit import MLP, activations as A, config, vectorised
-from helpers import assert_close
+from helpers import OUTPUT_LOSS, assert_close
 
 nc = pytest.importorskip("nnjit.cuda", reason="numba-cuda is not installed")
 from numba import cuda  # noqa: E402  (after the skip: numba-cuda may be missing)
@@ -25,7 +25,8 @@ if not cuda.is_available():
 
 M, N_IN, N_OUT = 7, 5, 3
 DTYPES = ["float64", "float32"]
-CODES = [A.IDENTITY, A.SIGMOID, A.TANH, A.RELU, A.GELU]
+CODES = [a.code for a in A.ELEMENTWISE]
+GELU, TANH = A.CODES['gelu'], A.CODES['tanh']
 VERSIONS = ["simple", "tiled"]
 ON_GPU = not nc.simulated()
 
@@ -59,12 +60,12 @@ def run_vec(name, args, n_out):
 
 
 def coefs(rule, t=3, an=0.05):
-    from nnjit import loops, rules as R
-    h = R.hyper(0.3, 0.9, (0.8, 0.95), 1e-3, 0.0, 0.02 if rule == R.RULE_ADAMW else 0.0, "pytorch")
-    return loops.step_coefs(rule, h, t, an)
+    from nnjit import rules as R
+    from test_kernels import hyper
+    return R.coefs(rule, hyper(rule), t, an)
 
 
-RULES = [0, 1, 2, 3]      # nnjit.rules: sgd, nesterov, adam, adamw
+RULES = [r.code for r in __import__("nnjit.rules").rules.RULES]
 
 
 def launcher(name, version):
@@ -90,7 +91,7 @@ def test_forward_layer(version, dtype, act):
 @pytest.mark.parametrize("act", CODES)
 def test_backward_layer(version, dtype, act):
     delta, W, z_prev = data(dtype, (M, N_OUT), (N_OUT, N_IN), (M, N_IN))
-    a_prev = vectorised.F[act](z_prev).astype(dtype)
+    a_prev = vectorised.f(z_prev, act).astype(dtype)
     args = nan((M, N_IN), dtype=dtype) + [delta, W, z_prev, a_prev, act]
     got = run_cuda(launcher("backward_layer", version), args, 1)
     want = run_vec("backward_layer", args, 1)
@@ -137,9 +138,9 @@ def test_tiled_equals_simple(dtype):
     Mb, n_in, n_out = 9, 11, 6
     a_prev, W, b, vW, vb, delta, z_prev = data(dtype, (Mb, n_in), (n_out, n_in), (n_out,),
                                                (n_out, n_in), (n_out,), (Mb, n_out), (Mb, n_in), seed=5)
-    a_act = vectorised.F[A.GELU](z_prev).astype(dtype)
-    cases = [("forward_layer", nan((Mb, n_out), (Mb, n_out), dtype=dtype) + [a_prev, W, b, A.GELU], 2),
-             ("backward_layer", nan((Mb, n_in), dtype=dtype) + [delta, W, z_prev, a_act, A.GELU], 1),
+    a_act = vectorised.f(z_prev, GELU).astype(dtype)
+    cases = [("forward_layer", nan((Mb, n_out), (Mb, n_out), dtype=dtype) + [a_prev, W, b, GELU], 2),
+             ("backward_layer", nan((Mb, n_in), dtype=dtype) + [delta, W, z_prev, a_act, GELU], 1),
              ("corrections_update", [W, b, vW, vb, np.abs(vW), np.abs(vb)]
               + nan((n_out, n_in), (n_out,), dtype=dtype) + [delta, a_prev, 3, coefs(3)], 6)]
     for name, args, n in cases:
@@ -164,10 +165,7 @@ def test_update(dtype, blocks, rule):
         assert_close(got[1], 0.9 * vel - 0.3 * grad, dtype)
 
 
-PAIRS = [(A.SOFTMAX, A.CROSS_ENTROPY), (A.SOFTMAX, A.SQUARED_ERROR),
-         (A.SIGMOID, A.CROSS_ENTROPY), (A.SIGMOID, A.SQUARED_ERROR),
-         (A.IDENTITY, A.SQUARED_ERROR), (A.TANH, A.SQUARED_ERROR),
-         (A.RELU, A.SQUARED_ERROR), (A.GELU, A.SQUARED_ERROR)]
+PAIRS = [(A.CODES[o], A.LOSSES[x]) for o, x in OUTPUT_LOSS]
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -176,7 +174,9 @@ def test_output_error_and_loss(dtype, act, loss):
     z, y = data(dtype, (M, N_OUT), (M, N_OUT), seed=3)
     if loss == A.CROSS_ENTROPY:
         y = (y > 0).astype(dtype)
-    a = vectorised.F[act](z).astype(dtype)
+    if loss == A.LOSSES["poisson"]:
+        y = np.abs(np.round(2 * y)).astype(dtype)
+    a = vectorised.f(z, act).astype(dtype)
     for sw in (np.ones(M, dtype), np.linspace(0, 2, M).astype(dtype)):
         args = nan((M, N_OUT), dtype=dtype) + [a, z, y, sw, act, loss]
         got = run_cuda(nc.output_error, args, 1)
@@ -197,7 +197,9 @@ def test_output_layer(dtype, act, loss):
     z, y = data(dtype, (M, N_OUT), (M, N_OUT), seed=4)
     if loss == A.CROSS_ENTROPY:
         y = (y > 0).astype(dtype)
-    a = vectorised.F[act](z).astype(dtype)
+    if loss == A.LOSSES["poisson"]:
+        y = np.abs(np.round(2 * y)).astype(dtype)
+    a = vectorised.f(z, act).astype(dtype)
     a_in = np.full_like(a, np.nan) if act == A.SOFTMAX else a
     sw = np.linspace(0, 2, M).astype(dtype)
     delta, cost, err, a_out = run_cuda(nc.output_layer, nan((M, N_OUT), (M,), (M,), dtype=dtype)
@@ -216,7 +218,7 @@ def test_sample_loss_is_finite_where_a_saturates(dtype):
     y = np.array([[0.0, 1.0], [0.0, 1.0]], dtype)
     # softmax: -log a_1 = 400; sigmoid: -log(1 - a_0) - log a_1 = 200 + 200; a is 0 or 1 there
     for act, want in ((A.SOFTMAX, [400.0, 0.0]), (A.SIGMOID, [400.0, 0.0])):
-        a = vectorised.F[act](z).astype(dtype)
+        a = vectorised.f(z, act).astype(dtype)
         cost, _ = run_cuda(nc.sample_loss, nan((2,), (2,), dtype=dtype) + [a, z, y, act, A.CROSS_ENTROPY], 2)
         assert_close(cost, want, dtype)
 
@@ -225,7 +227,7 @@ def test_sample_loss_is_finite_where_a_saturates(dtype):
 def test_softmax_is_stable(dtype):
     z = np.array([[1000.0, 999.0, -1000.0]], dtype)
     a, _ = run_cuda(nc.softmax, nan((1, 3), dtype=dtype) + [z], 2)
-    assert_close(a, vectorised.F[A.SOFTMAX](z), dtype)
+    assert_close(a, vectorised.f(z, A.SOFTMAX), dtype)
 
 
 def test_load_batch():
@@ -314,7 +316,7 @@ def test_model_weights_after_training(monkeypatch, version, dtype, batch_size):
         for x, y in zip(ref.weights + ref.biases, cu.weights + cu.biases):
             assert isinstance(y, np.ndarray) and y.dtype == np.dtype(dtype)
             assert_close(y, x, dtype, f"parameters after training vs {ref.backend}")
-        assert_close(cu._engine.get_velocity(), ref._engine.get_velocity(), dtype, "velocity")
+        assert_close(cu.engine.get_state()["vel"], ref.engine.get_state()["vel"], dtype, "velocity")
         assert_close(cu.history_["loss"], ref.history_["loss"], dtype, "loss history")
 
 
@@ -386,7 +388,7 @@ def test_gpu_tiled_matches_simple_on_wide_layers():
     out = []
     for fn in (nc.forward_layer, nc.forward_layer_tiled):
         out.append(run_cuda(fn, nan((1000, 257), (1000, 257), dtype="float32")
-                            + [a_prev, W, b, A.TANH], 2))
+                            + [a_prev, W, b, TANH], 2))
     for x, y in zip(*out):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-4)
 
@@ -402,7 +404,7 @@ def test_gpu_bench_refuses_to_time_the_simulator(capsys):
 
 def test_gpu_bench_pieces_run(monkeypatch):
     """The timing and report code runs (the simulator's numbers mean nothing); the whole
-    script runs with ``NUMBA_ENABLE_CUDASIM=1 python -m nnjit.gpu_bench --tiny``."""
+    script runs with ``NUMBA_ENABLE_CUDASIM=1 python -m nnjit.bench.gpu --tiny``."""
     from nnjit.bench import gpu as gpu_bench
     monkeypatch.setattr(config, "CUDA_TILE", 8)
     X, y = gpu_bench.make_data(10, 6, 3)
@@ -436,11 +438,11 @@ def test_engine_sums_match_the_cpu_engine(dtype):
     layers, hidden, output, loss = NETS[1]
     X, Y = problem(layers, output, seed=2)
     lo, cu = nets(layers, hidden, output, loss, dtype, ("loops", "cuda"))
-    if not hasattr(lo._engine, "sums"):
+    if not hasattr(lo.engine, "sums"):
         pytest.skip("this CPU engine has no sums()")
     for n in (M, 4):
-        Xc, Yc = lo._check_X(X[:n]), lo._check_y(Y[:n], n)
-        want, got = lo._engine.sums(Xc, Yc, lo._loss), cu._engine.sums(Xc, Yc, cu._loss)
+        Xc, Yc = lo.check_X(X[:n]), lo.check_y(Y[:n], n)
+        want, got = lo.engine.sums(Xc, Yc, lo.loss_code), cu.engine.sums(Xc, Yc, cu.loss_code)
         assert len(want) == len(got) == 4
         assert np.abs(want[0]).max() > 0
         assert_close(got[0], want[0], dtype, "sum of corrections")
@@ -455,8 +457,8 @@ def test_copy_and_save_move_weights_between_backends(tmp_path):
     net = MLP([5, 4, 3], activation="tanh", backend="cuda", dtype="float64", seed=0)
     net.fit(X, y.argmax(axis=1), epochs=1, batch_size=4, momentum=0.9)
     twin = copy.deepcopy(net)
-    assert twin.backend == "cuda" and twin._engine is not net._engine
-    np.testing.assert_array_equal(twin._engine.get_velocity(), net._engine.get_velocity())
+    assert twin.backend == "cuda" and twin.engine is not net.engine
+    np.testing.assert_array_equal(twin.engine.get_state()["vel"], net.engine.get_state()["vel"])
     net.save(tmp_path / "net.npz")
     cpu = MLP.load(tmp_path / "net.npz", backend="loops")
     for a, b in zip(cpu.weights + cpu.biases, twin.weights + twin.biases):

@@ -244,3 +244,71 @@ def test_workers_that_crash_on_every_try_stop_the_fit_with_an_error(xy):
         finally:
             c.close()
             cluster.close()
+
+
+RULES = {"sgd": dict(momentum=0.7), "nesterov": dict(momentum=0.7),
+         "adam": dict(betas=(0.8, 0.95), eps=1e-6), "adamw": dict(weight_decay=0.05),
+         "rmsprop": dict(rho=0.9, momentum=0.5)}
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_sync_equals_local_full_batch_for_every_rule(client, xy, rule):
+    """Every rule of nnjit.rules, its hyper-parameters, alpha's L2 term, a schedule, sample
+    weights, validation data and restore_best: the same options as MLP.fit, the same result
+    as single-machine full-batch training to 1e-10."""
+    from nnjit import rules as R
+    assert set(RULES) == set(R.CODES)       # every rule of the table is tested here
+    X, y = xy
+    sw = np.random.default_rng(2).uniform(0.5, 2.0, M)
+    kw = dict(optimizer=rule, **RULES[rule], lr=0.05, alpha=0.01, epochs=5, sample_weight=sw,
+              schedule="cosine", validation_data=(X[:40], y[:40]), restore_best=True)
+    ref = _net().fit(X, y, batch_size=None, **kw)
+    net = _dfit(_net(), X, y, client, mode="sync", **kw)
+    _assert_same(ref, net)
+    np.testing.assert_allclose(net.history_["loss"], ref.history_["loss"], rtol=1e-10)
+    np.testing.assert_allclose(net.history_["val_loss"], ref.history_["val_loss"], rtol=1e-10)
+    assert net.best_epoch_ == ref.best_epoch_ and net.optimizer_state()["step"] == 5
+    for k in ("velocity", "square"):
+        np.testing.assert_allclose(net.optimizer_state()[k], ref.optimizer_state()[k],
+                                   rtol=1e-9, atol=1e-12)
+
+
+def test_rmsprop_and_leaky_relu_follow_pytorch(client, xy):
+    """The Dask form of the proof of the one-source tables: RMSprop on a leaky-ReLU network,
+    sync full batch, equals torch.optim.RMSprop on torch.nn.LeakyReLU, full batch, to 1e-9."""
+    torch = pytest.importorskip("torch")
+    X, y = xy
+    net = MLP([DIM, 6, K], activation="leaky_relu", seed=4, dtype="float64")
+    lin1, lin2 = torch.nn.Linear(DIM, 6).double(), torch.nn.Linear(6, K).double()
+    with torch.no_grad():
+        for lin, W, b in zip((lin1, lin2), net.weights, net.biases):
+            lin.weight.copy_(torch.from_numpy(W))
+            lin.bias.copy_(torch.from_numpy(b))
+    model = torch.nn.Sequential(lin1, torch.nn.LeakyReLU(0.01), lin2)
+    opt = torch.optim.RMSprop(model.parameters(), lr=0.01, alpha=0.9, momentum=0.5)
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y.astype(np.int64))
+    for _ in range(4):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(Xt), yt).backward()
+        opt.step()
+    _dfit(net, X, y, client, mode="sync", epochs=4, lr=0.01, optimizer="rmsprop", rho=0.9,
+          momentum=0.5)
+    for ours, theirs in zip(net.weights + net.biases, (lin1.weight, lin2.weight, lin1.bias, lin2.bias)):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_dask_fit_checkpoints_and_resumes(client, xy, tmp_path):
+    """checkpoint= and resume=True through Dask: an interrupted run continued equals one run."""
+    X, y = xy
+    kw = dict(mode="sync", lr=0.3, optimizer="adam", epochs=6)
+    whole = _dfit(_net(), X, y, client, **kw)
+    stop = lambda n, e, h: e == 2     # noqa: E731 - stops after the third epoch
+    part = _dfit(_net(), X, y, client, checkpoint=tmp_path / "ck.npz", callbacks=[stop], **kw)
+    assert part.n_epochs_ == 3
+    # a stopped fit is complete: resume continues only a fit interrupted before its end
+    resumed = _dfit(_net(), X, y, client, checkpoint=tmp_path / "ck2.npz", **dict(kw, epochs=3))
+    resumed = _dfit(resumed, X, y, client, checkpoint=tmp_path / "ck2.npz", resume=True,
+                    **dict(kw, epochs=3))
+    assert resumed.n_epochs_ == 3
+    cont = _dfit(part, X, y, client, **dict(kw, epochs=3))
+    _assert_same(whole, cont)

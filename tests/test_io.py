@@ -30,7 +30,7 @@ def _same_state(a, b):
     for u, v in zip(a.weights + a.biases, b.weights + b.biases):
         assert u.dtype == v.dtype
         np.testing.assert_array_equal(u, v)
-    np.testing.assert_array_equal(a._engine.get_velocity(), b._engine.get_velocity())
+    np.testing.assert_array_equal(a.engine.get_state()["vel"], b.engine.get_state()["vel"])
     assert a.history_ == b.history_ and a.n_epochs_ == b.n_epochs_
 
 

@@ -1,25 +1,43 @@
 """Every loop kernel equals its vectorised twin on small odd shapes (7 samples, 5 -> 3 units),
 so a transposed index fails loudly. Outputs are poisoned with NaN first: an element a kernel
-forgets to write fails the comparison."""
+forgets to write fails the comparison. Activations, rules and losses are read from nnjit's
+tables, so a new entry is tested in every kernel without a new test."""
 import numpy as np
 import pytest
 
-from nnjit import activations as A, loops, rules as R, vectorised
-from nnjit.engine import make_batch, make_shape
-from helpers import assert_close
+from nnjit import activations as A, config, loops, rules as R, vectorised
+from nnjit.layout import make_batch, make_shape
+from nnjit.loops import blocked, epoch as E
+from helpers import OUTPUT_LOSS, assert_close
 
 M, N_IN, N_OUT = 7, 5, 3
 DTYPES = ["float64", "float32"]
-RULES = [R.RULE_SGD, R.RULE_NESTEROV, R.RULE_ADAM, R.RULE_ADAMW]
+RULES = [r.code for r in R.RULES]
+CODES = [a.code for a in A.ELEMENTWISE]
+TANH, GELU = A.CODES["tanh"], A.CODES["gelu"]
+NO_CSR = {dt: loops.empty_csr(dt) for dt in DTYPES}
+
+
+def hyper(rule, eta=0.3, alpha=0.0, eps_mode="pytorch", mu=0.9):
+    """The Hyper of rule with every hyper-parameter it reads set off its default."""
+    name = R.BY_CODE[rule].name
+    takes = R.BY_CODE[rule].params
+    kw = {"momentum": mu if "momentum" in takes else None,
+          "betas": (0.8, 0.95) if "betas" in takes else None,
+          "eps": 1e-3 if "eps" in takes else None,
+          "adam_eps": eps_mode if "adam_eps" in takes else None,
+          "weight_decay": 0.02 if "weight_decay" in takes else None,
+          "rho": 0.9 if "rho" in takes else None}
+    return R.hyper(eta, R.check(name, alpha, **{k: v for k, v in kw.items() if v is not None})[1])
 
 
 def coefs(rule, t=3, an=0.05, eps_mode="pytorch"):
-    """Per-step scalars of update t with every hyper-parameter on (L2 term an too)."""
-    h = R.hyper(0.3, 0.9, (0.8, 0.95), 1e-3, 0.0, 0.02 if rule == R.RULE_ADAMW else 0.0, eps_mode)
+    """Per-step Coefs of update t with every hyper-parameter on (L2 term an too); the loop
+    form's compiled scalars equal the Python ones."""
+    h = hyper(rule, eps_mode=eps_mode)
     c = loops.step_coefs(rule, h, t, an)
-    assert np.allclose(c, vectorised.step_coefs(rule, h, t, an), rtol=1e-15)
+    assert np.allclose(c, R.coefs(rule, h, t, an), rtol=1e-15)
     return c
-CODES = [A.IDENTITY, A.SIGMOID, A.TANH, A.RELU, A.GELU]
 
 
 def data(dtype, *shapes, seed=0):
@@ -41,12 +59,11 @@ def both(name, make_args, n_out):
     return results
 
 
-@pytest.mark.parametrize("name", ["exp"])
-def test_float32_exp(name):
-    """The loop form's own float32 e^x (a vectorisable polynomial, activations.py): within
+def test_float32_exp():
+    """The loop form's own float32 e^x (a vectorisable polynomial, loops/fastmath.py): within
     1.5 ulp of the correctly rounded value over the whole range, and the IEEE special cases:
     overflow to inf, underflow to 0, NaN stays NaN."""
-    fn, ref = A.exp_row, np.exp
+    fn, ref = loops.exp_row, np.exp
     x = np.concatenate([np.linspace(-110, 95, 200_003), np.linspace(-1, 1, 20_001),
                         np.geomspace(1e-30, 1e-3, 101), -np.geomspace(1e-30, 1e-3, 101)])
     x = x.astype(np.float32)
@@ -61,9 +78,7 @@ def test_float32_exp(name):
     special = np.array([np.nan, np.inf, -np.inf, 0.0, 89.0, -104.0, 20.0, -20.0], np.float32)
     got = np.empty_like(special)
     fn(got, special)
-    want = ([np.nan, np.inf, 0.0, 1.0, np.inf, 0.0] if name == "exp"
-            else [np.nan, 1.0, -1.0, 0.0, 1.0, -1.0]) + ([np.exp(20.0), np.exp(-20.0)]
-                                                       if name == "exp" else [1.0, -1.0])
+    want = [np.nan, np.inf, 0.0, 1.0, np.inf, 0.0, np.exp(20.0), np.exp(-20.0)]
     np.testing.assert_allclose(got, np.array(want, np.float32), rtol=2e-7)
     x64 = np.array([0.5, -3.0, 700.0], np.float64)   # float64 keeps the C library's functions
     o64 = np.empty_like(x64)
@@ -86,11 +101,39 @@ def test_forward_layer(dtype, act):
     assert_close(lo[0], z, dtype)
 
 
+def _f_oracle(name, z):
+    """Each activation written out once more, in float64, by hand."""
+    z = z.astype(float)
+    return {"identity": z, "sigmoid": 1 / (1 + np.exp(-z)), "tanh": np.tanh(z),
+            "relu": np.where(z > 0, z, 0.0), "leaky_relu": np.where(z > 0, z, 0.01 * z),
+            "gelu": 0.5 * z * (1 + np.vectorize(__import__("math").erf)(z / np.sqrt(2))),
+            "exp": np.exp(z)}[name]
+
+
+@pytest.mark.parametrize("act", CODES)
+def test_every_activation_equals_its_oracle_and_fprime_is_its_derivative(act):
+    """f against a hand-written oracle, and f' against central differences of f, in float64,
+    in the loop form, the vectorised form and (simulated) CUDA's device twin."""
+    z = np.linspace(-3.1, 2.9, 17)          # no point at 0 (relu's kink)
+    name = A.NAMES[act]
+    a = vectorised.f(z, act)
+    np.testing.assert_allclose(a, _f_oracle(name, z), rtol=1e-14, atol=1e-14)
+    out = np.empty_like(z)
+    loops.apply_f(out, z, act)
+    np.testing.assert_allclose(out, a, rtol=1e-14, atol=1e-15)
+    h = 1e-6
+    num = (vectorised.f(z + h, act) - vectorised.f(z - h, act)) / (2 * h)
+    d = np.ones_like(z)
+    loops.mul_fprime(d, z, a, act)
+    np.testing.assert_allclose(d, num, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(vectorised.fprime(z, a, act) * np.ones_like(z), num, rtol=1e-7, atol=1e-8)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("act", CODES)
 def test_backward_layer(dtype, act):
     delta, W, z_prev = data(dtype, (M, N_OUT), (N_OUT, N_IN), (M, N_IN))
-    a_prev = vectorised.F[act](z_prev).astype(dtype)
+    a_prev = vectorised.f(z_prev, act).astype(dtype)
     (lo, _), (ve, _) = both("backward_layer", lambda: poisoned((M, N_IN), dtype=dtype)
                             + [delta, W, z_prev, a_prev, act], 1)
     assert np.isfinite(lo[0]).all()
@@ -111,17 +154,23 @@ def test_corrections(dtype):
 
 def _rule_oracle(rule, w, v, q, g, c):
     """The rules written out once more, in float64, as the oracle's oracle."""
-    eta, mu, b1, b2, A_, B_, eps, decay, _ = c
     w, v, q = w.astype(float), v.astype(float), q.astype(float)
-    if rule == R.RULE_SGD:
-        v = mu * v - eta * g
+    name = R.BY_CODE[rule].name
+    if name == "sgd":
+        v = c.mu * v - c.eta * g
         return w + v, v, q
-    if rule == R.RULE_NESTEROV:
-        v = mu * v - eta * g
-        return w + mu * v - eta * g, v, q
-    v = b1 * v + (1 - b1) * g
-    q = b2 * q + (1 - b2) * g * g
-    return w * decay - A_ * v / (np.sqrt(q) * B_ + eps), v, q
+    if name == "nesterov":
+        v = c.mu * v - c.eta * g
+        return w + c.mu * v - c.eta * g, v, q
+    if name == "rmsprop":
+        q = c.rho * q + (1 - c.rho) * g * g
+        if c.mu > 0:
+            v = c.mu * v + g / (np.sqrt(q) + c.eps)
+            return w - c.eta * v, v, q
+        return w - c.eta * g / (np.sqrt(q) + c.eps), v, q
+    v = c.beta1 * v + (1 - c.beta1) * g
+    q = c.beta2 * q + (1 - c.beta2) * g * g
+    return w * c.decay - c.A * v / (np.sqrt(q) * c.B + c.eps), v, q
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -138,7 +187,7 @@ def test_corrections_update(dtype, rule):
     (lo, _), (ve, _) = both("corrections_update", args, 6)
     for x, y in zip(lo, ve):
         assert_close(x, y, dtype)
-    g = delta.T @ a_prev / M + c[8] * W
+    g = delta.T @ a_prev / M + c.alpha_n * W
     w2, v2, q2 = _rule_oracle(rule, W, vW, sW, g, c)
     assert_close(lo[0], w2, dtype)
     assert_close(lo[2], v2, dtype)
@@ -158,29 +207,41 @@ def test_update(dtype, rule):
         assert_close(x, y, dtype)
 
 
+def test_rmsprop_without_momentum_keeps_no_buffer():
+    """RMSprop with momentum 0 is w - eta g / (sqrt(s) + eps): its buffer v is not touched."""
+    theta, grad = data("float64", (11,), (11,))
+    vel, sq = np.full(11, 7.0), np.abs(data("float64", (11,), seed=2)[0])
+    code = R.CODES["rmsprop"]
+    c = loops.step_coefs(code, R.hyper(0.1, R.check("rmsprop")[1]), 1, 0.0)
+    w = theta.copy()
+    loops.update(w, vel, sq, grad, code, c)
+    s = 0.99 * np.abs(data("float64", (11,), seed=2)[0]) + 0.01 * grad ** 2
+    np.testing.assert_allclose(w, theta - 0.1 * grad / (np.sqrt(s) + 1e-8), rtol=1e-14)
+    assert (vel == 7.0).all()
+
+
 def test_step_coefs_both_eps_placements():
     """PyTorch divides by sqrt(v/(1-b2^t)) + eps with lr/(1-b1^t); scikit-learn uses
     lr_t = lr sqrt(1-b2^t)/(1-b1^t) and divides by sqrt(v) + eps."""
-    h = R.hyper(0.01, 0.0, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch")
-    eta, _, _, _, A_, B_, eps, decay, _ = loops.step_coefs(R.RULE_ADAM, h, 4, 0.0)
-    assert A_ == pytest.approx(0.01 / (1 - 0.9 ** 4)) and B_ == pytest.approx((1 - 0.999 ** 4) ** -0.5)
-    h[R.H_EPS_MODE] = R.EPS_MODES["sklearn"]
-    _, _, _, _, A_, B_, _, _, _ = loops.step_coefs(R.RULE_ADAM, h, 4, 0.0)
-    assert A_ == pytest.approx(0.01 * np.sqrt(1 - 0.999 ** 4) / (1 - 0.9 ** 4)) and B_ == 1.0
-    h[R.H_WD] = 0.5
-    assert loops.step_coefs(R.RULE_ADAMW, h, 1, 0.0)[7] == pytest.approx(1 - 0.01 * 0.5)
+    adam, adamw = R.CODES["adam"], R.CODES["adamw"]
+    h = R.hyper(0.01, R.check("adam")[1])
+    c = loops.step_coefs(adam, h, 4, 0.0)
+    assert c.A == pytest.approx(0.01 / (1 - 0.9 ** 4)) and c.B == pytest.approx((1 - 0.999 ** 4) ** -0.5)
+    c = loops.step_coefs(adam, h._replace(eps_mode=R.EPS_MODES["sklearn"]), 4, 0.0)
+    assert c.A == pytest.approx(0.01 * np.sqrt(1 - 0.999 ** 4) / (1 - 0.9 ** 4)) and c.B == 1.0
+    assert loops.step_coefs(adamw, h._replace(weight_decay=0.5), 1, 0.0).decay == pytest.approx(1 - 0.01 * 0.5)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("act,loss", [(A.SOFTMAX, A.CROSS_ENTROPY), (A.SOFTMAX, A.SQUARED_ERROR),
-                                      (A.SIGMOID, A.CROSS_ENTROPY), (A.SIGMOID, A.SQUARED_ERROR),
-                                      (A.IDENTITY, A.SQUARED_ERROR), (A.TANH, A.SQUARED_ERROR),
-                                      (A.RELU, A.SQUARED_ERROR), (A.GELU, A.SQUARED_ERROR)])
-def test_output_error_and_loss(dtype, act, loss):
+@pytest.mark.parametrize("out,loss", OUTPUT_LOSS)
+def test_output_error_and_loss(dtype, out, loss):
+    act, loss = A.CODES[out], A.LOSSES[loss]
     z, y = data(dtype, (M, N_OUT), (M, N_OUT), seed=3)
-    if loss == A.CROSS_ENTROPY:
+    if loss == A.LOSSES["cross_entropy"]:
         y = (y > 0).astype(dtype)
-    a = vectorised.F[act](z).astype(dtype)
+    if loss == A.LOSSES["poisson"]:
+        y = np.abs(np.round(y * 2)).astype(dtype)
+    a = vectorised.f(z, act).astype(dtype)
     (lo, _), (ve, _) = both("output_error", lambda: poisoned((M, N_OUT), dtype=dtype)
                             + [a, z, y, np.ones(M, dtype), act, loss], 1)
     assert_close(lo[0], ve[0], dtype)
@@ -202,23 +263,45 @@ def test_sample_loss_is_finite_where_a_saturates(dtype):
     z = np.array([[200.0, -200.0], [-200.0, 200.0]], dtype)
     y = np.array([[0.0, 1.0], [0.0, 1.0]], dtype)
     out = np.zeros(2, dtype)
+    ce, sig = A.CROSS_ENTROPY, A.SIGMOID
     for mod in (loops, vectorised):
-        mod.sample_loss(out, vectorised.F[A.SOFTMAX](z), z, y, A.SOFTMAX, A.CROSS_ENTROPY)
+        mod.sample_loss(out, vectorised.f(z, A.SOFTMAX), z, y, A.SOFTMAX, ce)
         assert_close(out, [400.0, 0.0], dtype)
-        mod.sample_loss(out, vectorised.F[A.SIGMOID](z), z, y, A.SIGMOID, A.CROSS_ENTROPY)
+        mod.sample_loss(out, vectorised.f(z, sig), z, y, sig, ce)
         assert_close(out, [400.0, 0.0], dtype)   # 200 + 200: each unit is wrong by z = 200
+
+
+def test_unknown_codes_raise_in_every_form():
+    """A code missing from a table is an error, never another entry's branch."""
+    z = np.linspace(-1, 1, 6)
+    a = np.empty_like(z)
+    w, v, q, g = (np.ones(4) for _ in range(4))
+    c = R.coefs(0, R.hyper(0.1, R.check("sgd")[1]), 1, 0.0)
+    for call in (lambda: loops.apply_f(a, z, 99), lambda: loops.mul_fprime(a, z, z, 99),
+                 lambda: vectorised.f(z, 99), lambda: vectorised.fprime(z, z, 99),
+                 lambda: loops.update(w, v, q, g, 99, c), lambda: vectorised.update(w, v, q, g, 99, c),
+                 lambda: loops.step_coefs(99, R.hyper(0.1, R.check("sgd")[1]), 1, 0.0),
+                 lambda: R.coefs(99, R.hyper(0.1, R.check("sgd")[1]), 1, 0.0)):
+        with pytest.raises(ValueError, match="unknown"):
+            call()
+    Z = np.zeros((2, 3))
+    for mod in (loops, vectorised):
+        with pytest.raises(ValueError, match="unknown|does not take"):
+            mod.sample_loss(np.zeros(2), Z, Z, Z, A.CODES["tanh"], 99)
+        with pytest.raises(ValueError, match="unknown|does not take"):     # cross-entropy of tanh
+            mod.sample_loss(np.zeros(2), Z, Z, Z, A.CODES["tanh"], A.CROSS_ENTROPY)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_size", [1, 3, 7])
 @pytest.mark.parametrize("par_min,par_work", [(2, 10**9), (1, 1)])   # serial and parallel paths
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("tile", [loops.NO_TILE, (4, 4, 2, 2, 4, 2, 1, 0, 0, 0, 0)])  # tiny blocks: remainders
+@pytest.mark.parametrize("tile", [loops.NO_TILES, config.Tiles(4, 4, 2, 2, 4, 2, 1, 0, 0, 0, 0)])  # tiny blocks: remainders
 def test_train_epoch(dtype, batch_size, par_min, par_work, rule, tile):
     """The whole compiled epoch equals the vectorised one, batch by batch (7 = 3 + 3 + 1),
     for every rule with momentum, L2 penalty and sample weights (one of them zero) on, with
-    and without cache blocking."""
-    shape, P = make_shape([5, 4, 3], [A.TANH, A.SOFTMAX])
+    and without cache blocking; all five of its sums too."""
+    shape, P = make_shape([5, 4, 3], [TANH, A.SOFTMAX])
     rng = np.random.default_rng(1)
     theta = (rng.normal(size=P) * 0.5).astype(dtype)
     X = rng.normal(size=(M, 5)).astype(dtype)
@@ -226,17 +309,17 @@ def test_train_epoch(dtype, batch_size, par_min, par_work, rule, tile):
     S = rng.uniform(0.2, 2.0, M).astype(dtype)
     S[2] = 0.0
     order = rng.permutation(M).astype(np.int64)
-    h = R.hyper(0.05, 0.9, (0.8, 0.95), 1e-6, 0.1, 0.01 if rule == R.RULE_ADAMW else 0.0, "pytorch")
+    h = hyper(rule, eta=0.05, alpha=0.1)
     outs = []
     for mod in (loops, vectorised):
         th, vel, sq, grad = theta.copy(), np.zeros(P, dtype), np.zeros(P, dtype), np.zeros(P, dtype)
         step = np.zeros(1, np.int64)
         bufs = make_batch(shape, batch_size, dtype)
         for _ in range(2):
-            tot, emax = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, order,
-                                        batch_size, rule, h, A.CROSS_ENTROPY, par_min, par_work,
-                                        tile)
-        outs.append((th, vel, sq, step, tot, emax))
+            sums = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, NO_CSR[dtype],
+                                   order, batch_size, rule, h, A.CROSS_ENTROPY, par_min,
+                                   par_work, tile)
+        outs.append((th, vel, sq, step) + tuple(sums))
     for x, y in zip(*outs):
         assert_close(x, y, dtype)
     n_batches = -(-M // batch_size) - (1 if batch_size == 1 else 0)   # the zero-weight sample
@@ -246,67 +329,35 @@ def test_train_epoch(dtype, batch_size, par_min, par_work, rule, tile):
 def test_epoch_mode():
     """Online fits compile the twin with parallel layers only when a layer is wide enough
     for one (N_l N_{l-1} batch_size >= par_work); batches of par_min or more the tiled one."""
-    shape, _ = make_shape([5, 4, 3], [A.TANH, A.SOFTMAX])
+    shape, _ = make_shape([5, 4, 3], [TANH, A.SOFTMAX])
     bufs = make_batch(shape, 4, "float32")
     # widest layer 4 x 5 = 20 weights
-    assert loops.epoch_mode(shape, bufs, 1, 2, loops.NO_TILE, 21) == loops._ONLINE
-    assert loops.epoch_mode(shape, bufs, 1, 2, loops.NO_TILE, 20) == loops._ONLINE_WIDE
-    assert loops.epoch_mode(shape, bufs, 3, 4, loops.NO_TILE, 61) == loops._ONLINE
-    assert loops.epoch_mode(shape, bufs, 3, 4, loops.NO_TILE, 60) == loops._ONLINE_WIDE
-    assert loops.epoch_mode(shape, bufs, 4, 4, loops.NO_TILE, 1) == loops._TILED
+    assert loops.epoch_mode(shape, bufs, 1, 2, loops.NO_TILES, 21) == E.ONLINE
+    assert loops.epoch_mode(shape, bufs, 1, 2, loops.NO_TILES, 20) == E.ONLINE_WIDE
+    assert loops.epoch_mode(shape, bufs, 3, 4, loops.NO_TILES, 61) == E.ONLINE
+    assert loops.epoch_mode(shape, bufs, 3, 4, loops.NO_TILES, 60) == E.ONLINE_WIDE
+    assert loops.epoch_mode(shape, bufs, 4, 4, loops.NO_TILES, 1) == E.TILED
 
 
-# ---------------------------------------------------------------- the register-blocked kernels
+# ---------------------------------------------------------------- the fast kernels
 # train_epoch runs these; shapes cover full 4 x 4 blocks and every remainder (9 = 4+4+1
 # samples, 7 = 4+3 units, 6 = 4+2 units).
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (1, 5, 6), (4, 3, 4)])
-@pytest.mark.parametrize("kernel", ["forward_layer_blocked", "_forward_layer_s", "forward_layer_units"])
+@pytest.mark.parametrize("kernel", ["forward_layer_units", "forward_layer_tiled_serial"])
 def test_blocked_forward(dtype, M_, n_in, n_out, kernel):
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
-    getattr(loops, kernel)(z, a, a_prev, W, b, A.TANH)
+    extra = (4, n_out) if kernel.endswith("serial") else ()
+    getattr(blocked, kernel)(z, a, a_prev, W, b, TANH, *extra)
     z2, a2 = np.empty_like(z), np.empty_like(a)
-    vectorised.forward_layer(z2, a2, a_prev, W, b, A.TANH)
+    vectorised.forward_layer(z2, a2, a_prev, W, b, TANH)
     assert_close(z, z2, dtype)
     assert_close(a, a2, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (2, 5, 6)])
-@pytest.mark.parametrize("kernel", ["backward_layer_blocked", "_backward_layer_s"])
-def test_blocked_backward(dtype, M_, n_in, n_out, kernel):
-    delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
-    a_prev = vectorised.F[A.GELU](z_prev).astype(dtype)
-    d, = poisoned((M_, n_in), dtype=dtype)
-    getattr(loops, kernel)(d, delta, W, z_prev, a_prev, A.GELU)
-    d2 = np.empty_like(d)
-    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, A.GELU)
-    assert_close(d, d2, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("M_,n_in,n_out", [(9, 5, 7), (7, 6, 3), (1, 5, 6), (8, 3, 8)])
-@pytest.mark.parametrize("kernel", ["corrections_update_blocked", "_corrections_update_s"])
-@pytest.mark.parametrize("rule", RULES)
-def test_blocked_corrections_update(dtype, M_, n_in, n_out, kernel, rule):
-    W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
-                                       (M_, n_out), (M_, n_in))
-    sW, sb = [np.abs(x) for x in data(dtype, (n_out, n_in), (n_out,), seed=4)]
-    c = coefs(rule)
-    outs = []
-    for fn in (getattr(loops, kernel), vectorised.corrections_update):
-        args = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
-            (n_out, n_in), (n_out,), dtype=dtype)
-        fn(*args, delta, a_prev, rule, c)
-        outs.append([args[0], args[1], args[2], args[3], args[4], args[5], args[7]])  # dW is scratch
-    for x, y in zip(*outs):
-        assert np.isfinite(x).all()
-        assert_close(x, y, dtype)
-
-
-@pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("kernel", ["update_forward_next", "_update_forward_next_s"])
+@pytest.mark.parametrize("kernel", ["update_forward_next", "update_forward_next_serial"])
 @pytest.mark.parametrize("rule", RULES)
 def test_update_forward_next(dtype, kernel, rule):
     """The online step fused with the next sample's z equals update, then feed-forward."""
@@ -316,7 +367,7 @@ def test_update_forward_next(dtype, kernel, rule):
     c = coefs(rule)
     got = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
     z_next, = poisoned((N_OUT,), dtype=dtype)
-    getattr(loops, kernel)(*got, delta, x, x_next, z_next, rule, c)
+    getattr(blocked, kernel)(*got, delta, x, x_next, z_next, rule, c)
     want = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
     vectorised.corrections_update(*want, np.empty_like(W), np.empty_like(b), delta[None], x[None], rule, c)
     z2, a2 = np.empty((1, N_OUT), dtype), np.empty((1, N_OUT), dtype)
@@ -335,13 +386,14 @@ def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
     W, b, vW, vb, delta, x, x_next = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
                                           (n_out,), (n_in,), (n_in,), seed=n_in)
     sW, sb = np.zeros_like(W), np.zeros_like(b)
-    c = coefs(R.RULE_SGD)
-    for kernel in (loops.update_forward_next, loops._update_forward_next_s):
+    sgd = R.CODES["sgd"]
+    c = coefs(sgd)
+    for kernel in (blocked.update_forward_next, blocked.update_forward_next_serial):
         p = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
         z_fused = np.full(n_out, np.nan, dtype)
-        kernel(*p, delta, x, x_next, z_fused, R.RULE_SGD, c)
-        for fwd, extra in ((loops.forward_layer_units, ()), (loops._forward_layer_s, ()),
-                           (loops._forward_layer_tiled_s, (4, n_out))):
+        kernel(*p, delta, x, x_next, z_fused, sgd, c)
+        for fwd, extra in ((blocked.forward_layer_units, ()),
+                           (blocked.forward_layer_tiled_serial, (4, n_out))):
             z, a = np.full((1, n_out), np.nan, dtype), np.empty((1, n_out), dtype)
             fwd(z, a, x_next[None], p[0], p[1], A.IDENTITY, *extra)
             np.testing.assert_array_equal(z[0], z_fused)
@@ -351,7 +403,7 @@ def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
 # Blocks smaller than the shapes leave a remainder in every blocked dimension: 13 samples in
 # chunks of 8 (8 + 5, whose 4-groups leave 1), 11 inputs in column blocks of 4 (4 + 4 + 3),
 # 10 units in blocks of 4 or 8 (a 4-group + 2 left over). Block sizes as wide as the layer
-# (and mc = 4, or 1 for the error recursion) are the loops of the register-blocked kernels.
+# (and mc = 4, or 1 for the error recursion) are the register-blocked loops.
 TILED_SHAPES = [(13, 11, 10), (9, 5, 7), (1, 6, 9), (8, 12, 8)]
 TILES = [(8, 4), (4, 8), (12, 1000), (4, 1000)]
 
@@ -359,34 +411,34 @@ TILES = [(8, 4), (4, 8), (12, 1000), (4, 1000)]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("mc,nc", TILES)
-@pytest.mark.parametrize("kernel", ["forward_layer_tiled", "_forward_layer_tiled_s"])
+@pytest.mark.parametrize("kernel", ["forward_layer_tiled", "forward_layer_tiled_serial"])
 def test_tiled_forward(dtype, M_, n_in, n_out, mc, nc, kernel):
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
-    getattr(loops, kernel)(z, a, a_prev, W, b, A.TANH, mc, nc)
+    getattr(blocked, kernel)(z, a, a_prev, W, b, TANH, mc, nc)
     z2, a2 = np.empty_like(z), np.empty_like(a)
-    vectorised.forward_layer(z2, a2, a_prev, W, b, A.TANH)
+    vectorised.forward_layer(z2, a2, a_prev, W, b, TANH)
     assert_close(z, z2, dtype)
     assert_close(a, a2, dtype)
     z3, a3 = poisoned((M_, n_out), (M_, n_out), dtype=dtype)   # same sums, same order
-    loops.forward_layer_blocked(z3, a3, a_prev, W, b, A.TANH)
+    blocked.forward_layer_tiled(z3, a3, a_prev, W, b, TANH, 4, n_out)
     np.testing.assert_array_equal(z, z3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("mc,nc", [(3, 4), (8, 5), (1, 1000), (5, 1)])
-@pytest.mark.parametrize("kernel", ["backward_layer_tiled", "_backward_layer_tiled_s"])
+@pytest.mark.parametrize("kernel", ["backward_layer_tiled", "backward_layer_tiled_serial"])
 def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc, kernel):
     delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
-    a_prev = vectorised.F[A.GELU](z_prev).astype(dtype)
+    a_prev = vectorised.f(z_prev, GELU).astype(dtype)
     d, = poisoned((M_, n_in), dtype=dtype)
-    getattr(loops, kernel)(d, delta, W, z_prev, a_prev, A.GELU, mc, nc)
+    getattr(blocked, kernel)(d, delta, W, z_prev, a_prev, GELU, mc, nc)
     d2 = np.empty_like(d)
-    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, A.GELU)
+    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, GELU)
     assert_close(d, d2, dtype)
     d3, = poisoned((M_, n_in), dtype=dtype)
-    loops.backward_layer_blocked(d3, delta, W, z_prev, a_prev, A.GELU)
+    blocked.backward_layer_tiled(d3, delta, W, z_prev, a_prev, GELU, 4, n_in)
     np.testing.assert_array_equal(d, d3)
 
 
@@ -394,15 +446,15 @@ def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc, kernel):
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("ju,ic", [(4, 4), (8, 3), (4, 1000)])
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("kernel", ["corrections_update_tiled", "_corrections_update_tiled_s"])
+@pytest.mark.parametrize("kernel", ["corrections_update_tiled", "corrections_update_tiled_serial"])
 def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule, kernel):
     W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
                                        (M_, n_out), (M_, n_in))
     sW, sb = [np.abs(x) for x in data(dtype, (n_out, n_in), (n_out,), seed=4)]
     c = coefs(rule)
     outs = []
-    for fn, extra in ((getattr(loops, kernel), (ju, ic)),
-                      (loops.corrections_update_blocked, ()),
+    for fn, extra in ((getattr(blocked, kernel), (ju, ic)),
+                      (blocked.corrections_update_tiled, (4, n_in)),
                       (vectorised.corrections_update, ())):
         args = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
             (n_out, n_in), (n_out,), dtype=dtype)
@@ -415,17 +467,18 @@ def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule, kernel):
 
 
 @pytest.mark.parametrize("name,args", [
-    ("_backward_rows4_range", lambda z: (z((8, 40)), z((8, 12)), z((12, 40)), 0, 3, 37)),
-    ("_corr_rows_range", lambda z: (z((12, 40)), z((12,)), z((8, 12)), z((8, 40)), 0, 4, 3, 37, True)),
-    ("_dot_rows_range", lambda z: (z((8, 12)), z((8, 40)), z((12, 40)), z((12,)), 0, 4, 0, 12)),
+    ("backward_rows4_range", lambda z: (z((8, 40)), z((8, 12)), z((12, 40)), 0, 3, 37)),
+    ("corr_rows_range", lambda z: (z((12, 40)), z((12,)), z((8, 12)), z((8, 40)), 0, 4, 3, 37, True)),
+    ("dot_rows_range", lambda z: (z((8, 12)), z((8, 40)), z((12, 40)), z((12,)), 0, 4, 0, 12)),
 ])
 def test_hot_loops_are_vectorised(name, args):
-    """The micro-kernels' inner loops compile to packed float32 arithmetic (SIMD): a scalar
+    """The fast kernels' inner loops compile to packed float32 arithmetic (SIMD): a scalar
     loop (a wraparound check or a dependency that blocks LLVM) would still pass the value
     tests but run several times slower. Compiled afresh (no cache) to read the assembly."""
     import re
     from numba import njit
-    fn = njit(**{**loops._OPTS, "cache": False})(getattr(loops, name).py_func)
+    from nnjit.loops.views import OPTS
+    fn = njit(**OPTS)(getattr(blocked, name).py_func)
     a = args(lambda s: np.zeros(s, np.float32))
     fn(*a)
     asm = "\n".join(fn.inspect_asm().values())
@@ -448,13 +501,13 @@ def test_gemm_forward(dtype, M_, n_in, n_out, mc, kc, ju):
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
     P, = poisoned((loops.gemm_need(n_out, n_in, M_, False),), dtype=dtype)  # exactly enough
-    loops.forward_layer_gemm(z, a, a_prev, W, b, A.TANH, P, mc, kc)
+    loops.forward_layer_gemm(z, a, a_prev, W, b, TANH, P, mc, kc)
     z2, a2 = np.empty_like(z), np.empty_like(a)
-    vectorised.forward_layer(z2, a2, a_prev, W, b, A.TANH)
+    vectorised.forward_layer(z2, a2, a_prev, W, b, TANH)
     assert_close(z, z2, dtype)
     assert_close(a, a2, dtype)
     z3, a3 = poisoned((M_, n_out), (M_, n_out), dtype=dtype)   # blocks do not change a sum
-    loops.forward_layer_gemm(z3, a3, a_prev, W, b, A.TANH, P, 3, 1000)
+    loops.forward_layer_gemm(z3, a3, a_prev, W, b, TANH, P, 3, 1000)
     np.testing.assert_array_equal(z, z3)
 
 
@@ -463,14 +516,14 @@ def test_gemm_forward(dtype, M_, n_in, n_out, mc, kc, ju):
 @pytest.mark.parametrize("mc,kc,ju", GEMM_BLOCKS)
 def test_gemm_backward(dtype, M_, n_in, n_out, mc, kc, ju):
     delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
-    a_prev = vectorised.F[A.GELU](z_prev).astype(dtype)
+    a_prev = vectorised.f(z_prev, A.CODES['gelu']).astype(dtype)
     d, P = poisoned((M_, n_in), (loops.gemm_need(n_out, n_in, M_, True),), dtype=dtype)
-    loops.backward_layer_gemm(d, delta, W, z_prev, a_prev, A.GELU, P, mc, kc)
+    loops.backward_layer_gemm(d, delta, W, z_prev, a_prev, GELU, P, mc, kc)
     d2 = np.empty_like(d)
-    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, A.GELU)
+    vectorised.backward_layer(d2, delta, W, z_prev, a_prev, GELU)
     assert_close(d, d2, dtype)
     d3, = poisoned((M_, n_in), dtype=dtype)
-    loops.backward_layer_gemm(d3, delta, W, z_prev, a_prev, A.GELU, P, 3, 1000)
+    loops.backward_layer_gemm(d3, delta, W, z_prev, a_prev, GELU, P, 3, 1000)
     np.testing.assert_array_equal(d, d3)
 
 
@@ -509,16 +562,16 @@ def test_gemm_narrow_layers_equal_the_tiled_kernels(M_, n_in, n_out):
     a_prev, W, b, delta = data(dtype, (M_, n_in), (n_out, n_in), (n_out,), (M_, n_out))
     P, = poisoned((loops.gemm_need(n_out, n_in, M_, True),), dtype=dtype)
     outs = []
-    for run in (lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, A.TANH, P, 6, 16),
-                lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, A.TANH, P, 3, 5),
-                lambda z, a: loops.forward_layer_tiled(z, a, a_prev, W, b, A.TANH, 4, n_out)):
+    for run in (lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, TANH, P, 6, 16),
+                lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, TANH, P, 3, 5),
+                lambda z, a: loops.forward_layer_tiled(z, a, a_prev, W, b, TANH, 4, n_out)):
         z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
         run(z, a)
         outs.append((z, a))
     for x in outs[1:]:
         np.testing.assert_array_equal(x[0], outs[0][0])
         np.testing.assert_array_equal(x[1], outs[0][1])
-    rule, c = R.RULE_NESTEROV, coefs(R.RULE_NESTEROV)
+    rule, c = R.CODES['nesterov'], coefs(R.CODES['nesterov'])
     vW, vb = data(dtype, (n_out, n_in), (n_out,), seed=3)
     res = []
     for gemm in (True, False):
@@ -535,12 +588,12 @@ def test_gemm_narrow_layers_equal_the_tiled_kernels(M_, n_in, n_out):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_size", [7, 25])
-@pytest.mark.parametrize("rule", [R.RULE_SGD, R.RULE_ADAM])
+@pytest.mark.parametrize("rule", [R.CODES["sgd"], R.CODES["adam"], R.CODES["rmsprop"]])
 def test_train_epoch_gemm(dtype, batch_size, rule):
     """The compiled epoch's GEMM twin (every layer by packed panels: two wider than a panel,
     an output layer of 3 units, a last batch of 50 - 49 or 50 - 25 samples) equals the
     vectorised one."""
-    shape, P = make_shape([37, 35, 33, 3], [A.TANH, A.SIGMOID, A.SOFTMAX])
+    shape, P = make_shape([37, 35, 33, 3], [TANH, A.SIGMOID, A.SOFTMAX])
     rng = np.random.default_rng(1)
     n = 50
     theta = (rng.normal(size=P) * 0.3).astype(dtype)
@@ -548,24 +601,23 @@ def test_train_epoch_gemm(dtype, batch_size, rule):
     Y = np.eye(3, dtype=dtype)[rng.integers(0, 3, n)]
     S = rng.uniform(0.2, 2.0, n).astype(dtype)
     order = rng.permutation(n).astype(np.int64)
-    h = R.hyper(0.05, 0.9, (0.8, 0.95), 1e-6, 0.1, 0.0, "pytorch")
-    tile = (4, 0, 4, 0, 4, 0, 0, 3, 6, 16, 6)       # GEMM from 3 samples, small blocks
+    h = hyper(rule, eta=0.05, alpha=0.1)
+    tile = config.Tiles(4, 0, 4, 0, 4, 0, 0, 3, 6, 16, 6)       # GEMM from 3 samples, small blocks
     outs = []
     for mod in (loops, vectorised):
         th, vel, sq, grad = theta.copy(), np.zeros(P, dtype), np.zeros(P, dtype), np.zeros(P, dtype)
         step = np.zeros(1, np.int64)
-        bufs = make_batch(shape, batch_size, dtype, pack=mod is loops)
+        bufs = make_batch(shape, batch_size, dtype)
         if mod is loops:
-            assert bufs.p.size == 0                    # config.GEMM_MIN_BATCH is above 25
             bufs = bufs._replace(p=np.full(loops.gemm_scratch(shape.sizes, batch_size), np.nan,
                                            dtype))
-            assert loops.epoch_mode(shape, bufs, batch_size, 2, tile) == loops._GEMM
+            assert loops.epoch_mode(shape, bufs, batch_size, 2, tile) == E.GEMM
         for _ in range(2):
-            tot, emax = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, order,
-                                        batch_size, rule, h, A.CROSS_ENTROPY, 2, 10**9, tile)
-        outs.append((th, vel, sq, step, tot, emax))
+            sums = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, NO_CSR[dtype],
+                                   order, batch_size, rule, h, A.CROSS_ENTROPY, 2, 10**9, tile)
+        outs.append((th, vel, sq, step) + tuple(sums))
     for x, y in zip(*outs):
-        if dtype == "float32" and rule == R.RULE_ADAM:    # Adam's g / sqrt(v) magnifies the
+        if dtype == "float32" and rule != R.CODES["sgd"]:   # g / sqrt(v) magnifies the
             np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3)   # last bits of tiny g
         else:
             assert_close(x, y, dtype)
@@ -574,12 +626,12 @@ def test_train_epoch_gemm(dtype, batch_size, rule):
 @pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
                     reason="reads x86 assembly")
 def test_gemm_micro_kernel_vectorised():
-    """nnjit.microkernel.block compiles (SLP on, for it alone) to a loop of packed float32
-    multiply-adds with its 3 x 32 sums in registers: 12 vector FMAs a step and no scalar
-    ones (AVX2; an AVX-512 CPU packs 16 floats a register, so it is read from the count)."""
+    """nnjit.loops.microkernel.block compiles (SLP on, for it alone) to a loop of packed
+    float32 multiply-adds with its 3 x 32 sums in registers: vector FMAs and no scalar ones
+    (AVX2: 12 a step; an AVX-512 CPU packs 16 floats a register)."""
     import re
     from numba import njit
-    from nnjit import microkernel as mk
+    from nnjit.loops import microkernel as mk
     from nnjit.jit import slp_compile
     from numba.core import config as nconfig
     fn = slp_compile(njit(fastmath=mk._FLAGS, cache=False, nogil=True,
@@ -595,9 +647,9 @@ def test_gemm_micro_kernel_vectorised():
 
 
 def test_micro_kernel_source_is_generated():
-    """The written-out body of nnjit.microkernel.block is exactly what source() generates."""
+    """The written-out body of nnjit.loops.microkernel.block is exactly what source() generates."""
     import inspect
-    from nnjit import microkernel as mk
+    from nnjit.loops import microkernel as mk
     text = inspect.getsource(mk)
     start = text.index("# ---- generated by source()")
     body = text[text.index("\n", start) + 1:text.index("# ---- end of generated code ----")]
@@ -606,17 +658,18 @@ def test_micro_kernel_source_is_generated():
 
 def test_a_fit_compiles_each_kernel_once(tmp_path):
     """A first fit (batch 32), a prediction and a fit by the GEMM path (batch 64), float32,
-    in a fresh process with an empty Numba cache: every nnjit kernel has one signature. A literal argument (a constant 4 or 1
-    passed on) or an unsigned prange index where a signed one is passed elsewhere makes Numba
-    compile a second specialisation: seconds more on a first fit. (With a warm cache the
-    callers' machine code is loaded and such a duplicate does not show: hence the empty one.)"""
+    in a fresh process with an empty Numba cache: every nnjit kernel has one signature. A
+    literal argument (a constant 4 or 1 passed on) or an unsigned prange index where a
+    signed one is passed elsewhere makes Numba compile a second specialisation: seconds more
+    on a first fit. (With a warm cache the callers' machine code is loaded and such a
+    duplicate does not show: hence the empty one.)"""
     import os
     import subprocess
     import sys
     code = """if True:
+        import gc
         import numpy as np
         from numba.core.registry import CPUDispatcher
-        import nnjit.loops, nnjit.activations, nnjit.microkernel
         from nnjit.model import MLP
         rng = np.random.default_rng(0)
         X = rng.normal(size=(40, 6)).astype(np.float32)
@@ -624,9 +677,9 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
         MLP([6, 5, 3], dtype="float32").fit(X, y, epochs=1, batch_size=32).predict(X)
         X, y = np.tile(X, (2, 1)), np.tile(y, 2)      # the GEMM path: wide and narrow layers
         MLP([6, 40, 3], dtype="float32").fit(X, y, epochs=1, batch_size=64)
-        mods = (nnjit.loops, nnjit.activations, nnjit.microkernel)
-        twice = {f"{m.__name__}.{k}": [str(s) for s in v.signatures] for m in mods
-                 for k, v in vars(m).items() if isinstance(v, CPUDispatcher) and len(v.signatures) > 1}
+        twice = {d.py_func.__qualname__: [str(s) for s in d.signatures] for d in gc.get_objects()
+                 if isinstance(d, CPUDispatcher) and (d.py_func.__module__ or "").startswith("nnjit")
+                 and len(d.signatures) > 1}
         print(twice)
         """
     env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))

@@ -31,7 +31,7 @@ def test_backends_agree_on_outputs_gradients_and_training(dtype, batch_size):
     for a, b in zip(nets[0].weights + nets[0].biases, nets[1].weights + nets[1].biases):
         assert_close(a, b, dtype, "weights after training")
     assert_close(nets[0].history_["loss"], nets[1].history_["loss"], dtype, "loss history")
-    assert_close(nets[0]._engine.get_velocity(), nets[1]._engine.get_velocity(), dtype, "velocity")
+    assert_close(nets[0].engine.get_state()["vel"], nets[1].engine.get_state()["vel"], dtype, "velocity")
 
 
 def test_same_seed_same_initial_weights_on_every_backend_and_dtype():
@@ -166,7 +166,7 @@ def test_dtype_is_used_end_to_end():
     net = MLP([5, 4, 3], dtype="float32", seed=0)
     assert net.weights[0].dtype == np.float32 and net.forward(X).dtype == np.float32
     net.fit(X, y, epochs=1)
-    assert net._engine.get_params().dtype == np.float32
+    assert net.engine.get_params().dtype == np.float32
 
 
 def test_gradients_do_not_change_weights():

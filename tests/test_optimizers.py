@@ -21,6 +21,8 @@ RULE_KW = {
     "adam": dict(optimizer="adam", betas=(0.8, 0.95), eps=1e-6),
     "adam-sklearn": dict(optimizer="adam", adam_eps="sklearn", betas=(0.8, 0.95), eps=1e-6),
     "adamw": dict(optimizer="adamw", weight_decay=0.05),
+    "rmsprop": dict(optimizer="rmsprop", rho=0.95, eps=1e-6),
+    "rmsprop-momentum": dict(optimizer="rmsprop", rho=0.9, momentum=0.8),
 }
 
 
@@ -88,13 +90,13 @@ def test_every_rule_agrees_across_forms(monkeypatch, rule, batch_size):
 
 
 # ---------------------------------------------------------------- the peers
-def _torch_twin(torch, n):
+def _torch_twin(torch, n, hidden=None):
     lin1, lin2 = torch.nn.Linear(5, 4).double(), torch.nn.Linear(4, 3).double()
     with torch.no_grad():
         for lin, W, b in zip((lin1, lin2), n.weights, n.biases):
             lin.weight.copy_(torch.from_numpy(W))
             lin.bias.copy_(torch.from_numpy(b))
-    return torch.nn.Sequential(lin1, torch.nn.Tanh(), lin2)
+    return torch.nn.Sequential(lin1, hidden or torch.nn.Tanh(), lin2)
 
 
 def _torch_run(torch, model, opt, X, y, epochs, bs, sched=None):
@@ -112,28 +114,62 @@ def _torch_run(torch, model, opt, X, y, epochs, bs, sched=None):
                            (model[0].weight, model[2].weight, model[0].bias, model[2].bias)]), lrs
 
 
-@pytest.mark.parametrize("backend", ["loops", "vectorised"])
-@pytest.mark.parametrize("rule", ["nesterov", "sgd", "adam", "adamw"])
-def test_pytorch_trajectory(backend, rule):
+FORMS = ["loops", "vectorised", "cuda"]
+
+
+def _form(backend, monkeypatch):
+    if backend == "cuda":
+        _cuda_or_skip()
+        monkeypatch.setattr(config, "CUDA_TILE", 4)     # partial tiles in every dimension
+
+
+def _torch_opt(torch, rule, P, lr):
+    return {"nesterov": lambda: torch.optim.SGD(P, lr=lr, momentum=0.9, nesterov=True),
+            "sgd": lambda: torch.optim.SGD(P, lr=lr, momentum=0.9),
+            "adam": lambda: torch.optim.Adam(P, lr=lr, betas=(0.8, 0.95), eps=1e-6),
+            "adamw": lambda: torch.optim.AdamW(P, lr=lr, weight_decay=0.05),
+            "rmsprop": lambda: torch.optim.RMSprop(P, lr=lr, alpha=0.95, eps=1e-6),
+            "rmsprop-momentum": lambda: torch.optim.RMSprop(P, lr=lr, alpha=0.9, momentum=0.8),
+            }[rule]()
+
+
+@pytest.mark.parametrize("backend", FORMS)
+@pytest.mark.parametrize("rule", ["nesterov", "sgd", "adam", "adamw", "rmsprop", "rmsprop-momentum"])
+def test_pytorch_trajectory(backend, rule, monkeypatch):
     """Three epochs of mini-batches (3 + 3 + 1), shuffle=False, from the same weights: the
-    same parameters as torch.optim.SGD(nesterov=True) / SGD / Adam / AdamW to 1e-9."""
+    same parameters as torch.optim.SGD(nesterov=True) / SGD / Adam / AdamW / RMSprop (with and
+    without momentum) to 1e-9, in every form."""
     torch = pytest.importorskip("torch")
+    _form(backend, monkeypatch)
     X, y = problem(1)
     ours = net(backend)
     model = _torch_twin(torch, ours)
     lr = 0.1 if rule in ("sgd", "nesterov") else 0.01
-    P = model.parameters()
-    opt = {"nesterov": lambda: torch.optim.SGD(P, lr=lr, momentum=0.9, nesterov=True),
-           "sgd": lambda: torch.optim.SGD(P, lr=lr, momentum=0.9),
-           "adam": lambda: torch.optim.Adam(P, lr=lr, betas=(0.8, 0.95), eps=1e-6),
-           "adamw": lambda: torch.optim.AdamW(P, lr=lr, weight_decay=0.05)}[rule]()
-    want, _ = _torch_run(torch, model, opt, X, y, 3, 3)
-    kw = {"nesterov": RULE_KW["nesterov"], "sgd": RULE_KW["sgd"], "adam": RULE_KW["adam"],
-          "adamw": RULE_KW["adamw"]}[rule]
-    ours.fit(X, y, epochs=3, lr=lr, batch_size=3, shuffle=False, **kw)
+    want, _ = _torch_run(torch, model, _torch_opt(torch, rule, model.parameters(), lr), X, y, 3, 3)
+    ours.fit(X, y, epochs=3, lr=lr, batch_size=3, shuffle=False, **RULE_KW[rule])
     got = np.concatenate([w.ravel() for w in ours.weights] + [b.ravel() for b in ours.biases])
     assert np.abs(got - np.concatenate([w.ravel() for w in net().weights] +
                                        [b.ravel() for b in net().biases])).max() > 1e-3
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", FORMS)
+@pytest.mark.parametrize("rule", ["sgd", "rmsprop"])
+def test_pytorch_trajectory_leaky_relu(backend, rule, monkeypatch):
+    """Leaky ReLU hidden units (slope 0.01, PyTorch's LeakyReLU): the same trajectory as
+    PyTorch, in every form; the initial weights put units on both sides of 0."""
+    torch = pytest.importorskip("torch")
+    _form(backend, monkeypatch)
+    X, y = problem(4)
+    ours = MLP([5, 4, 3], activation="leaky_relu", output="softmax", backend=backend,
+               dtype="float64", init="normal", init_scale=0.25, seed=3)
+    z = X @ ours.weights[0].T + ours.biases[0]
+    assert (z < 0).mean() > 0.2 and (z > 0).mean() > 0.2
+    model = _torch_twin(torch, ours, torch.nn.LeakyReLU(0.01))
+    lr = 0.1 if rule == "sgd" else 0.01
+    want, _ = _torch_run(torch, model, _torch_opt(torch, rule, model.parameters(), lr), X, y, 3, 3)
+    ours.fit(X, y, epochs=3, lr=lr, batch_size=3, shuffle=False, **RULE_KW[rule])
+    got = np.concatenate([w.ravel() for w in ours.weights] + [b.ravel() for b in ours.biases])
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
@@ -348,7 +384,9 @@ def test_bad_sample_weight(bad, err, match):
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(optimizer="rmsprop"), "unknown optimizer"), (dict(optimizer="adam", nesterov=True), "nesterov"),
+    (dict(optimizer="rmsprob"), "unknown optimizer"), (dict(optimizer="adam", nesterov=True), "nesterov"),
+    (dict(optimizer="adam", rho=0.9), "not a hyper-parameter of optimizer 'adam'"),
+    (dict(optimizer="rmsprop", rho=1.0), "rho"), (dict(optimizer="sgd", gamma=0.9), "unknown rule hyper"),
     (dict(optimizer="nesterov"), "momentum > 0"), (dict(betas=(1.0, 0.9)), "betas"),
     (dict(eps=0.0), "eps"), (dict(adam_eps="keras"), "adam_eps"), (dict(alpha=-1.0), "alpha"),
     (dict(weight_decay=0.1), "AdamW"), (dict(schedule="warmup"), "unknown schedule"),

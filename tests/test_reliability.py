@@ -481,7 +481,7 @@ def _run(code, timeout=480, cwd=None, **env):
 def test_fork_after_fit_and_fitting_in_two_threads_do_not_hang_or_abort():
     """A fork Pool after a loops fit used to hang (GNU OpenMP) and two threads fitting at
     once aborted the process (workqueue); nnjit selects TBB, which is safe for both."""
-    from nnjit import _numba_setup as ns
+    from nnjit import threads as ns
     if ns.SELECTED == "default":
         pytest.skip("TBB cannot be loaded on this platform (nnjit warned at import)")
     r = _run(_FORK_AND_THREADS)
@@ -497,13 +497,13 @@ def test_explicit_threading_layer_is_respected(layer, expect):
     """The user's NUMBA_THREADING_LAYER stands, and any layer that resolves to the installed
     TBB works (it failed with "No threading layer could be loaded": nnjit loaded TBB's
     library only when it chose the layer itself)."""
-    from nnjit import _numba_setup as ns
+    from nnjit import threads as ns
     if expect == "tbb" and ns.SELECTED != "tbb":
         pytest.skip("TBB cannot be loaded on this platform")
     code = ("import warnings; warnings.simplefilter('error')\n"
             "import numpy as np, nnjit\n"
             "nnjit.MLP([4, 40, 3]).fit(np.ones((64, 4)), np.arange(64) % 3, epochs=1, batch_size=64)\n"
-            "print(nnjit.threading_layer(), nnjit._numba_setup.SELECTED)\n")
+            "print(nnjit.threading_layer(), nnjit.threads.SELECTED)\n")
     r = _run(code, NUMBA_THREADING_LAYER=layer)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split() == [expect, "user"]
@@ -520,7 +520,7 @@ def test_without_tbb_nnjit_warns_and_falls_back():
             "import sys; sys.modules['numba.np.ufunc.tbbpool'] = None\n"
             "import numpy as np, nnjit\n"
             "net = nnjit.MLP([4, 3]).fit(np.ones((64, 4)), np.arange(64) % 3, epochs=1)\n"
-            "print(nnjit.threading_layer(), nnjit._numba_setup.SELECTED)\n")
+            "print(nnjit.threading_layer(), nnjit.threads.SELECTED)\n")
     r = _run(code)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[1] == "default" and r.stdout.split()[0] in ("omp", "workqueue")
@@ -541,7 +541,7 @@ def test_read_only_install_without_writable_home_imports_and_trains(tmp_path):
         p.chmod(p.stat().st_mode & ~0o222)
     code = ("import numpy as np, nnjit\n"
             "assert nnjit.__file__.startswith(%r), nnjit.__file__\n"
-            "import nnjit.jit, nnjit.loops, nnjit.sklearn_loops, nnjit.sparse   # every module with kernels\n"
+            "import nnjit.jit, nnjit.loops   # every module with kernels\n"
             "net = nnjit.MLP([4, 8, 3], seed=0).fit(np.eye(4).repeat(8, 0), np.arange(32) %% 3, epochs=2)\n"
             "print('trained', net.n_epochs_, nnjit.jit.CACHE)\n") % str(root)
     env = {"PYTHONPATH": str(root), "HOME": str(tmp_path / "home" / "x"), "PYTHONDONTWRITEBYTECODE": "1",
@@ -568,7 +568,7 @@ def test_busy_machine_gets_fewer_threads_per_epoch(monkeypatch):
     that must wait for a time slice stalls every parallel region); the caller's setting is
     the ceiling and comes back after fit."""
     import numba
-    from nnjit import _numba_setup as ns, config
+    from nnjit import threads as ns, config
     seen = []
     monkeypatch.setattr(ns, "_cores", lambda: 4)
     busy = iter([0, 2, 3, 9, 0])
@@ -591,7 +591,7 @@ def test_busy_machine_gets_fewer_threads_per_epoch(monkeypatch):
 
 
 def test_others_running_reads_the_run_queue():
-    from nnjit import _numba_setup as ns
+    from nnjit import threads as ns
     if not os.path.exists("/proc/loadavg"):
         pytest.skip("Linux /proc only")
     procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]

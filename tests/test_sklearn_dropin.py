@@ -122,7 +122,7 @@ def test_loss_grad_lbfgs_equals_scikit_learns_and_finite_differences():
 @pytest.mark.parametrize("backend", ["vectorised", "loops"])
 def test_backends_and_numpy_pass_agree(backend):
     """The kernel pass (loops: compiled epoch; vectorised: per batch), the sparse kernels
-    (nnjit.sparse, loops) or NumPy/SciPy pass (vectorised) for CSR X, and sample weights all
+    (nnjit.loops.sparse) or SciPy's sparse products (vectorised) for CSR X, and sample weights all
     train the same model: with alpha=0, equal weights of 2 give the unweighted objective."""
     X, y = _data("multiclass")
     p = dict(hidden_layer_sizes=(7, 5), solver="adam", alpha=0.0, max_iter=5, batch_size=9,
@@ -175,7 +175,7 @@ def test_diverging_sgd_records_nan_score_or_raises():
 
 @pytest.mark.parametrize("solver", ["adam", "sgd"])
 def test_sparse_kernels_match_scikit_learn_without_densifying(solver, monkeypatch):
-    """CSR X through nnjit.sparse (two hidden layers, odd sizes, sample weights, L2): the same
+    """CSR X through nnjit.loops.sparse (two hidden layers, odd sizes, sample weights, L2): the same
     trajectory as scikit-learn; X is never made dense (toarray is refused)."""
     rng = np.random.default_rng(4)
     X = sp.random(83, 301, density=0.02, format="csr", random_state=1)

@@ -250,11 +250,12 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
     z, a, d_prev = np.empty((M, n_out), dt), np.empty((M, n_out), dt), np.empty((M, n_in), dt)
     vW, sW, dW = np.zeros_like(W), np.zeros_like(W), np.empty_like(W)
     vb, sb, db = np.zeros_like(b), np.zeros_like(b), np.empty_like(b)
-    c = loops.step_coefs(R.RULE_SGD, R.hyper(0.01, 0.9, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch"), 1, 0.0)
+    code, params = R.check("sgd", momentum=0.9)
+    c = loops.step_coefs(code, R.hyper(0.01, params), 1, 0.0)
     tile = config.tiles()
-    fmc, fnc, bmc, bnc, cju, cic = loops._blocks(tile, n_out, n_in)
+    fmc, fnc, bmc, bnc, cju, cic = loops.blocks(tile, n_out, n_in)
     P = np.zeros(int(loops.gemm_need(n_out, n_in, M, True)), dt)
-    gemm = 0 < tile[7] <= M       # loops.epoch_mode: the GEMM twin from tile[7] samples
+    gemm = 0 < tile.gemm_batch <= M       # loops.epoch_mode: the GEMM twin from gemm_batch samples
     fl = 2.0 * M * n_in * n_out / 1e9
 
     def rate(f):
@@ -266,7 +267,7 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
             ts.append(time.perf_counter() - t)
         return fl / statistics.median(ts)
     if gemm:
-        mc, kc, ju = tile[8:11]
+        mc, kc, ju = tile.gemm_mc, tile.gemm_kc, tile.gemm_ju
         out = {"path": "gemm",
                "forward": rate(lambda: loops.forward_layer_gemm(z, a, a_prev, W, b, A.SIGMOID, P,
                                                                 mc, kc)),

@@ -62,9 +62,9 @@ def run_sklearn(path, seed, regression):
     from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
-    from nnjit.cli import _split, load_data
+    from nnjit.cli import load_data, split_indices
     X, y = load_data(path)
-    train, test = _split(len(X), 0.25, np.random.default_rng(seed))   # the CLI's test split
+    train, test = split_indices(len(X), 0.25, np.random.default_rng(seed))   # the CLI's test split
     if regression:
         model = TransformedTargetRegressor(make_pipeline(StandardScaler(), MLPRegressor(random_state=seed)),
                                            transformer=StandardScaler())

@@ -31,7 +31,7 @@ import numpy as np
 
 from .. import config
 from ..model import MLP
-from ..rules import RULE_SGD, hyper as _hyper
+from .. import rules as R
 
 ARCHS = {"784-128-10": [784, 128, 10], "784-512-512-10": [784, 512, 512, 10]}
 TINY_ARCHS = {"6-5-3": [6, 5, 3], "6-7-5-3": [6, 7, 5, 3]}
@@ -39,7 +39,8 @@ BATCHES = (256, 1024, 4096)
 TINY_BATCHES = (5, 24)
 LR, MU = 0.05, 0.9
 ACT = "relu"
-_HYPER = _hyper(LR, MU, (0.9, 0.999), 1e-8, 0.0, 0.0, "pytorch")   # heavy-ball sgd
+RULE_SGD, _PARAMS = R.check("sgd", momentum=MU)
+_HYPER = R.hyper(LR, _PARAMS)       # heavy-ball sgd
 
 
 def make_data(M, D, K, seed=0):
@@ -139,8 +140,8 @@ def time_numba(layers, X, y, batch, kernels, reps):
     from .. import cuda as nc
     config.CUDA_KERNELS = kernels
     net = _net(layers, "cuda", "float32")
-    Xc, Y = net._check_X(X), net._check_y(y, X.shape[0], fit=True)
-    eng = net._engine
+    Xc, Y = net.check_X(X), net.check_y(y, X.shape[0], fit=True)
+    eng = net.engine
     t = time.perf_counter()
     eng.begin_fit(Xc, Y, batch)          # the data's one trip to the device
     h2d = time.perf_counter() - t
@@ -148,7 +149,7 @@ def time_numba(layers, X, y, batch, kernels, reps):
     dev, host = [], []
     for r in range(reps + 1):           # the first epoch warms up (and compiles)
         order = rng.permutation(X.shape[0]).astype(np.int64)
-        _, ev, wall = nc.timed(lambda: eng.train_epoch(order, batch, RULE_SGD, _HYPER, net._loss))
+        _, ev, wall = nc.timed(lambda: eng.train_epoch(order, batch, RULE_SGD, _HYPER, net.loss_code))
         if r:
             dev.append(ev)
             host.append(wall)
@@ -183,12 +184,12 @@ def time_loops(layers, X, y, batch, n):
     net = _net(layers, "loops", "float32")
     n = min(n, X.shape[0])
     net.fit(X[:min(n, 2 * batch)], y[:min(n, 2 * batch)], epochs=1, batch_size=batch)  # compile
-    Xc, Y = net._check_X(X[:n]), net._check_y(y[:n], n)
-    eng = net._engine
+    Xc, Y = net.check_X(X[:n]), net.check_y(y[:n], n)
+    eng = net.engine
     eng.begin_fit(Xc, Y, batch)
     order = np.random.default_rng(0).permutation(n).astype(np.int64)
     t = time.perf_counter()
-    eng.train_epoch(order, batch, RULE_SGD, _HYPER, net._loss)
+    eng.train_epoch(order, batch, RULE_SGD, _HYPER, net.loss_code)
     dt = (time.perf_counter() - t) * 1e3
     eng.end_fit()
     return dict(ms=dt * X.shape[0] / n, wall_ms=dt * X.shape[0] / n, measured_samples=n,

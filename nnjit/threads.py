@@ -1,4 +1,5 @@
-"""How nnjit sets up Numba before any kernel is compiled: the threading layer.
+"""The threads of nnjit's parallel kernels: Numba's threading layer, chosen before any kernel
+is compiled, and the number of threads each training epoch uses.
 
 What it is for: making training work where Numba's defaults fail, with other processes and
 threads around. Imported by :mod:`nnjit.jit` before any kernel is made; not for users.

@@ -1,0 +1,236 @@
+"""The loop form's training epoch: every batch of one pass over the data inside one compiled
+call, for every way nnjit trains (MLP.fit, the scikit-learn estimators, streamed chunks).
+
+One source, ``_train_epoch``, compiled as a few twins that differ only in two module
+constants (Numba freezes globals and prunes the branches on them, so a fit compiles only the
+kernels its batch size and input run):
+
+``_MODE``, which kernels the layers run:
+    ``ONLINE`` (batch_size < par_min; one sample is a batch of 1): the per-sample kernels
+    serially, the first layer's update fused with the next sample's feed-forward;
+    ``ONLINE_WIDE``: the same, with a layer wide enough (N_l N_{l-1} batch_size >= par_work)
+    in parallel (a network with no such layer does not compile the three parallel kernels);
+    ``TILED``: the parallel cache-blocked kernels; ``GEMM`` (batch_size >= the GEMM batch
+    and scratch for every layer): the GEMM path for every layer.
+``_FIRST``, what the first layer reads: ``DENSE`` rows of X; ``SPARSE`` a CSR matrix,
+    with W^(1) held transposed (nnjit.loops.sparse).
+
+The batch order is the caller's (``order``): MLP.fit's generator, scikit-learn's shuffle.
+The epoch returns the sums each caller reports its loss from (see :func:`train_epoch`).
+"""
+import numpy as np
+
+from ..config import Tiles
+from ..jit import jit
+from .blocked import (backward_layer_tiled, backward_layer_tiled_serial, corrections_update_tiled,
+                      corrections_update_tiled_serial, forward_layer_tiled,
+                      forward_layer_tiled_serial, forward_layer_units, update_forward_next,
+                      update_forward_next_serial)
+from .gemm import backward_layer_gemm, corrections_update_gemm, forward_layer_gemm, gemm_scratch
+from .network import load_batch
+from .reference import output_error, penalty_from, sample_loss, weight_sum
+from .rows import apply_f, rule_row, step_coefs
+from .sparse import clear_rows, dense_rule, fixed_sum, sparse_corrections, sparse_forward
+from .views import OPTS, RC_OPTS, params, params_rc, params_t, params_t_rc, renamed, rows, \
+    rows_rc, targets, targets_rc
+
+#: tiles that turn cache blocking and the GEMM path off
+NO_TILES = Tiles(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+ONLINE, TILED, GEMM, ONLINE_WIDE = 0, 1, 2, 3
+DENSE, SPARSE = 0, 1
+_MODE, _FIRST = TILED, DENSE
+
+
+@jit(**OPTS)
+def blocks(tile, n_out, n_in):
+    """A layer's block sizes (forward mc, nc; error recursion mc, nc; corrections ju, ic) for
+    W (n_out, n_in): the tiles' when W has at least min_weights > 0 elements (a size 0 there:
+    the whole layer), else (4, n_out, 4, n_in, 4, n_in), the register-blocked loops (with 4
+    samples a pass in the error recursion). See config.TILE_*."""
+    if tile.min_weights > 0 and n_out * n_in >= tile.min_weights:
+        return (tile.fwd_mc, tile.fwd_nc if tile.fwd_nc > 0 else n_out, tile.bwd_mc,
+                tile.bwd_nc if tile.bwd_nc > 0 else n_in, tile.corr_ju,
+                tile.corr_ic if tile.corr_ic > 0 else n_in)
+    return 4, n_out, 4, n_in, 4, n_in
+
+
+def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, batch_size,
+                 rule, h, loss, par_min, par_work, tile):
+    """One epoch of the lecture's algorithm: for each batch (order[start:start+mb]),
+    feed-forward, output error (weighted by S), then from l = L down to 1 the error recursion
+    to layer l-1 (with W^(l) before its update) and the fused correction + update (rule, h:
+    nnjit.rules) of layer l. step[0] counts the updates (Adam's t); a batch whose weights sum
+    to 0 makes none. See train_epoch for the arguments and what it returns."""
+    acts = shape.acts
+    L = shape.sizes.shape[0] - 1
+    n = order.shape[0]
+    alpha = h.alpha
+    total = pen = batch_cost = batch_pen = 0.0
+    emax = 0.0
+    ahead = False          # online: is z^(1) of this sample already computed (fused)?
+    for start in range(0, n, batch_size):
+        mb = min(batch_size, n - start)
+        load_batch(bufs, shape, X, Y, S, order, start, mb)
+        l0 = int(1)    # int(): a literal 1 passed on would compile another rows_rc
+        if ahead:      # (l0 and mb are 1)
+            apply_f(rows(bufs.a, shape, l0, mb)[0], rows(bufs.z, shape, l0, mb)[0], acts[0])
+            l0 = 2
+        if _FIRST == SPARSE:
+            WT, b1 = params_t(theta, shape)
+            sparse_forward(rows(bufs.z, shape, 1, mb), rows(bufs.a, shape, 1, mb), WT, b1,
+                           csr.indptr, csr.indices, csr.data, order, start, acts[0])
+            l0 = 2
+        for l in range(l0, L + 1):                       # feed-forward
+            W, b = params(theta, shape, l)
+            a_prev = rows(bufs.a, shape, l - 1, mb)
+            z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
+            mc, nc, _, _, _, _ = blocks(tile, W.shape[0], W.shape[1])
+            if _MODE == GEMM:
+                forward_layer_gemm(z, a, a_prev, W, b, acts[l - 1], bufs.p, tile.gemm_mc,
+                                   tile.gemm_kc)
+            elif _MODE == TILED:
+                forward_layer_tiled(z, a, a_prev, W, b, acts[l - 1], mc, nc)
+            elif _MODE == ONLINE_WIDE and W.size * mb >= par_work:
+                forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
+            else:
+                forward_layer_tiled_serial(z, a, a_prev, W, b, acts[l - 1], mc, nc)
+        aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
+        y = targets(bufs, shape, mb)
+        costs, sw = bufs.cost[:mb], bufs.s[:mb]
+        emax = max(emax, sample_loss(costs, aL, zL, y, acts[L - 1], loss))
+        bc = 0.0
+        for m in range(mb):
+            bc += sw[m] * costs[m]
+        total += bc
+        Sb = weight_sum(sw)
+        ahead = False
+        if Sb <= 0.0:      # only zero-weight samples: nothing to learn from this batch
+            continue
+        batch_cost += bc * mb / Sb
+        if alpha > 0.0:
+            if _FIRST == SPARSE:      # ||W^(1)||^2 kept row by row by dense_rule
+                p = penalty_from(theta, shape, int(2)) + fixed_sum(csr.rowsq)
+            else:
+                p = penalty_from(theta, shape, int(1))
+            pen += p
+            batch_pen += p * mb / Sb
+        step[0] += 1
+        c = step_coefs(rule, h, step[0], alpha / Sb)
+        output_error(rows(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
+        for l in range(L, 0, -1):
+            delta = rows(bufs.delta, shape, l, mb)
+            if _FIRST == SPARSE and l == 1:
+                # layer 1: corrections over the stored entries, then every row's update
+                WT, b1 = params_t(theta, shape)
+                VT, vb1 = params_t(vel, shape)
+                QT, qb1 = params_t(sq, shape)
+                _, gb1 = params_t(grad, shape)
+                for j in range(gb1.shape[0]):
+                    gb1[j] = 0.0
+                sparse_corrections(csr.GT, gb1, csr.mark, step[0], delta, csr.indptr,
+                                   csr.indices, csr.data, order, start)
+                dense_rule(WT, VT, QT, csr.GT, csr.mark, step[0], csr.zero_row, csr.rowsq,
+                           1.0 / mb, c.alpha_n, rule, c)
+                rule_row(rule, b1, vb1, qb1, gb1, 1.0 / mb, 0.0, c)
+                clear_rows(csr.GT, csr.indptr, csr.indices, order, start, mb)
+                continue
+            a_prev = rows(bufs.a, shape, l - 1, mb)
+            W, b = params(theta, shape, l)
+            vW, vb = params(vel, shape, l)
+            sW, sb = params(sq, shape, l)
+            dW, db = params(grad, shape, l)
+            _, _, mc, nc, ju, ic = blocks(tile, W.shape[0], W.shape[1])
+            if l > 1:       # error recursion first: it needs W^(l) before the update
+                d_prev, z_prev = rows(bufs.delta, shape, l - 1, mb), rows(bufs.z, shape, l - 1, mb)
+                if _MODE == GEMM:
+                    backward_layer_gemm(d_prev, delta, W, z_prev, a_prev, acts[l - 2], bufs.p,
+                                        tile.gemm_mc, tile.gemm_kc)
+                elif _MODE == TILED:
+                    backward_layer_tiled(d_prev, delta, W, z_prev, a_prev, acts[l - 2], mc, nc)
+                else:
+                    backward_layer_tiled_serial(d_prev, delta, W, z_prev, a_prev, acts[l - 2],
+                                                mc, nc)
+            if _MODE == GEMM:
+                corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                        bufs.p, tile.gemm_ju, tile.gemm_kc)
+            elif _MODE == TILED:
+                corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                         ju, ic)
+            else:
+                ahead = _FIRST == DENSE and l == 1 and batch_size == 1 and start + 1 < n
+                if ahead:   # online: fuse the next sample's z^(1) into this update
+                    x_next, z_next = X[order[start + 1]], rows(bufs.z, shape, l, mb)[0]
+                    if _MODE == ONLINE_WIDE and W.size >= par_work:
+                        update_forward_next(W, b, vW, vb, sW, sb, delta[0], a_prev[0], x_next,
+                                            z_next, rule, c)
+                    else:
+                        update_forward_next_serial(W, b, vW, vb, sW, sb, delta[0], a_prev[0],
+                                                   x_next, z_next, rule, c)
+                elif _MODE == ONLINE_WIDE and W.size * mb >= par_work:   # pays for a region
+                    corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
+                                             c, ju, ic)
+                else:
+                    corrections_update_tiled_serial(W, b, vW, vb, sW, sb, dW, db, delta,
+                                                    a_prev, rule, c, ju, ic)
+    return total, pen, emax, batch_cost, batch_pen
+
+
+# The online twins run without reference counting, their views inlined (a sample is ~4 us,
+# and the counts of ~30 views a sample cost ~1 of them); the batch twins count references
+# and call the counted view helpers: a view per layer per batch costs nothing there, and
+# Numba's IR inlining of ~25 view calls added 3.5 s to each twin's first compile.
+_COUNTED = dict(params=params_rc, params_t=params_t_rc, rows=rows_rc, targets=targets_rc)
+_NAMES = {ONLINE: "online", ONLINE_WIDE: "online_wide", TILED: "batch", GEMM: "gemm"}
+_EPOCH = {}
+
+
+def _twin(mode, first):
+    key = (mode, first)
+    if key not in _EPOCH:
+        suffix = "_" + _NAMES[mode] + ("_sparse" if first == SPARSE else "")
+        if mode in (ONLINE, ONLINE_WIDE):
+            _EPOCH[key] = renamed(_train_epoch, suffix, OPTS, _MODE=mode, _FIRST=first)
+        else:
+            _EPOCH[key] = renamed(_train_epoch, suffix, RC_OPTS, _MODE=mode, _FIRST=first,
+                                  **_COUNTED)
+    return _EPOCH[key]
+
+
+def epoch_mode(shape, bufs, batch_size, par_min, tile, par_work=None):
+    """Which kernels a fit runs (_MODE); par_work None: as if a layer were wide."""
+    if batch_size == 1 or batch_size < par_min:
+        sizes = [int(x) for x in shape.sizes]
+        widest = max(o * i for i, o in zip(sizes[:-1], sizes[1:]))
+        return ONLINE if par_work is not None and widest * batch_size < par_work else ONLINE_WIDE
+    if 0 < tile.gemm_batch <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
+        return GEMM
+    return TILED
+
+
+def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, batch_size,
+                rule, h, loss, par_min, par_work, tile):
+    """One epoch over the samples ``order`` in batches of ``batch_size``.
+
+    theta, vel, sq, grad (P,): parameters, optimizer state, scratch (nnjit.layout; with a
+    sparse first layer W^(1)'s block transposed); step (1,) int64: updates made. shape, bufs:
+    the layout and one batch's buffers. X (n, D), Y (n, K), S (n,): inputs, targets, sample
+    weights (a sparse fit passes an X of 0 columns and its CSR in ``csr``; a dense fit an
+    empty one: nnjit.loops.sparse). rule, h: the update rule's code and its Hyper; loss: the
+    loss code. par_min: batches of fewer samples run the per-sample kernels serially;
+    par_work: there, a layer runs in parallel anyway once N_l N_{l-1} mb reaches it; tile:
+    the kernels' blocks (Tiles, from nnjit.config.tiles()).
+
+    Returns (sum_m s_m C_m, sum over updating batches of ||W||^2 before the update, max |a - y|,
+    sum over batches of mb sum_m s_m C_m / sum_m s_m, the same of mb ||W||^2 / sum_m s_m):
+    MLP.fit reports (first + alpha/2 second) / sum_m s_m, scikit-learn's estimators (fourth
+    + alpha/2 fifth) / n (each batch's mean loss, weighted by its size)."""
+    mode = epoch_mode(shape, bufs, batch_size, par_min, tile, par_work)
+    first = SPARSE if csr.indptr.shape[0] else DENSE
+    return _twin(mode, first)(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order,
+                              batch_size, rule, h, loss, par_min, par_work, tile)
+
+
+def zero_inputs(dtype):
+    """The X a sparse fit passes (no columns: load_batch then loads only targets)."""
+    return np.zeros((0, 0), dtype)

@@ -1,0 +1,70 @@
+"""The loop form over the whole network: loading a batch, the feed-forward of every layer
+(prediction, scoring, gradients) and backpropagation of one batch (gradients, Dask's and
+streamed data's sums). Training has its own compiled epoch (nnjit.loops.epoch)."""
+import numpy as np
+
+from ..jit import jit
+from .blocked import forward_layer_tiled
+from .reference import backward_layer, corrections, output_error, weight_sum
+from .views import OPTS, params, rows, targets
+
+
+@jit(**OPTS)
+def load_batch(bufs, shape, X, Y, S, order, start, mb):
+    """Copy samples order[start:start+mb] into layer 0, the targets and the weight row (an
+    X of 0 columns loads no inputs: a sparse first layer reads them from its CSR matrix).
+    (Flat offsets, as rows and targets lay them out, rather than their views: inlining
+    those cost this small function 0.5 s of first compile.) Unsigned indices: with signed
+    ones Numba's negative-index checks kept the row copy scalar (1.1-1.5 us a 784-wide
+    sample, as much as a third of a large-batch epoch of 784-128-10; now 0.4-0.6)."""
+    u = np.uint64
+    D = u(X.shape[1])
+    K = u(Y.shape[1])
+    off = u(shape.a_off[0] * (bufs.a.shape[0] // shape.a_off[-1]))
+    for m in range(u(mb)):
+        r = u(order[start + m])
+        o = off + m * D
+        for i in range(D):
+            bufs.a[o + i] = X[r, i]
+        for k in range(K):
+            bufs.y[m * K + k] = Y[r, k]
+        bufs.s[m] = S[r]
+
+
+@jit(**OPTS)
+def forward(theta, shape, bufs, mb, par, par_work, l0):
+    """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
+    Always the parallel kernel split by samples: a region costs microseconds, and one kernel
+    instead of three (serial, by units) is seconds less to compile on a first predict. par
+    and par_work mean nothing here (the other forms' signature). (No default arguments:
+    Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
+    L = shape.sizes.shape[0] - 1
+    for l in range(l0, L + 1):
+        W, b = params(theta, shape, l)
+        a_prev = rows(bufs.a, shape, l - 1, mb)
+        z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
+        # int(4): a literal 4 would make Numba compile a second specialisation of the kernel
+        forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], int(4), W.shape[0])
+
+
+@jit(**OPTS)
+def backprop(theta, grad, shape, bufs, mb, loss, alpha, l_lo):
+    """Gradient of the (weighted) mean cost plus alpha/(2 sum_m s_m) sum ||W||^2 over the
+    batch into grad, after forward(): output error, then for l = L..l_lo the corrections of
+    layer l and the error recursion to layer l-1 (l_lo = 2: the caller does layer 1's
+    corrections itself, from a sparse input, with delta^(1) in bufs)."""
+    acts = shape.acts
+    L = shape.sizes.shape[0] - 1
+    sw = bufs.s[:mb]
+    S = weight_sum(sw)
+    an = alpha / S if S > 0 else 0.0
+    output_error(rows(bufs.delta, shape, L, mb), rows(bufs.a, shape, L, mb),
+                 rows(bufs.z, shape, L, mb), targets(bufs, shape, mb), sw, acts[L - 1], loss)
+    for l in range(L, l_lo - 1, -1):
+        W, b = params(theta, shape, l)
+        dW, db = params(grad, shape, l)
+        delta, a_prev = rows(bufs.delta, shape, l, mb), rows(bufs.a, shape, l - 1, mb)
+        corrections(dW, db, delta, a_prev, 1.0 / mb, W, an)
+        if l > 1:
+            backward_layer(rows(bufs.delta, shape, l - 1, mb), delta, W,
+                           rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
