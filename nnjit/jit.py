@@ -279,7 +279,7 @@ def slp_compile(dispatcher):
     vectoriser on, and only this one: the switch (numba.config.SLP_VECTORIZE, off by default
     since numba#8852) is read each time a module is optimised, so it is set for the length of
     the function's own compile, under Numba's compiler lock, and restored. Callers link the
-    already vectorised code. Used for nnjit.microkernel.block; returns the dispatcher."""
+    already vectorised code. Used for nnjit.loops.microkernel.block; returns the dispatcher."""
     from numba.core import config
     compile_ = dispatcher.compile
 

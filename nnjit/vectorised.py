@@ -164,8 +164,11 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
 
 
 def backprop(theta, grad, shape, bufs, mb, loss, alpha, l_lo):
-    """Gradient of the (weighted) mean cost + L2 term into grad, after forward(), for layers
-    L..l_lo (see nnjit.loops.backprop)."""
+    """Gradient of the (weighted) mean cost plus alpha/(2 sum_m s_m) sum ||W||^2 over the
+    batch into grad, after forward(): output error, then for l = L..l_lo the corrections of
+    layer l and the error recursion to layer l-1 (l_lo = 2: the caller does layer 1's
+    corrections itself, from a sparse input, with delta^(1) in bufs). The loop form compiles
+    this very function with its own kernels (nnjit.loops.network)."""
     acts, L = shape.acts, len(shape.sizes) - 1
     sw = bufs.s[:mb]
     S = weight_sum(sw)

@@ -3,10 +3,11 @@
 streamed data's sums). Training has its own compiled epoch (nnjit.loops.epoch)."""
 import numpy as np
 
+from .. import vectorised
 from ..jit import jit
 from .blocked import forward_layer_tiled
 from .reference import backward_layer, corrections, output_error, weight_sum
-from .views import OPTS, params, rows, targets
+from .views import OPTS, params, renamed, rows, targets
 
 
 @jit(**OPTS)
@@ -47,24 +48,8 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
         forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], int(4), W.shape[0])
 
 
-@jit(**OPTS)
-def backprop(theta, grad, shape, bufs, mb, loss, alpha, l_lo):
-    """Gradient of the (weighted) mean cost plus alpha/(2 sum_m s_m) sum ||W||^2 over the
-    batch into grad, after forward(): output error, then for l = L..l_lo the corrections of
-    layer l and the error recursion to layer l-1 (l_lo = 2: the caller does layer 1's
-    corrections itself, from a sparse input, with delta^(1) in bufs)."""
-    acts = shape.acts
-    L = shape.sizes.shape[0] - 1
-    sw = bufs.s[:mb]
-    S = weight_sum(sw)
-    an = alpha / S if S > 0 else 0.0
-    output_error(rows(bufs.delta, shape, L, mb), rows(bufs.a, shape, L, mb),
-                 rows(bufs.z, shape, L, mb), targets(bufs, shape, mb), sw, acts[L - 1], loss)
-    for l in range(L, l_lo - 1, -1):
-        W, b = params(theta, shape, l)
-        dW, db = params(grad, shape, l)
-        delta, a_prev = rows(bufs.delta, shape, l, mb), rows(bufs.a, shape, l - 1, mb)
-        corrections(dW, db, delta, a_prev, 1.0 / mb, W, an)
-        if l > 1:
-            backward_layer(rows(bufs.delta, shape, l - 1, mb), delta, W,
-                           rows(bufs.z, shape, l - 1, mb), a_prev, acts[l - 2])
+# Backpropagation of a batch is written once, in nnjit.vectorised, in terms of the kernels'
+# names; the loop form compiles that source with its own kernels and views.
+backprop = renamed(vectorised.backprop, "_loops", OPTS, layer=params, rows=rows,
+                   targets=targets, output_error=output_error, corrections=corrections,
+                   backward_layer=backward_layer, weight_sum=weight_sum)
