@@ -17,14 +17,20 @@ A table (``nnjit.activations.ACTIVATIONS``, ``nnjit.rules.RULES``) lists the def
 code, and :func:`switch` turns it into each form's dispatch: one function with one branch per
 code, generated from the table, whose last branch raises (no code silently runs another's
 branch). Generated, not hand-written, so that a new table entry reaches every form; a Python
-closure chain would do the same at ~0.15 s more first compile per entry and dispatch.
+closure chain would do the same at ~0.15 s more first compile per entry and dispatch. The
+short definitions (assignments and a return) are written into the dispatch's branches by
+:func:`expand` rather than called: one function for Numba to compile instead of one per
+entry, which kept a first fit's compile at its old length with more entries in the tables.
 ``nnjit.forms.SOURCES`` holds the text of every generated function (after the form that makes
 it is imported).
 
 What it is not for: anything but the small scalar pieces the kernels call; the kernels
 themselves are written by hand in each form.
 """
+import ast
+import inspect
 import math
+import textwrap
 import types
 
 import numpy as np
@@ -87,10 +93,12 @@ def primitives(form):
         if form == "vectorised":
             p = dict(exp=exp, tanh=tanh, sqrt=sqrt, log=log, log1p=log1p, where=where, erf=erf)
         elif form == "loops":
-            from .jit import jit
+            from numba.extending import register_jitable
             from .loops.fastmath import exp as fast_exp
+            # typed at each call site, not a dispatcher of its own: one per dtype would be a
+            # second compile in a float32 fit (its coefficients are float64)
             p = dict(exp=fast_exp, tanh=math.tanh, sqrt=math.sqrt, log=math.log,
-                     log1p=math.log1p, erf=math.erf, where=jit(_nrt=False)(_scalar_where))
+                     log1p=math.log1p, erf=math.erf, where=register_jitable(_scalar_where))
         elif form == "cuda":
             from numba import cuda
             p = dict(exp=math.exp, tanh=math.tanh, sqrt=math.sqrt, log=math.log,
@@ -141,7 +149,70 @@ def specialise(fn, form, dtype, compile=None, **names):
     return out
 
 
-#: the source of every function switch() generated, by qualified name (python -m nnjit.forms)
+def _source(fn):
+    return ast.parse(textwrap.dedent(inspect.getsource(fn))).body[0]
+
+
+class _Rename(ast.NodeTransformer):
+    def __init__(self, names):
+        self.names = names
+
+    def visit_Name(self, node):
+        new = self.names.get(node.id)
+        return ast.copy_location(new, node) if new is not None else node
+
+
+def expand(fn, args, result, prefix, depth=0):
+    """Source lines computing ``fn(*args)`` into ``result`` (a target's text, or a tuple of
+    them for a tuple-returning fn): fn's body written out with its parameters replaced by the
+    argument expressions and its local names prefixed, so it needs no call. fn must be a
+    sequence of assignments ending in a return; an assignment from a call of another function
+    of fn's module is expanded in turn."""
+    f = _source(fn)
+    params = [a.arg for a in f.args.args]
+    if len(params) != len(args):
+        raise TypeError(f"{fn.__qualname__} takes {len(params)} arguments, not {len(args)}")
+    names = {p: ast.parse(f"({a})", mode="eval").body for p, a in zip(params, args)}
+    lines = []
+    for i, st in enumerate(f.body):
+        if isinstance(st, ast.Expr) and isinstance(st.value, ast.Constant):
+            continue            # the docstring
+        last = i == len(f.body) - 1
+        if last != isinstance(st, ast.Return) or not isinstance(st, (ast.Assign, ast.Return)):
+            raise TypeError(f"{fn.__qualname__}: a definition is assignments and a final return")
+        value = _Rename(names).visit(st.value)
+        if isinstance(st, ast.Return):
+            lines.append(f"{result if isinstance(result, str) else ', '.join(result)} = "
+                         f"{ast.unparse(value)}")
+            continue
+        targets = st.targets[0]
+        outs = [t.id for t in (targets.elts if isinstance(targets, ast.Tuple) else [targets])]
+        local = {o: f"{prefix}{o}" for o in outs}
+        callee = fn.__globals__.get(value.func.id) if (isinstance(value, ast.Call) and
+                                                       isinstance(value.func, ast.Name)) else None
+        if isinstance(callee, types.FunctionType) and callee.__module__ == fn.__module__:
+            lines += expand(callee, [ast.unparse(a) for a in value.args],
+                            tuple(local[o] for o in outs), f"{prefix}{depth}_", depth + 1)
+        else:
+            lines.append(f"{', '.join(local[o] for o in outs)} = {ast.unparse(value)}")
+        names.update({o: ast.Name(id=v, ctx=ast.Load()) for o, v in local.items()})
+    return lines
+
+
+def namespace(fns, form, dtype):
+    """The globals the expanded bodies of fns read, for one form and dtype: their module's
+    names, the form's primitives and the dtype's constants (as specialise binds them)."""
+    dtype = np.dtype(dtype)
+    ns = {}
+    for fn in fns:
+        ns.update(fn.__globals__)
+        ns.update({k: dtype.type(v) for k, v in fn.__globals__.items() if type(v) is float})
+    ns.update(primitives(form))
+    ns.update({k: dtype.type(v) for k, v in CONSTANTS.items()})
+    return ns
+
+
+#: the source of every function switch() generated, by qualified name
 SOURCES = {}
 
 
@@ -168,11 +239,12 @@ def switch(name, params, on, cases, default, namespace, origin, prologue=()):
     return fn
 
 
-def by_dtype(name, params, dtype_param, build, origin):
+def by_dtype(name, params, dtype_param, build, origin, options):
     """A function ``name(*params)`` callable from compiled code (and from Python) for float32
     and float64 alike: it runs ``build(dtype)``, the version made for the dtype of
-    ``params[dtype_param]`` (an array or a scalar), chosen when the caller is compiled
-    (a Numba overload), so each dtype's constants stay of that dtype."""
+    ``params[dtype_param]`` (an array or a scalar), chosen when the caller is compiled: a
+    Numba overload whose implementation is that version's own source (compiled with the
+    jit ``options``), so each dtype's constants stay of that dtype and no call is added."""
     from numba import types as nt
     from numba.extending import overload
     made = {}
@@ -191,13 +263,10 @@ def by_dtype(name, params, dtype_param, build, origin):
     src = (f"def {name}({args}):\n"
            f"    return _get(_dtype({params[dtype_param]}))({args})\n"
            f"def typer({args}):\n"
-           f"    fn = _get(_dtype_of({params[dtype_param]}))\n"
-           f"    def impl({args}):\n"
-           f"        return fn({args})\n"
-           f"    return impl\n")
+           f"    return _get(_dtype_of({params[dtype_param]})).py_func\n")
     exec(compile(src, origin.__file__, "exec"), ns)      # noqa: S102 - our own generated text
     stub = ns[name]
     stub.__module__ = origin.__name__
     stub.versions = get
-    overload(stub)(ns["typer"])
+    overload(stub, jit_options=dict(options))(ns["typer"])
     return stub

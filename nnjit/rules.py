@@ -35,7 +35,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .forms import ONE, ZERO, sqrt
+from .forms import ONE, ZERO, sqrt, where
 
 #: every hyper-parameter a rule may read (per epoch; float64). eps_mode: 0 PyTorch's Adam
 #: epsilon placement, 1 scikit-learn's.
@@ -68,10 +68,9 @@ def adam(w, m, s, g, c):
 
 def rmsprop(w, b, s, g, c):
     s = c.rho * s + (ONE - c.rho) * g * g
-    if c.mu > ZERO:
-        b = c.mu * b + g / (sqrt(s) + c.eps)
-        return w - c.eta * b, b, s
-    return w - c.eta * g / (sqrt(s) + c.eps), b, s
+    step = g / (sqrt(s) + c.eps)
+    b = where(c.mu > ZERO, c.mu * b + step, b)      # without momentum: no buffer
+    return w - c.eta * where(c.mu > ZERO, b, step), b, s
 
 
 # ---------------------------------------------------------------- their per-step scalars
@@ -84,9 +83,10 @@ def adam_scalars(h, t):
     """Adam's bias corrections at update t: (A, B) by the epsilon placement, decay 1."""
     bc1 = 1.0 - h.beta1 ** t
     bc2 = 1.0 - h.beta2 ** t
-    if h.eps_mode == 0:
-        return h.eta / bc1, 1.0 / math.sqrt(bc2), 1.0
-    return h.eta * math.sqrt(bc2) / bc1, 1.0, 1.0
+    pytorch = h.eps_mode == 0
+    A = where(pytorch, h.eta / bc1, h.eta * sqrt(bc2) / bc1)
+    B = where(pytorch, 1.0 / sqrt(bc2), 1.0)
+    return A, B, 1.0
 
 
 def adamw_scalars(h, t):
@@ -128,7 +128,7 @@ def coefs(code, h, t, alpha_n):
     into its epoch (nnjit.loops.rows.step_coefs)."""
     if code not in BY_CODE:
         raise ValueError(f"unknown update rule code {code!r}")
-    return coefs_of(code, h, t, alpha_n, BY_CODE[code].scalars(h, t))
+    return coefs_of(code, h, t, alpha_n, tuple(float(x) for x in BY_CODE[code].scalars(h, t)))
 
 
 def zero_coefs(T=float):

@@ -1,11 +1,11 @@
 """The tables of nnjit.activations and nnjit.rules compiled for the loop form: the scalar and
 row functions every loop kernel calls.
 
-Each table entry's definition is specialised for float32 and float64 (nnjit.forms) and
-dispatched on its code by a generated if/elif chain whose last branch raises. The row
-functions put the branch outside the loop over a row, so each entry's loop is a plain loop
-LLVM vectorises (error_model numpy: a division is a plain IEEE one, no zero check in the
-loop to stop the vectoriser; no reassoc, so softmax sums its row in order).
+Each dispatch is generated from its table for float32 and float64 (nnjit.forms): one if/elif
+chain over the codes, each branch the entry's definition written out for that dtype, the last
+branch raising. The row functions put the branch outside the loop over a row, so each entry's
+loop is a plain loop LLVM vectorises (error_model numpy: a division is a plain IEEE one, no
+zero check in the loop to stop the vectoriser; no reassoc, so softmax sums its row in order).
 
 ======================  ==============================================================
 ``f(z, act)``           a = f(z), one element
@@ -16,13 +16,16 @@ loop to stop the vectoriser; no reassoc, so softmax sums its row in order).
 ``step_coefs(rule, h, t, alpha_n)``  the Coefs of update t (float64)
 ``rule_row(rule, w, v, q, g, scale, an, c)``  the rule on a row, gradient scale g_i + an w_i
 ``rule_at(rule, w, v, q, j, d, c)``  the rule on element j with gradient d
+``check_act(act)``, ``check_rule(rule)``  raise for a code not in its table
 ======================  ==============================================================
 """
 import sys
 
+import numpy as np
+
 from .. import activations as A
 from .. import rules as R
-from ..forms import by_dtype, specialise, switch
+from ..forms import by_dtype, expand, namespace, specialise, switch
 from ..jit import jit
 from .fastmath import ROW_FLAGS
 
@@ -35,6 +38,7 @@ _RULE_OPTS = dict(fastmath={"nsz"}, nogil=True, error_model="numpy", _nrt=False)
 _HERE = sys.modules[__name__]
 _UNKNOWN_ACT = ["raise ValueError('unknown activation code')"]
 _UNKNOWN_RULE = ["raise ValueError('unknown update rule code')"]
+_DEFS = [a.f for a in A.ELEMENTWISE] + [a.fprime for a in A.ELEMENTWISE]
 
 
 def _compiled(fn, dtype, opts, **names):
@@ -43,29 +47,36 @@ def _compiled(fn, dtype, opts, **names):
     return compile_(specialise(fn, "loops", dtype, compile_, **names))
 
 
+def _indent(lines, n=1):
+    return ["    " * n + line for line in lines]
+
+
 def _activations(dtype):
     """The activation table's dispatches for one dtype."""
-    ns = {}
-    for a in A.ELEMENTWISE:
-        ns[f"F_{a.name}"] = _compiled(a.f, dtype, _ROW_OPTS)
-        ns[f"FP_{a.name}"] = _compiled(a.fprime, dtype, _ROW_OPTS)
+    ns = namespace(_DEFS, "loops", dtype)
     ns["SOFTMAX_ROW"] = _compiled(A.softmax_row, dtype, _ROW_OPTS)
     sfx = f"__{dtype.name}"
-    made = {}
-    made["f"] = jit(**_ROW_OPTS)(switch(
-        "f" + sfx, ("z", "act"), "act",
-        [(a.code, [f"return F_{a.name}(z)"]) for a in A.ELEMENTWISE], _UNKNOWN_ACT, ns, _HERE))
-    made["fprime"] = jit(**_ROW_OPTS)(switch(
-        "fprime" + sfx, ("z", "a", "act"), "act",
-        [(a.code, [f"return FP_{a.name}(z, a)"]) for a in A.ELEMENTWISE], _UNKNOWN_ACT, ns, _HERE))
-    made["apply_f"] = jit(**_ROW_OPTS)(switch(
-        "apply_f" + sfx, ("a", "z", "act"), "act",
-        [(x.code, ["for j in range(z.shape[0]):", f"    a[j] = F_{x.name}(z[j])"])
-         for x in A.ELEMENTWISE] + [(A.SOFTMAX, ["SOFTMAX_ROW(a, z)"])], _UNKNOWN_ACT, ns, _HERE))
-    made["mul_fprime"] = jit(**_ROW_OPTS)(switch(
-        "mul_fprime" + sfx, ("d", "z", "a", "act"), "act",
-        [(x.code, ["for j in range(z.shape[0]):", f"    d[j] *= FP_{x.name}(z[j], a[j])"])
-         for x in A.ELEMENTWISE], _UNKNOWN_ACT, ns, _HERE))
+    els = A.ELEMENTWISE
+
+    def make(name, params, cases, extra=()):
+        return jit(**_ROW_OPTS)(switch(name + sfx, params, params[-1], list(cases) + list(extra),
+                                       _UNKNOWN_ACT, ns, _HERE))
+    made = {
+        "f": make("f", ("z", "act"), [
+            (a.code, expand(a.f, ["z"], f"_r{a.code}", f"_f{a.code}") + [f"return _r{a.code}"])
+            for a in els]),
+        "fprime": make("fprime", ("z", "a", "act"), [
+            (a.code, expand(a.fprime, ["z", "a"], f"_r{a.code}", f"_f{a.code}")
+             + [f"return _r{a.code}"]) for a in els]),
+        "apply_f": make("apply_f", ("a", "z", "act"), [
+            (x.code, ["for j in range(z.shape[0]):"]
+             + _indent(expand(x.f, ["z[j]"], "a[j]", f"_f{x.code}"))) for x in els],
+            [(A.SOFTMAX, ["SOFTMAX_ROW(a, z)"])]),
+        "mul_fprime": make("mul_fprime", ("d", "z", "a", "act"), [
+            (x.code, ["for j in range(z.shape[0]):"]
+             + _indent(expand(x.fprime, ["z[j]", "a[j]"], f"_d{x.code}", f"_f{x.code}")
+                       + [f"d[j] *= _d{x.code}"])) for x in els]),
+    }
     made["cost"] = _compiled(A.cost, dtype, _ROW_OPTS)
     made["output_error"] = _compiled(A.output_error, dtype, _ROW_OPTS, fprime=made["fprime"])
     made["max_error"] = _compiled(A.max_error, dtype, _ROW_OPTS)
@@ -81,16 +92,18 @@ def _act(dtype, name):
     return _ACT[dtype][name]
 
 
-f = by_dtype("f", ("z", "act"), 0, lambda dt: _act(dt, "f"), _HERE)
-fprime = by_dtype("fprime", ("z", "a", "act"), 0, lambda dt: _act(dt, "fprime"), _HERE)
-apply_f = by_dtype("apply_f", ("a", "z", "act"), 0, lambda dt: _act(dt, "apply_f"), _HERE)
-mul_fprime = by_dtype("mul_fprime", ("d", "z", "a", "act"), 0,
-                      lambda dt: _act(dt, "mul_fprime"), _HERE)
-cost = by_dtype("cost", ("a", "z", "y", "m", "act", "loss"), 0, lambda dt: _act(dt, "cost"), _HERE)
-output_error = by_dtype("output_error", ("delta", "a", "z", "y", "m", "act", "loss", "w"), 0,
-                        lambda dt: _act(dt, "output_error"), _HERE)
-max_error = by_dtype("max_error", ("a", "y", "m"), 0, lambda dt: _act(dt, "max_error"), _HERE)
+def _per_dtype(table, name, params, dtype_param, opts):
+    return by_dtype(name, params, dtype_param, lambda dt: table(dt, name), _HERE, opts)
 
+
+f = _per_dtype(_act, "f", ("z", "act"), 0, _ROW_OPTS)
+fprime = _per_dtype(_act, "fprime", ("z", "a", "act"), 0, _ROW_OPTS)
+apply_f = _per_dtype(_act, "apply_f", ("a", "z", "act"), 0, _ROW_OPTS)
+mul_fprime = _per_dtype(_act, "mul_fprime", ("d", "z", "a", "act"), 0, _ROW_OPTS)
+cost = _per_dtype(_act, "cost", ("a", "z", "y", "m", "act", "loss"), 0, _ROW_OPTS)
+output_error = _per_dtype(_act, "output_error", ("delta", "a", "z", "y", "m", "act", "loss", "w"),
+                          0, _ROW_OPTS)
+max_error = _per_dtype(_act, "max_error", ("a", "y", "m"), 0, _ROW_OPTS)
 
 # A code is checked before a parallel region: an exception raised inside one does not reach
 # the caller as itself (Numba: "SystemError: ... returned a result with an exception set").
@@ -100,49 +113,42 @@ check_act = jit(**_ROW_OPTS)(switch(
 
 
 # ---------------------------------------------------------------- update rules
-def _rule_ns():
-    f64 = "float64"     # the per-step scalars are computed in float64, cast where used
-    ns = {"coefs_of": _compiled(R.coefs_of, f64, _RULE_OPTS)}
-    for r in R.RULES:
-        ns[f"SCALARS_{r.code}"] = _compiled(r.scalars, f64, _RULE_OPTS)
-    return ns
-
-
-step_coefs = jit(**_RULE_OPTS)(switch(
-    "step_coefs", ("rule", "h", "t", "alpha_n"), "rule",
-    [(r.code, [f"return coefs_of(rule, h, t, alpha_n, SCALARS_{r.code}(h, t))"]) for r in R.RULES],
-    _UNKNOWN_RULE, _rule_ns(), _HERE))
-
-
 check_rule = jit(**_RULE_OPTS)(switch(
     "check_rule", ("rule",), "rule", [(r.code, ["return"]) for r in R.RULES], _UNKNOWN_RULE,
     {}, _HERE))
 
+# the per-step scalars, computed in float64 and cast where used
+step_coefs = jit(**_RULE_OPTS)(switch(
+    "step_coefs", ("rule", "h", "t", "alpha_n"), "rule",
+    [(r.code, expand(r.scalars, ["h", "t"], ("_A", "_B", "_decay"), f"_s{r.code}")
+      + expand(R.coefs_of, ["rule", "h", "t", "alpha_n", "(_A, _B, _decay)"], "_c", "_c")
+      + ["return _c"]) for r in R.RULES],
+    _UNKNOWN_RULE, namespace([r.scalars for r in R.RULES] + [R.coefs_of], "loops", np.float64),
+    _HERE))
+
 
 def _rules(dtype):
-    ns = {"cast": _compiled(R.cast, "float64", _RULE_OPTS)}
-    for r in R.RULES:
-        ns[f"STEP_{r.code}"] = _compiled(r.step, dtype, _RULE_OPTS)
+    ns = namespace([r.step for r in R.RULES] + [R.cast], "loops", dtype)
     # the state a rule keeps: q is stored back only by rules that read it (a needless store
     # of q per element would be a third of an SGD update's memory traffic)
-    def row(r):
-        q = "q[i] = nq" if "q" in r.state else "pass"
-        return ["for i in range(w.shape[0]):",
-                f"    nw, nv, nq = STEP_{r.code}(w[i], v[i], q[i], sc * g[i] + an_ * w[i], cc)",
-                "    w[i] = nw", "    v[i] = nv", f"    {q}"]
 
-    def at(r):
-        q = "q[j] = nq" if "q" in r.state else "pass"
-        return [f"nw, nv, nq = STEP_{r.code}(w[j], v[j], q[j], T(d), cc)",
-                "w[j] = nw", "v[j] = nv", q]
+    def step(r, at):
+        i = "j" if at else "i"
+        g = "T(d)" if at else "sc * g[i] + an_ * w[i]"
+        return ([f"_g = {g}"]
+                + expand(r.step, [f"w[{i}]", f"v[{i}]", f"q[{i}]", "_g", "cc"],
+                         ("_nw", "_nv", "_nq"), f"_r{r.code}")
+                + [f"w[{i}] = _nw", f"v[{i}] = _nv", f"q[{i}] = _nq" if "q" in r.state else "pass"])
+    cast = expand(R.cast, ["c", "T"], "cc", "_k")
     sfx = f"__{dtype.name}"
-    prologue = ["T = w.dtype.type", "cc = cast(c, T)", "sc, an_ = T(scale), T(an)"]
-    return {"rule_row": jit(**_RULE_OPTS)(switch(
-                "rule_row" + sfx, ("rule", "w", "v", "q", "g", "scale", "an", "c"), "rule",
-                [(r.code, row(r)) for r in R.RULES], _UNKNOWN_RULE, ns, _HERE, prologue)),
-            "rule_at": jit(**_RULE_OPTS)(switch(
-                "rule_at" + sfx, ("rule", "w", "v", "q", "j", "d", "c"), "rule",
-                [(r.code, at(r)) for r in R.RULES], _UNKNOWN_RULE, ns, _HERE, prologue[:2]))}
+    row = switch("rule_row" + sfx, ("rule", "w", "v", "q", "g", "scale", "an", "c"), "rule",
+                 [(r.code, ["for i in range(w.shape[0]):"] + _indent(step(r, False)))
+                  for r in R.RULES], _UNKNOWN_RULE, ns, _HERE,
+                 ["T = w.dtype.type"] + cast + ["sc, an_ = T(scale), T(an)"])
+    at = switch("rule_at" + sfx, ("rule", "w", "v", "q", "j", "d", "c"), "rule",
+                [(r.code, step(r, True)) for r in R.RULES], _UNKNOWN_RULE, ns, _HERE,
+                ["T = w.dtype.type"] + cast)
+    return {"rule_row": jit(**_RULE_OPTS)(row), "rule_at": jit(**_RULE_OPTS)(at)}
 
 
 _RULE = {}
@@ -154,7 +160,6 @@ def _rule(dtype, name):
     return _RULE[dtype][name]
 
 
-rule_row = by_dtype("rule_row", ("rule", "w", "v", "q", "g", "scale", "an", "c"), 1,
-                    lambda dt: _rule(dt, "rule_row"), _HERE)
-rule_at = by_dtype("rule_at", ("rule", "w", "v", "q", "j", "d", "c"), 1,
-                   lambda dt: _rule(dt, "rule_at"), _HERE)
+rule_row = _per_dtype(_rule, "rule_row", ("rule", "w", "v", "q", "g", "scale", "an", "c"), 1,
+                      _RULE_OPTS)
+rule_at = _per_dtype(_rule, "rule_at", ("rule", "w", "v", "q", "j", "d", "c"), 1, _RULE_OPTS)
