@@ -83,10 +83,16 @@ def features(X, n_features, dtype, what="X"):
     if X.shape[1] != n_features:
         raise ValueError(f"{what} has {X.shape[1]} features but the network's input layer "
                          f"has N^(0) = {n_features} units")
-    X = np.ascontiguousarray(X, dtype=dtype)
-    if not all_finite(X):
+    with np.errstate(over="ignore"):
+        Xd = np.ascontiguousarray(X, dtype=dtype)
+    if not all_finite(Xd):
+        if X.dtype.kind == "f" and X.dtype.itemsize > Xd.dtype.itemsize and all_finite(X):
+            raise ValueError(f"{what} holds values beyond {np.dtype(dtype).name}'s range "
+                             f"(±{np.finfo(dtype).max:.3g}); scale it (e.g. "
+                             "net.x_scaler = nnjit.preprocessing.Scaler()) or use "
+                             "dtype='float64'")
         raise ValueError(f"{what} contains NaN or inf")
-    return X
+    return Xd
 
 
 def unique_labels(y):

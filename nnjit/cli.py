@@ -8,8 +8,10 @@
 ``nnjit train`` works on the data people have: features are standardised (fitted on the
 training split, saved in the model and applied again by ``nnjit predict``), the task is
 detected from the target column and said, training stops early on a validation split and
-keeps the best epoch's weights. Every error (missing or malformed files, bad options,
-divergence) prints one line and exits with status 2; Ctrl-C exits with 130.
+keeps the best epoch's weights. A test or validation split too small to mean anything (under
+MIN_SPLIT samples, or 2 per class) is not held out but trained on, with a warning. Every
+error (missing or malformed files, bad options, divergence) prints one line and exits with
+status 2; Ctrl-C exits with 130.
 """
 import argparse
 import csv
@@ -35,6 +37,11 @@ COMPILE_SECONDS = 35
 MAX_CLASSES = 50
 #: ... with at least this many samples per value on average; otherwise a regression.
 MIN_PER_CLASS = 5
+#: A held-out split needs at least this many samples (and, for classification, 2 per class)
+#: to mean anything: below it one sample moves an accuracy by 10 points or more, an R^2 of one
+#: sample is undefined, and early stopping picks the epoch that fits a handful of samples
+#: best. A smaller split is not held out: its samples are trained on, and `nnjit train` says so.
+MIN_SPLIT = 10
 
 _MISSING = {"", "nan", "na", "n/a", "null", "none", "?", "-"}
 
@@ -143,10 +150,34 @@ def _has_header(path, rows, feats, t, header):
     return False
 
 
-def _read_csv(path, target_column, n_features=None, header=None, delimiter=","):
-    """(X, y, column names) from a CSV file: numeric feature columns, the label in
-    target_column (negative counts from the end; None: no label column). With n_features
-    given, a file of exactly n_features columns has no label."""
+def _by_name(path, first, columns):
+    """(feature column indices, target index or None) of a header row matched to a model's
+    (feature names, target name), or None when line 1 does not hold the feature names. A
+    header naming some of them but not all, or naming other columns, is refused: by position
+    such a file would feed a model the wrong columns (or its label as a feature)."""
+    feature_names, target_name = columns
+    cells = [c.strip() for c in first]
+    found = [n for n in feature_names if n in cells]
+    if not found:
+        return None
+    missing = [n for n in feature_names if n not in cells]
+    extra = [c for c in cells if c not in feature_names and c != target_name]
+    if missing or extra or len(set(cells)) != len(cells):
+        what = "; ".join(f"{k} {', '.join(map(repr, v[:5]))}" + (f" and {len(v) - 5} more" if len(v) > 5 else "")
+                         for k, v in (("missing", missing), ("not a training column", extra)) if v)
+        raise CLIError(f"{path!r}: its header does not match the model's {len(feature_names)} "
+                       f"training columns ({what or 'a repeated column name'}); the model "
+                       "matches columns by name")
+    return [cells.index(n) for n in feature_names], (cells.index(target_name)
+                                                     if target_name in cells else None)
+
+
+def _read_csv(path, target_column, n_features=None, header=None, delimiter=",", columns=None):
+    """(X, y, (feature names, target name) or None) from a CSV file: numeric feature
+    columns, the label in target_column (negative counts from the end; None: no label
+    column). With n_features given, a file of exactly n_features columns has no label.
+    columns: a model's (feature names, target name): a header holding them selects the
+    columns by name, in the model's order."""
     _sniff_binary(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -170,7 +201,12 @@ def _read_csv(path, target_column, n_features=None, header=None, delimiter=","):
     feats = [i for i in range(width) if i != t]
     if not feats:
         raise CLIError(f"{path!r} has one column: no features besides the target")
-    start = 1 if _has_header(path, rows, feats, t, header) else 0
+    named = _by_name(path, rows[0], columns) if columns and header is not False else None
+    if named:
+        feats, t = named
+        start = 1
+    else:
+        start = 1 if _has_header(path, rows, feats, t, header) else 0
     names = [c.strip() for c in rows[0]] if start else None
     if len(rows) <= start:
         raise CLIError(f"{path!r} has a header but no data rows")
@@ -206,7 +242,7 @@ def _read_csv(path, target_column, n_features=None, header=None, delimiter=","):
             n = bad[0]
             raise CLIError(f"{path!r} line {n + start + 1}, column {t + 1} (the target): missing "
                            f"value {rows[start + n][t]!r} ({len(bad)} rows like it); fill or drop them")
-    return X, y, names
+    return X, y, (names and ([names[i] for i in feats], None if t is None else names[t]))
 
 
 def _read_npz(path):
@@ -244,14 +280,14 @@ def load_data(name, target_column=-1, n_features=None, header=None, delimiter=",
     return _load(name, target_column, n_features, header, delimiter)[:2]
 
 
-def _load(name, target_column=-1, n_features=None, header=None, delimiter=","):
+def _load(name, target_column=-1, n_features=None, header=None, delimiter=",", columns=None):
     if name == "digits":
         X, y, names = _load_digits()
     else:
         _check_file(name, "data")
         ext = os.path.splitext(name)[1].lower()
         if ext == ".csv":
-            X, y, names = _read_csv(name, target_column, n_features, header, delimiter)
+            X, y, names = _read_csv(name, target_column, n_features, header, delimiter, columns)
         elif ext == ".npz":
             X, y, names = _read_npz(name)
         else:
@@ -291,6 +327,33 @@ def split_indices(n, fraction, rng):
     if fraction > 0:
         k = min(max(1, k), n - 1)
     return np.sort(idx[k:]), np.sort(idx[:k])
+
+
+def split_needs(n_classes=None):
+    """The samples a held-out split needs to mean anything (see MIN_SPLIT); n_classes None:
+    a regression."""
+    return MIN_SPLIT if n_classes is None else max(MIN_SPLIT, 2 * n_classes)
+
+
+def _small_splits(n_test, n_val, need, n_train, epochs):
+    """The one warning line for test / validation splits too small to hold out (their sizes,
+    0: not small), or None."""
+    if n_test and n_val:
+        return (f"test and validation splits of {n_test} and {n_val} samples are too small to "
+                f"score or stop early on (they need at least {need}): training all {epochs} "
+                f"epochs on all {n_train} samples, with no test score")
+    if n_test:
+        return (f"a test split of {_samples(n_test)} is too small to score (it needs at least "
+                f"{need}): training on all {_samples(n_train)}, with no test score")
+    if n_val:
+        return (f"a validation split of {_samples(n_val)} is too small to stop early on (it "
+                f"needs at least {need}): training all {epochs} epochs on all "
+                f"{_samples(n_train)} of the training split")
+    return None
+
+
+def _samples(n):
+    return f"{n} sample" + ("" if n == 1 else "s")
 
 
 def _layers(text):
@@ -478,18 +541,28 @@ def cmd_train(args):
     _rule(args)
     if args.patience < 0:
         raise CLIError(f"--patience must be 0 (no early stopping) or more, got {args.patience}")
-    X, y, _ = _load(args.data, args.target_column, header=args.header, delimiter=args.delimiter)
+    X, y, names = _load(args.data, args.target_column, header=args.header, delimiter=args.delimiter)
     if y is None:
         raise CLIError(f"{args.data!r} has no targets: a .npz needs an array 'y'")
     regression, why = detect_task(y, args.task)
     other = "classification" if regression else "regression"
+    if len(X) < 2:
+        raise CLIError(f"{args.data!r} has {_samples(len(X))}: too few to train on")
+    need = split_needs(None if regression else len(np.unique(y)))
     rng = np.random.default_rng(args.seed)
     train, test = split_indices(len(X), args.test_fraction, rng)
+    small_test = len(test) if 0 < len(test) < need else 0
+    if small_test:
+        train, test = np.arange(len(X)), test[:0]
     fit_idx, val = split_indices(len(train), args.validation_fraction, rng)
     fit_idx, val = train[fit_idx], train[val]
+    small_val = len(val) if args.patience and 0 < len(val) < need else 0
+    if small_val:
+        fit_idx, val = train, val[:0]
+    warning = _small_splits(small_test, small_val, need, len(train), args.epochs)
     if len(fit_idx) < 2:
-        raise CLIError(f"{args.data!r} has {len(X)} samples: too few to hold out a test and a "
-                       "validation split; lower --test-fraction / --validation-fraction")
+        raise CLIError(f"{args.data!r} has {_samples(len(X))}: too few to hold out a "
+                       "validation split; lower --validation-fraction")
     if regression:
         if y.dtype.kind not in "biuf":
             raise CLIError(f"{args.data!r}: --task regression needs a numeric target, the target "
@@ -528,6 +601,8 @@ def cmd_train(args):
     print(f"split: {len(fit_idx)} train / {len(val)} validation / {len(test)} test samples; "
           f"network {layers}, {args.activation}, features scaled: {args.scale}, "
           f"backend={args.backend}, dtype={args.dtype}")
+    if warning:
+        print(f"warning: {warning}")      # in the report, beside the split it changes
     compile_s = _compile(make_net, X[fit_idx], y[fit_idx], args.batch_size, args.backend,
                          args.dtype, args.quiet)
 
@@ -555,6 +630,8 @@ def cmd_train(args):
     finally:
         bar.close()
     dt = time.perf_counter() - t
+    if names:       # the header's names travel with the model: nnjit predict matches by them
+        net.feature_names_in_, net.target_name_ = names
     stopped = net.n_epochs_ < args.epochs and not args.resume
     msg = (f"trained {net.n_epochs_} epochs in {dt:.2f} s"
            + (f" (+{compile_s:.1f} s compiling/loading kernels)" if compile_s >= 0.05 else ""))
@@ -584,11 +661,14 @@ def cmd_train(args):
 def cmd_predict(args):
     from .model import MLP
     net = MLP.load(args.model, backend=args.backend)
+    columns = None if net.feature_names_in_ is None else (net.feature_names_in_, net.target_name_)
     X, y, _ = _load(args.data, args.target_column, n_features=net.layers[0], header=args.header,
-                    delimiter=args.delimiter)
+                    delimiter=args.delimiter, columns=columns)
     if X.shape[1] != net.layers[0]:
-        raise CLIError(f"{args.data!r} has {X.shape[1]} feature columns but the model expects "
-                       f"{net.layers[0]} (a CSV may add one label column)")
+        width = X.shape[1] + (y is not None)
+        raise CLIError(f"{args.data!r} has {width} columns but the model takes {net.layers[0]} "
+                       f"features: a file without a header must hold exactly those {net.layers[0]} "
+                       f"columns, or {net.layers[0] + 1} with the label in --target-column")
     if args.proba:
         P = net.predict_proba(X)
         names = [f"proba_{c}" for c in (net.classes_ if net.classes_ is not None else range(P.shape[1]))]
@@ -723,12 +803,14 @@ def build_parser():
                    help="L2 penalty on the weights (scikit-learn's alpha)")
     t.add_argument("--batch-size", type=_positive(int), default=32, help="samples per update")
     t.add_argument("--validation-fraction", type=_fraction, default=0.15,
-                   help="of the training split, held out for early stopping (0: none)")
+                   help="of the training split, held out for early stopping (0: none; a "
+                        f"split under {MIN_SPLIT} samples or 2 per class is trained on instead)")
     t.add_argument("--patience", type=int, default=10,
                    help="stop when the validation loss has not improved for this many epochs, "
                         "then keep the best epoch's weights (0: train all --epochs)")
     t.add_argument("--test-fraction", type=_fraction, default=0.25,
-                   help="held out for the test score (0: train on everything)")
+                   help="held out for the test score (0: train on everything; a split under "
+                        f"{MIN_SPLIT} samples or 2 per class is trained on instead)")
     t.add_argument("--seed", type=int, default=0, help="seeds the splits, weights and shuffling")
     t.add_argument("--backend", default="loops", choices=["loops", "vectorised", "cuda"],
                    help="loops: Numba kernels; vectorised: NumPy; cuda: NVIDIA GPU")

@@ -165,6 +165,9 @@ def _header_and_arrays(st, fit=None, checkpoint=None, best_theta=None):
               "architecture": dict(st["architecture"]), "n_epochs": int(st["n_epochs"]),
               "history": {k: [_plain(v) for v in vs] for k, vs in st["history"].items()},
               "rng": st["rng"], "classes": cls_entry, "scalers": scalers,
+              "columns": (None if st.get("feature_names") is None else
+                          {"features": [str(c) for c in st["feature_names"]],
+                           "target": st.get("target_name")}),
               "fit": fit, "checkpoint": checkpoint, "sha256": _digest(arrays),
               "optimizer": {"step": int(st["step"]), "t": int(st["t"]),
                             "lr": None if st["lr"] is None else float(st["lr"]),
@@ -348,7 +351,7 @@ def _check_header(header):
         raise _Bad("rng names no known bit generator "
                          f"({str(rng.get('bit_generator') if isinstance(rng, dict) else rng)[:40]!r}; "
                          f"known: {', '.join(_BIT_GENERATORS)})")
-    for key in ("classes", "fit", "checkpoint", "optimizer", "scalers"):
+    for key in ("classes", "fit", "checkpoint", "optimizer", "scalers", "columns"):
         if header.get(key) is not None and not isinstance(header[key], dict):
             raise _Bad(f"header entry {key!r} must be an object or null")
     entry = header.get("classes")
@@ -559,7 +562,7 @@ def _classes_from(header, arrays, path, arch):
 
 
 def _scalers_from(header, arrays, path, layers):
-    from .preprocessing import KINDS, Scaler
+    from .preprocessing import KINDS, Scaler, check_fitted
     scalers = header.get("scalers") or {}     # absent in files written before scalers existed
     if not isinstance(scalers, dict):
         raise ModelFileError(f"{path!r} has a malformed 'scalers' entry")
@@ -579,10 +582,40 @@ def _scalers_from(header, arrays, path, layers):
                 or (scale == 0).any()):
             raise ModelFileError(f"{path!r}: the {which} scaler's arrays are not {n_cols} finite "
                                  "numbers with non-zero scales")
+        wrong = check_fitted(offset, scale)     # what Scaler.fit can produce, nothing else
+        if wrong:
+            raise ModelFileError(f"{path!r}: header field 'scalers.{which}' (arrays "
+                                 f"{which}_offset, {which}_scale): {wrong}")
         sc = Scaler(kind)
         sc.offset_, sc.scale_ = offset.astype(np.float64), scale.astype(np.float64)
         out[which] = sc
     return out
+
+
+#: the longest column name a model file may hold (a header's names, not data)
+MAX_COLUMN_NAME = 1024
+
+
+def _columns_from(header, path, n_features):
+    """(feature names, target name) of the header's "columns" entry, checked: a list of
+    exactly n_features distinct strings, a target name that is none of them (or null)."""
+    entry = header.get("columns")
+    if entry is None:
+        return None, None
+    feats = entry.get("features") if isinstance(entry, dict) else None
+    target = entry.get("target") if isinstance(entry, dict) else None
+
+    def name(v):
+        return isinstance(v, str) and 0 < len(v) <= MAX_COLUMN_NAME
+    if (not isinstance(feats, list) or len(feats) != n_features or not all(map(name, feats))
+            or len(set(feats)) != len(feats)):
+        raise ModelFileError(f"{path!r}: header field 'columns.features' must list the "
+                             f"{n_features} distinct input column names (strings of at most "
+                             f"{MAX_COLUMN_NAME} characters)")
+    if target is not None and (not name(target) or target in feats):
+        raise ModelFileError(f"{path!r}: header field 'columns.target' must be null or a column "
+                             "name that is not a feature's")
+    return feats, target
 
 
 def state_from(header, arrays, path):
@@ -599,6 +632,7 @@ def state_from(header, arrays, path):
     else:                       # version 1: momentum only
         sq, opt = ([np.zeros_like(W) for W in vel[0]], [np.zeros_like(b) for b in vel[1]]), {}
     scalers = _scalers_from(header, arrays, path, layers)
+    feature_names, target_name = _columns_from(header, path, layers[0])
     try:
         state = header["rng"]
         bitgen = _BIT_GENERATORS[state["bit_generator"]]()     # an allow-list, never getattr
@@ -606,6 +640,7 @@ def state_from(header, arrays, path):
         st = {"architecture": arch, "params": params, "velocity": vel, "square": sq,
               "step": int(opt.get("step", 0)), "classes": _classes_from(header, arrays, path, arch),
               "x_scaler": scalers["x"], "y_scaler": scalers["y"],
+              "feature_names": feature_names, "target_name": target_name,
               "history": {k: list(vs) for k, vs in header["history"].items()},
               "n_epochs": int(header["n_epochs"]), "t": int(opt.get("t", 0)),
               "lr": None if opt.get("lr") is None else float(opt["lr"]),
@@ -639,7 +674,8 @@ def info(path):
            "final_val_loss": hist.get("val_loss", [None])[-1] if hist.get("val_loss") else None,
            "final_val_score": hist.get("val_score", [None])[-1] if hist.get("val_score") else None,
            "classes": classes, "fit": header.get("fit"), "checkpoint": header.get("checkpoint"),
-           "scalers": header.get("scalers") or {}}
+           "scalers": header.get("scalers") or {},
+           "columns": header.get("columns")}
     return out
 
 

@@ -38,6 +38,16 @@ def make_engine(backend, shape, n_params, dtype):
     return CUDAEngine(shape, n_params, dtype)
 
 
+def _column_names(X):
+    """The column names of a table whose columns are all named by strings (scikit-learn's
+    rule for feature_names_in_), else None."""
+    cols = getattr(X, "columns", None)
+    if cols is None or not hasattr(X, "iloc"):
+        return None
+    cols = list(cols)
+    return cols if cols and all(isinstance(c, str) for c in cols) else None
+
+
 class MLP:
     """A multilayer perceptron trained by the lecture's backpropagation.
 
@@ -108,6 +118,11 @@ class MLP:
         self.classes_ = None
         self.x_scaler = None    # nnjit.preprocessing.Scaler for X, or None (saved with the model)
         self.y_scaler = None    # the same for regression targets: fitted on y, inverted by predict
+        #: the training columns' names (a DataFrame's, or a CSV header's through the CLI), or
+        #: None; saved with the model, and X given by name is matched to them (columns_of)
+        self.feature_names_in_ = None
+        #: the target column's name where the training table had one (the CLI's header)
+        self.target_name_ = None
         # val_epoch: the epoch (0-based, as n_epochs_ counts) of each val_loss/val_score entry,
         # since a fit without validation_data adds epochs with none
         self.history_ = {"loss": [], "val_loss": [], "val_score": [], "val_epoch": []}
@@ -185,7 +200,7 @@ class MLP:
         and NumPy arrays: "architecture" (the constructor's arguments), "params",
         "velocity", "square" ((weights, biases) lists of the parameters and the optimizer
         state), "step" (updates made), "classes", "x_scaler", "y_scaler" (Scalers or
-        None), "history", "n_epochs", "t", "lr", "best" ((epoch, loss, score)), "rng" (the
+        None), "feature_names" (list of str or None), "target_name", "history", "n_epochs", "t", "lr", "best" ((epoch, loss, score)), "rng" (the
         shuffling generator's bit_generator.state)."""
         opt = self.engine.get_state()
         return {"architecture": self.architecture(),
@@ -193,6 +208,9 @@ class MLP:
                 "velocity": split(opt["vel"], self.shape), "square": split(opt["sq"], self.shape),
                 "step": int(opt["step"]), "classes": self.classes_,
                 "x_scaler": self.x_scaler, "y_scaler": self.y_scaler,
+                "feature_names": (None if self.feature_names_in_ is None
+                                  else list(self.feature_names_in_)),
+                "target_name": self.target_name_,
                 "history": {k: list(v) for k, v in self.history_.items()},
                 "n_epochs": int(self.n_epochs_), "t": int(self.t_),
                 "lr": None if self.lr_ is None else float(self.lr_),
@@ -207,6 +225,8 @@ class MLP:
                                "step": int(st["step"])})
         self.classes_ = st["classes"]
         self.x_scaler, self.y_scaler = st["x_scaler"], st["y_scaler"]
+        self.feature_names_in_ = st.get("feature_names")
+        self.target_name_ = st.get("target_name")
         self.history_ = {k: list(v) for k, v in st["history"].items()}
         for k in ("loss", "val_loss", "val_score"):
             self.history_.setdefault(k, [])
@@ -317,6 +337,7 @@ class MLP:
         yet), in float64 *before* check_X casts to the model's dtype: a float32 cast first
         would round away a feature like 1000.0008 +- 0.0004. Input that check_X refuses
         passes through unchanged, so that check_X says what is wrong with it."""
+        X = self.columns_of(X, fit)
         if self.x_scaler is None or not (hasattr(X, "__array__") or isinstance(X, (list, tuple))):
             return X
         A_ = np.asarray(X)
@@ -328,6 +349,31 @@ class MLP:
                 return X
             self.x_scaler.fit(A_)
         return self.x_scaler.transform(A_)
+
+    def columns_of(self, X, fit=False):
+        """X's columns in the training order. A table with named columns (a pandas
+        DataFrame) is matched by name to feature_names_in_ (reordered; a missing or
+        unexpected column is a ValueError naming it); fit=True records its names instead.
+        Arrays have no names: their column count is checked by check_X."""
+        names = _column_names(X)
+        if fit:
+            self.feature_names_in_ = names
+            return X
+        if names is None or self.feature_names_in_ is None:
+            return X
+        want = list(self.feature_names_in_)
+        if names == want:
+            return X
+        missing = [c for c in want if c not in names]
+        extra = [c for c in names if c not in want]
+        if missing or extra or len(set(names)) != len(names):
+            raise ValueError("X's columns do not match the training columns: "
+                             + "; ".join(f"{what} {', '.join(map(repr, cols[:5]))}"
+                                         + (f" and {len(cols) - 5} more" if len(cols) > 5 else "")
+                                         for what, cols in (("missing", missing),
+                                                            ("unexpected", extra)) if cols)
+                             + ("" if missing or extra else "; repeated column names"))
+        return X[want]
 
     def _scale_Y(self, Y, fit=False):
         if self.y_scaler is None or self.is_classifier:

@@ -16,10 +16,11 @@ gradient with the engine's one-pass ``sums``. Needs the ``sklearn`` extra (and S
 scikit-learn brings); nnjit's core never imports scikit-learn.
 
 Extra keywords, all after scikit-learn's: ``backend`` ("loops", "vectorised", "cuda"),
-``dtype`` (None: follow X's float32/float64, as scikit-learn does; or force one),
-``error_threshold`` (the lecture's stop criterion), ``callbacks`` (cb(estimator, epoch, info),
-True stops) and ``progress`` (a tqdm bar). ``activation`` also accepts nnjit's hidden names
-("sigmoid" = "logistic", "gelu", "leaky_relu").
+``dtype`` (None: as scikit-learn -- the stochastic solvers train in X's float32/float64,
+L-BFGS in float64, outputs come in the dtype of X @ coefs_; or force the one fit and predict
+compute in), ``error_threshold`` (the lecture's stop criterion), ``callbacks``
+(cb(estimator, epoch, info), True stops) and ``progress`` (a tqdm bar). ``activation`` also
+accepts nnjit's hidden names ("sigmoid" = "logistic", "gelu", "leaky_relu").
 
 Where scikit-learn's own tests read private state, the same information has a public name here:
 ``optimizer_`` (sklearn's ``_optimizer``: ``learning_rate``, ``velocities`` / ``ms``, ``vs``,
@@ -216,9 +217,12 @@ class _BaseMLP(BaseEstimator):
             raise ValueError(f"dtype must be None, 'float32' or 'float64', got {self.dtype!r}")
         return dt
 
-    def _ensure_net(self, dtype=None):
+    def _ensure_net(self, dtype=None, slot="_net"):
         """The nnjit.MLP for the current coefs_ (rebuilt when the architecture, dtype or
-        backend changed), with coefs_ / intercepts_ copied into its parameter vector."""
+        backend changed), with coefs_ / intercepts_ copied into its parameter vector. Slot
+        "_net" is the network fits train; its optimizer state survives a dtype or backend
+        change (partial_fit on float64 after float32 keeps its momentum, as scikit-learn's).
+        Predictions in another dtype use slot "_net_predict" and leave it alone."""
         layers = [self.coefs_[0].shape[0]] + [W.shape[1] for W in self.coefs_]
         dtype = np.dtype(dtype if dtype is not None else self.coefs_[0].dtype)
         if dtype not in (np.float32, np.float64):
@@ -227,12 +231,18 @@ class _BaseMLP(BaseEstimator):
         output, loss = _OUTPUT.get(out, ("identity", "squared_error"))
         if output == "softmax" and layers[-1] < 2:     # hand-built one-unit "softmax": sklearn's math still holds
             output, loss = "sigmoid", "cross_entropy"
-        net = getattr(self, "_net", None)
+        net = getattr(self, slot, None)
         key = (tuple(layers), _HIDDEN[self.activation], output, dtype.name, self.backend)
-        if net is None or getattr(self, "_net_key", None) != key:
+        old_key = getattr(self, slot + "_key", None)
+        if net is None or old_key != key:
+            state = (net.engine.get_state() if slot == "_net" and net is not None
+                     and old_key[:3] == key[:3] else None)
             net = MLP(layers, activation=_HIDDEN[self.activation], output=output, loss=loss,
                       backend=self.backend, dtype=dtype.name, seed=0)
-            self._net, self._net_key = net, key
+            if state is not None:
+                net.engine.set_state(state)
+            setattr(self, slot, net)
+            setattr(self, slot + "_key", key)
         self._layer_units = layers
         theta = np.empty(net.n_params, dtype)
         for l, (W, b) in enumerate(zip(self.coefs_, self.intercepts_), start=1):
@@ -314,18 +324,21 @@ class _BaseMLP(BaseEstimator):
         first_pass = not hasattr(self, "coefs_") or (not self.warm_start and not incremental)
         X, y = self._validate_input(X, y, incremental, reset=first_pass)
         dtype = self._net_dtype(X.dtype)
+        # scikit-learn's L-BFGS optimises SciPy's float64 vector and keeps coefs_ in it: X's
+        # float32 only rounds the initial weights (and sample weights), the passes are float64
+        work = np.dtype(np.float64) if self.solver == "lbfgs" and self.dtype is None else dtype
         if sp.issparse(X) and self.backend == "cuda":
             raise ValueError("sparse X is not supported on the cuda backend (it would be "
                              "densified); use backend='loops' (sparse loop kernels) or pass "
                              "X.toarray()")
-        X = X.astype(dtype, copy=False)
+        X = X.astype(work, copy=False)
         if sp.issparse(X):
             X = X.tocsr()
         else:
             X = np.ascontiguousarray(X)
         n_samples, n_features = X.shape
         if sample_weight is not None:
-            sample_weight = _check_sample_weight(sample_weight, X, dtype=dtype)
+            sample_weight = _check_sample_weight(sample_weight, X, dtype=dtype).astype(work)
             if np.all(sample_weight == 1):      # exactly the unweighted objective
                 sample_weight = None
         if y.ndim == 1:
@@ -338,8 +351,8 @@ class _BaseMLP(BaseEstimator):
         elif [self.coefs_[0].shape[0]] + [W.shape[1] for W in self.coefs_] != layer_units:
             raise ValueError(f"the network has layers {[self.coefs_[0].shape[0]] + [W.shape[1] for W in self.coefs_]} "
                              f"but X and y need {layer_units}; set warm_start=False to start afresh")
-        net = self._ensure_net(dtype)
-        Y = np.ascontiguousarray(y, dtype=dtype)
+        net = self._ensure_net(work)
+        Y = np.ascontiguousarray(y, dtype=work)
         if self.solver in _STOCHASTIC_SOLVERS:
             self._fit_stochastic(net, X, Y, y, sample_weight, incremental)
         else:
@@ -354,12 +367,13 @@ class _BaseMLP(BaseEstimator):
     def loss_grad_lbfgs(self, packed, X, y, sample_weight=None):
         """(loss, gradient) of scikit-learn's objective at the packed parameters
         ``np.hstack([W.ravel() for W in coefs_ + intercepts_])`` (its ``_loss_grad_lbfgs``):
-        mean loss + alpha/2 sum ||W||^2 / n and its gradient in the same packing. The fitted
-        weights are set to ``packed``."""
+        mean loss + alpha/2 sum ||W||^2 / n and its gradient in the same packing, computed in
+        float64 as scikit-learn's (unless ``dtype`` forces one). The fitted weights are set to
+        ``packed``."""
         check_is_fitted(self)
         X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False,
                           dtype=(np.float64, np.float32))
-        dtype = np.dtype(self.coefs_[0].dtype)
+        dtype = np.dtype(np.float64 if self.dtype is None else self.dtype)
         Y = np.asarray(y, dtype=dtype)
         Y = Y.reshape(-1, 1) if Y.ndim == 1 else Y
         net = self._ensure_net(dtype)
@@ -439,18 +453,29 @@ class _BaseMLP(BaseEstimator):
             if self.validation_scores_ is None:
                 self.validation_scores_, self.best_validation_score_, self.best_loss_ = [], -np.inf, None
             stratify = y if (is_classifier(self) and self.n_outputs_ == 1) else None
-            if sample_weight is None:
-                X, X_val, Y, y_val = train_test_split(
-                    X, Y, random_state=self._random_state, test_size=self.validation_fraction,
-                    stratify=stratify)
-                sample_weight = sw_val = None
-            else:
-                X, X_val, Y, y_val, sample_weight, sw_val = train_test_split(
-                    X, Y, sample_weight, random_state=self._random_state,
-                    test_size=self.validation_fraction, stratify=stratify)
+            n_all = X.shape[0]
+            try:        # tiny data: scikit-learn's ValueError, said in the user's terms
+                if sample_weight is None:
+                    X, X_val, Y, y_val = train_test_split(
+                        X, Y, random_state=self._random_state,
+                        test_size=self.validation_fraction, stratify=stratify)
+                    sample_weight = sw_val = None
+                else:
+                    X, X_val, Y, y_val, sample_weight, sw_val = train_test_split(
+                        X, Y, sample_weight, random_state=self._random_state,
+                        test_size=self.validation_fraction, stratify=stratify)
+            except ValueError as e:
+                raise ValueError(
+                    f"early_stopping=True cannot hold out validation_fraction="
+                    f"{self.validation_fraction:g} of {n_all} samples"
+                    + (" stratified by class" if stratify is not None else "")
+                    + f": {str(e).rstrip('.')}. Use more data, a larger 'validation_fraction', or "
+                    "early_stopping=False.") from e
             if X_val.shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' "
-                                 "or the size of your dataset.")
+                                 f"or the size of your dataset (validation_fraction="
+                                 f"{self.validation_fraction:g} of {n_all} samples holds "
+                                 f"{X_val.shape[0]}; early stopping needs 2 or more).")
             if is_classifier(self):
                 y_val = self._label_binarizer.inverse_transform(y_val.astype(bool))
             X = X.tocsr() if sp.issparse(X) else np.ascontiguousarray(X)
@@ -514,9 +539,10 @@ class _BaseMLP(BaseEstimator):
                           "optimization hasn't converged yet." % self.max_iter, ConvergenceWarning)
 
     # -- prediction
-    def _forward_theta(self, X):
-        """Output activations for validated X from the current parameter vector."""
-        net = self._net
+    def _forward_theta(self, X, net=None):
+        """Output activations for validated X from the parameter vector of ``net`` (default:
+        the one being trained)."""
+        net = self._net if net is None else net
         if sp.issparse(X):
             Xc = X.astype(net.engine.dtype).tocsr()
         else:
@@ -527,10 +553,19 @@ class _BaseMLP(BaseEstimator):
             return net.engine.forward(Xc)
 
     def _forward_pass_fast(self, X, check_input=True):
+        """Output activations in scikit-learn's dtype, that of X @ coefs_: float32 weights give
+        float32 for float32 X but float64 for float64 or int64 X, computed in float64 as
+        scikit-learn does (or in a forced ``dtype``)."""
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
-        self._ensure_net()
-        return self._forward_theta(X)
+        out = np.result_type(X.dtype, self.coefs_[0].dtype)
+        out = out if out in (np.float32, np.float64) else np.dtype(np.float64)
+        work = out if self.dtype is None else np.dtype(self.dtype)
+        if work == self.coefs_[0].dtype:
+            net = self._ensure_net()
+        else:
+            net = self._ensure_net(work, slot="_net_predict")
+        return self._forward_theta(X, net).astype(out, copy=False)
 
     def _score_theta(self, X, y, sample_weight):
         """Validation score from the parameter vector being trained (NaN if predictions are not
@@ -575,8 +610,8 @@ class _BaseMLP(BaseEstimator):
         state = dict(state)
         if "_net" in state:             # the optimizer state lives in the net's engine
             state["_opt_state"] = state["_net"].engine.get_state()
-        state.pop("_net", None)            # rebuilt from coefs_ on demand
-        state.pop("_net_key", None)
+        for name in ("_net", "_net_key", "_net_predict", "_net_predict_key"):
+            state.pop(name, None)       # rebuilt from coefs_ on demand
         return state
 
     def __setstate__(self, state):

@@ -109,3 +109,61 @@ def test_scalers_refuse_out_of_core_data(tmp_path):
     net.x_scaler = Scaler().fit(X)
     with pytest.raises(ValueError, match="not applied to out-of-core data"):
         net.forward(mm)
+
+
+@pytest.mark.parametrize("kind", ["standard", "minmax"])
+def test_huge_features_are_scaled_not_zeroed(kind):
+    """A column of magnitude 1e200: its squares overflow, so a naive std is inf and every
+    scaled value 0 (issue 26.5). The scaler works on the column divided by a power of two.
+    A column of magnitude 1e-200 is not "constant" either (the test is relative)."""
+    sk = pytest.importorskip("sklearn.preprocessing")
+    X = _raw()
+    Xb = X * [1.0, 1e200, 1.0, 1e-200, 1.0]
+    Z = Scaler(kind).fit_transform(Xb)
+    ref = (sk.StandardScaler() if kind == "standard" else sk.MinMaxScaler()).fit_transform(X)
+    np.testing.assert_allclose(Z, ref, rtol=1e-10, atol=1e-12)
+    assert Z[:, 1].std() > 0.1
+
+
+def test_scaler_fit_equals_numpy_bit_for_bit_on_ordinary_data():
+    X = _raw()
+    s = Scaler().fit(X)
+    scale = X.std(axis=0)
+    scale[4] = 1.0
+    np.testing.assert_array_equal(s.offset_, X.mean(axis=0))
+    np.testing.assert_array_equal(s.scale_, scale)
+
+
+def test_scaler_refuses_what_it_cannot_hold_and_load_accepts_what_fit_makes(tmp_path):
+    from nnjit.preprocessing import MAX_MAGNITUDE, check_fitted
+    with pytest.raises(ValueError, match="column 0 holds 1e\\+300"):
+        Scaler().fit(np.array([[1e300], [-1e300]]))
+    for X in (_raw() * 1e200, _raw() * 1e-200, np.array([[MAX_MAGNITUDE], [-MAX_MAGNITUDE]])):
+        for kind in ("standard", "minmax"):
+            s = Scaler(kind).fit(X)
+            assert check_fitted(s.offset_, s.scale_) is None
+    assert "finite" in check_fitted([0.0], [np.inf])
+    assert "above" in check_fitted([0.0], [1e300])
+    assert "no fit produces" in check_fitted([0.0], [-2.0])
+    assert "no fit produces" in check_fitted([5.0], [1e-300])
+    assert check_fitted([0.0], [1e-300]) is None       # a column of 1e-300s scales
+    # a model fitted on 1e200 features saves, loads and predicts as before
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(60, 3)) * [1e200, 1.0, 1e-200]
+    y = (X[:, 0] > 0).astype(int)
+    net = MLP([3, 4, 2], dtype="float64", seed=0)
+    net.x_scaler = Scaler()
+    net.fit(X, y, epochs=30, lr=0.5)
+    assert net.score(X, y) > 0.9
+    net.save(tmp_path / "m.npz")
+    np.testing.assert_array_equal(MLP.load(tmp_path / "m.npz").predict_proba(X), net.predict_proba(X))
+
+
+def test_float32_features_beyond_its_range_are_named_not_called_nan():
+    X = _raw() * [1.0, 1e200, 1.0, 1.0, 1.0]
+    net = MLP([5, 3, 2], dtype="float32", seed=0)
+    with pytest.raises(ValueError, match="beyond float32's range"):
+        net.fit(X, np.arange(41) % 2, epochs=1)
+    net.x_scaler = Scaler()
+    net.fit(X, np.arange(41) % 2, epochs=1)       # scaled first: fine
+    assert np.isfinite(net.predict_proba(X)).all()
