@@ -695,6 +695,17 @@ def cmd_predict(args):
     return 0
 
 
+def _short(v, n=40):
+    text = repr(v)
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def _summary(values, n=10):
+    """A list as one short line: its first n items, each cut to 40 characters, and a count."""
+    head = ", ".join(_short(v) for v in values[:n])
+    return f"[{head}{', …' if len(values) > n else ''}] ({len(values)})"
+
+
 def cmd_info(args):
     from . import io as nio
     info = nio.info(args.model)
@@ -716,7 +727,11 @@ def cmd_info(args):
             print(f"{label + ':':<17}{info[key]:.6g}")
     if info["classes"] is not None:
         c = info["classes"]
-        print(f"classes:         {c[:20]}{' ...' if len(c) > 20 else ''} ({len(c)})")
+        print(f"classes:         {_summary(c)}")
+    if info.get("columns"):
+        cols = info["columns"]
+        print(f"columns:         {_summary(cols['features'])}"
+              + (f"; target {_short(cols['target'])}" if cols.get("target") else ""))
     if info.get("scalers"):
         print("scaling:         " + ", ".join(f"{k} {v}" for k, v in sorted(info["scalers"].items())))
     if info["fit"]:

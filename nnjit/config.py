@@ -94,6 +94,10 @@ CUDA_KERNELS = "tiled"
 #: Raise them to load bigger models; the check is against the architecture, before reading.
 MODEL_FILE_MAX_HEADER_BYTES = 64 * 2**20
 MODEL_FILE_MAX_PARAMS = 2**28
+#: The longest class label (characters, or bytes for byte-string labels) a model may save
+#: and a file may hold: labels are names, not data. A file's labels are also at most as many
+#: as its output layer has units (2 for one sigmoid unit).
+MODEL_FILE_MAX_LABEL = 1024
 
 #: Each epoch of the loops backend uses as many threads as cores not taken by other runnable
 #: tasks (at most numba.get_num_threads()), so a busy machine slows training gracefully

@@ -49,6 +49,12 @@ Non-finite floats (an infinite validation loss in ``history``) are written as
 A file is untrusted input: reading (see ``_read``) checks the header and the architecture it
 declares before anything of that size is allocated, reads each member in bounded pieces after
 checking its declared size, and turns every failure into ModelFileError naming the file.
+Every header field is declared with its type and range (``check_header``, an nnjit.schema
+spec) and checked, and the fields against each other (epoch counters against the
+checkpointed fit and the history, labels against the output layer), before anything uses
+them; the error names the dotted field (``ModelFileError.field``). Arrays must be finite,
+second moments non-negative, scalers what a fit can produce. ``save`` runs the same checks,
+so nnjit never writes a file it would refuse to read.
 
 Writes are atomic: the archive goes to a temporary file in the target's directory, is flushed
 and fsync'ed, then ``os.replace``'d over the target, so a crash or Ctrl-C during a save leaves
@@ -59,6 +65,7 @@ import json
 import math
 import numbers
 import os
+import re
 import socket
 import stat
 import tempfile
@@ -68,16 +75,19 @@ import zlib
 import numpy as np
 
 from . import checks
-from .data import crc32
+from .data import chunk_rows, crc32, read as read_rows
+from .schema import SchemaError
 
 FORMAT = "nnjit-mlp"
 VERSION = 2
 
-_ARCH = ("layers", "activation", "output", "loss", "init", "init_scale", "backend", "dtype", "seed")
-
-
 class ModelFileError(ValueError):
-    """The file is not a readable nnjit model: foreign, truncated, corrupted or too new."""
+    """The file is not a readable nnjit model: foreign, truncated, corrupted, too new, or a
+    field out of its range; ``field`` names the header field at fault, where it is one."""
+
+    def __init__(self, message, field=None):
+        super().__init__(message)
+        self.field = field
 
 
 # ---------------------------------------------------------------- writing
@@ -280,6 +290,14 @@ def save(net, path, fit=None, checkpoint=None, best_theta=None):
     above. ``fit``: optional JSON-able dict of training hyperparameters to record;
     ``checkpoint``: the fit state (used by MLP.fit)."""
     header, arrays = _header_and_arrays(net.state_dict(), fit, checkpoint, best_theta)
+    try:
+        check_header(header)
+    except SchemaError as e:
+        raise ValueError(f"cannot save to {os.fspath(path)!r}: {e}") from None
+    c = arrays.get("classes")
+    problem = c is not None and _classes_problem(c.dtype, c.shape, header["architecture"])
+    if problem:
+        raise ValueError(f"cannot save to {os.fspath(path)!r}: {problem}")
     text = json.dumps(_encode_floats(header), allow_nan=False, sort_keys=True)
     arrays["header"] = np.frombuffer(text.encode("utf-8"), dtype=np.uint8)
     _atomic_savez(path, arrays)
@@ -299,16 +317,184 @@ _PIECE = 1 << 20                # bytes read from a zip member at a time
 _NPY_HEADER_MAX = 10000         # NumPy's own limit for a .npy header
 
 
-def _int(v, what, lo=0, hi=None):
-    if isinstance(v, bool) or not isinstance(v, int) or v < lo or (hi is not None and v > hi):
-        raise _Bad(f"{what} must be an integer in [{lo}, {hi if hi is not None else 'inf'}], "
-                         f"got {str(v)[:40]!r}")
-    return v
+# ---------------------------------------------------------------- the header's schema
+#: the most epochs a file may record (or a checkpointed fit ask for): far above any real run
+MAX_EPOCHS = 10**9
+#: the largest update and sample counters (Adam's step t, t_): the engines keep them in int64
+MAX_COUNT = 2**62
+#: no JSON string literal in a header is longer than this: labels and column names are at most
+#: config.MODEL_FILE_MAX_LABEL / MAX_COLUMN_NAME characters (6 bytes each when escaped),
+#: recorded settings at most 4096. A header over 1 MiB is scanned for a longer one before it is
+#: parsed: a 60 MB label in a 65 KB file (its header compresses) cost 180 MB to parse
+MAX_HEADER_STRING = 65536
+_LONG_STRING = re.compile(rb'[\[,:{]\s*"(?:[^"\\]|\\.){%d}' % MAX_HEADER_STRING)
+
+
+def _label_limit(arch):
+    """How many class labels the output layer can hold: one per softmax unit, 2 for one
+    sigmoid unit; other outputs predict numbers, not labels."""
+    K = arch["layers"][-1]
+    return K if arch["output"] == "softmax" else 2 if arch["output"] == "sigmoid" and K == 1 else 0
+
+
+def _architecture_schema():
+    """The MLP(...) arguments a file may declare (names from nnjit's own tables)."""
+    from . import activations as A, config
+    from .model import BACKENDS, INITS
+    from .schema import Int, List, Null, Num, Obj, OneOf, Str
+    hidden = Str(choices=A.HIDDEN)
+    return Obj({"layers": List(Int(1, int(config.MODEL_FILE_MAX_PARAMS)), 1000, min_len=2),
+                "activation": OneOf(hidden, List(hidden, 1000)),
+                "output": Str(choices=A.OUTPUT), "loss": Str(choices=tuple(A.LOSSES)),
+                "init": Str(choices=INITS), "init_scale": Num(0, lo_open=True),
+                "backend": Str(choices=BACKENDS), "dtype": Str(choices=("float32", "float64")),
+                "seed": Null(Int(0))})
+
+
+def _settings_schema():
+    """A checkpointed fit's settings (Checkpoint.settings): compared with the resuming call's,
+    so typed as fit checks them, the update rule's from nnjit.rules.PARAMS; data_crc32 is
+    always a number (a null one would switch the same-data check off)."""
+    from . import rules
+    from .schema import Any, Bool, Int, List, Null, Num, Obj, OneOf, Str
+    crc = Int(0, 2**32 - 1)
+    fields = {"data_crc32": crc, "sample_weight_crc32": Null(crc), "n_samples": Int(1),
+              "lr": Null(Num(0, lo_open=True)), "batch_size": Null(Int(1)),
+              "shuffle": OneOf(Bool(), Int(0, 1)), "restore_best": Bool(), "nesterov": Bool(),
+              "optimizer": Str(choices=tuple(rules.CODES)), "alpha": Num(0),
+              "tol": Null(Num(0, finite=False)), "n_iter_no_change": Int(1),
+              "error_threshold": Null(Num(0, lo_open=True, finite=False)),
+              "schedule": Str(choices=rules.SCHEDULES),
+              "schedule_params": Obj({"power_t": Num(0), "factor": Num(1, lo_open=True),
+                                      "min_lr": Num(0), "step_size": Int(1),
+                                      "gamma": Num(0, lo_open=True),
+                                      "t_max": Null(Int(1)), "eta_min": Num(0)},
+                                     optional=("power_t", "factor", "min_lr", "step_size", "gamma",
+                                               "t_max", "eta_min"))}
+    for name, (_, lo, hi, lo_open, hi_open) in rules.PARAMS.items():    # None: the default
+        num = Num(lo, hi, lo_open, hi_open)
+        fields[name] = Null(Str(choices=tuple(rules.EPS_MODES)) if name == "adam_eps" else
+                            List(num, 2, min_len=2) if name == "betas" else num)
+    required = ("data_crc32", "n_samples", "lr")
+    return Obj(fields, optional=set(fields) - set(required), extra=Any())
+
+
+def _header_schema(header):
+    """The declared type and range of every header entry of a file whose format version,
+    architecture and n_epochs are already checked: label counts, column counts and epoch
+    indices are bounded by them."""
+    from . import config
+    from .preprocessing import KINDS
+    from .schema import Any, Bool, Int, List, Null, Num, Obj, OneOf, Str
+    version, arch, n = header["version"], header["architecture"], header["n_epochs"]
+    epoch = Int(0, n - 1, what=f"an epoch index below n_epochs = {n}")
+    metric = Null(Num(finite=False))
+    real = Num(finite=False)        # history: a diverged epoch's inf or NaN loss is kept
+    name = Str(MAX_COLUMN_NAME, min_len=1)
+    label = OneOf(Bool(), Int(), Num(finite=False), Str(int(config.MODEL_FILE_MAX_LABEL)),
+                  what=f"a number or a string of at most {int(config.MODEL_FILE_MAX_LABEL)} "
+                       "characters (nnjit.config.MODEL_FILE_MAX_LABEL)")
+    limit = _label_limit(arch)
+    classes = Obj({"object": Bool(), "values": List(label, limit, min_len=1,
+                                                    what=f"a list of 1 to {limit} labels (the "
+                                                         "output layer's)")},
+                  optional=("values",))
+    stopper = Obj({"best": Null(Num()), "stall": Int(0, n), "adaptive_lr": Null(Num(0, lo_open=True))},
+                  optional=("best", "stall", "adaptive_lr"))
+    best = Obj({"loss": Null(Num()), "epoch": Null(epoch), "best_loss": metric, "score": metric},
+               optional=("loss", "epoch", "best_loss", "score"))
+    checkpoint = Obj({"start_epoch": Int(0, MAX_EPOCHS), "epochs": Int(1, MAX_EPOCHS),
+                      "stopped": Bool(), "settings": _settings_schema(),
+                      "state": Null(Obj({"stopper": stopper, "best": best}, optional=("best",))),
+                      "best": Null(Num()), "stall": Int(0, n)},     # best, stall: version 1
+                     optional=("state", "best", "stall"))
+    optimizer = Obj({"step": Int(0, MAX_COUNT), "t": Int(0, MAX_COUNT),
+                     "lr": Null(Num(0, lo_open=True)), "best_epoch": Null(epoch),
+                     "best_loss": metric, "best_score": metric},
+                    optional=("step", "t", "lr", "best_epoch", "best_loss", "best_score"))
+    n0 = arch["layers"][0]
+    fields = {
+        "format": Str(choices=(FORMAT,)), "version": Int(1, VERSION), "nnjit_version": Str(100),
+        "architecture": _architecture_schema(), "n_epochs": Int(0, MAX_EPOCHS),
+        "history": Obj({"loss": List(real, MAX_EPOCHS), "val_loss": List(real, MAX_EPOCHS),
+                        "val_score": List(real, MAX_EPOCHS), "val_epoch": List(epoch, n)},
+                       optional=("loss", "val_loss", "val_score", "val_epoch")),
+        "rng": Obj({"bit_generator": Str(choices=tuple(_BIT_GENERATORS),
+                                         what="a known bit generator (" + ", ".join(_BIT_GENERATORS) + ")")},
+                   extra=Any()),        # the rest is the generator's, checked by NumPy
+        "classes": Null(classes), "scalers": Null(Obj({"x": Str(choices=KINDS), "y": Str(choices=KINDS)},
+                                                      optional=("x", "y"))),
+        "columns": Null(Obj({"features": List(name, n0, min_len=n0), "target": Null(name)})),
+        "fit": Null(Any()),             # recorded for nnjit info, never read back
+        "checkpoint": Null(checkpoint), "sha256": Str(64, min_len=64),
+        "optimizer": optimizer if version >= 2 else Null(optimizer)}
+    optional = {"nnjit_version", "classes", "scalers", "columns", "fit", "checkpoint"}
+    return Obj(fields, optional=optional if version >= 2 else optional | {"optimizer"})
+
+
+def _check_consistency(header):
+    """What no single field's spec can say: fields against each other and the architecture."""
+    from . import activations as A, config
+    arch, n = header["architecture"], header["n_epochs"]
+    layers, output, loss = arch["layers"], arch["output"], arch["loss"]
+    cap = int(config.MODEL_FILE_MAX_PARAMS)
+    n_params = sum(layers[l] * layers[l - 1] + layers[l] for l in range(1, len(layers)))
+    if n_params > cap:
+        raise SchemaError("architecture.layers", f"{n_params} parameters, more than "
+                          f"nnjit.config.MODEL_FILE_MAX_PARAMS = {cap} (raise it to load bigger models)")
+    act = arch["activation"]
+    if isinstance(act, list) and len(act) != len(layers) - 2:
+        raise SchemaError("architecture.activation", f"{len(act)} names for {len(layers) - 2} "
+                          "hidden layers")
+    if output not in A.LOSS_BY_CODE[A.LOSSES[loss]].outputs:
+        raise SchemaError("architecture.loss", f"{loss!r} does not go with output {output!r}")
+    if output == "softmax" and layers[-1] < 2:
+        raise SchemaError("architecture.layers", "a softmax output needs at least 2 units")
+    if header.get("classes") is not None and _label_limit(arch) == 0:
+        raise SchemaError("classes", f"must be null: a {output} output of {layers[-1]} units "
+                          "predicts no class labels")
+    columns = header.get("columns")
+    if columns is not None:
+        feats = columns["features"]
+        if len(set(feats)) != len(feats):
+            raise SchemaError("columns.features", "lists a column name twice")
+        if columns["target"] in feats:
+            raise SchemaError("columns.target", "is also a feature's name")
+    val_epoch = header["history"].get("val_epoch", [])
+    if any(a >= b for a, b in zip(val_epoch, val_epoch[1:])):
+        raise SchemaError("history.val_epoch", "must list epochs in increasing order")
+    ck = header.get("checkpoint")
+    if ck is None:
+        return
+    start, epochs = ck["start_epoch"], ck["epochs"]
+    if not start <= n <= start + epochs:
+        raise SchemaError("checkpoint.start_epoch", f"a fit of {epochs} epochs started at epoch "
+                          f"{start} cannot have reached n_epochs = {n}")
+    done = len(header["history"].get("loss", []))
+    if done < n - start:
+        raise SchemaError("history.loss", f"{done} losses for the {n - start} epochs the "
+                          "checkpointed fit ran (each epoch records one)")
+    lr = ck["settings"]["lr"]
+    adaptive = (ck.get("state") or {}).get("stopper", {}).get("adaptive_lr")
+    if lr is not None and adaptive is not None and adaptive > lr:
+        raise SchemaError("checkpoint.state.stopper.adaptive_lr", f"{adaptive!r} is above the "
+                          f"fit's lr {lr!r} (the adaptive schedule only divides it)")
+
+
+def check_header(header):
+    """header (a dict, as read back from JSON) checked against the format's schema and for
+    consistency; raises nnjit.schema.SchemaError naming the first bad field. save() runs it
+    too, so a save never writes a file that load would refuse."""
+    from .schema import Int, Obj, validate
+    validate(Obj({"version": Int(1, VERSION), "architecture": _architecture_schema(),
+                  "n_epochs": Int(0, MAX_EPOCHS)}, extra=lambda v, field: v), header)  # the rest next
+    validate(_header_schema(header), header)
+    _check_consistency(header)
 
 
 def _check_header(header):
-    """Types and sizes of every header entry nnjit reads, before anything is allocated."""
-    from . import config
+    """The format and version first (a newer file is _TooNew, not malformed), then
+    check_header; the architecture's layers and dtype."""
     if header.get("format") != FORMAT:
         raise _Bad(f"its header names the format {str(header.get('format'))[:40]!r}")
     version = header.get("version")
@@ -317,72 +503,8 @@ def _check_header(header):
     if version > VERSION:
         raise _TooNew(f"it uses format version {version}, written by a newer nnjit "
                       f"({str(header.get('nnjit_version'))[:40]}); this nnjit reads version {VERSION}")
-    for key in ("architecture", "n_epochs", "history", "rng"):
-        if key not in header:
-            raise _Bad(f"it lacks the header entry {key!r}")
-    arch = header["architecture"]
-    if not isinstance(arch, dict) or set(arch) != set(_ARCH):
-        raise _Bad(f"malformed architecture entry: "
-                         f"{sorted(arch)[:20] if isinstance(arch, dict) else type(arch).__name__}")
-    layers = arch["layers"]
-    if not isinstance(layers, list) or not 2 <= len(layers) <= 1000:
-        raise _Bad("architecture.layers must list 2 to 1000 layer sizes")
-    cap = int(config.MODEL_FILE_MAX_PARAMS)
-    for n in layers:
-        _int(n, "a layer size", 1, cap)
-    n_params = sum(layers[l] * layers[l - 1] + layers[l] for l in range(1, len(layers)))
-    if n_params > cap:
-        raise _Bad(f"it declares {n_params} parameters, more than "
-                         f"nnjit.config.MODEL_FILE_MAX_PARAMS = {cap} (raise it to load bigger models)")
-    if arch["dtype"] not in ("float32", "float64"):
-        raise _Bad(f"unknown dtype {str(arch['dtype'])[:40]!r}")
-    if arch["backend"] not in ("loops", "vectorised", "cuda"):
-        raise _Bad(f"unknown backend {str(arch['backend'])[:40]!r}")
-    _check_names(arch, len(layers) - 2)
-    _int(header["n_epochs"], "n_epochs")
-    hist = header["history"]
-    if not isinstance(hist, dict) or not all(
-            isinstance(k, str) and isinstance(v, list)
-            and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-            for k, v in hist.items()):
-        raise _Bad("history must map names to lists of numbers")
-    rng = header["rng"]
-    if not isinstance(rng, dict) or rng.get("bit_generator") not in _BIT_GENERATORS:
-        raise _Bad("rng names no known bit generator "
-                         f"({str(rng.get('bit_generator') if isinstance(rng, dict) else rng)[:40]!r}; "
-                         f"known: {', '.join(_BIT_GENERATORS)})")
-    for key in ("classes", "fit", "checkpoint", "optimizer", "scalers", "columns"):
-        if header.get(key) is not None and not isinstance(header[key], dict):
-            raise _Bad(f"header entry {key!r} must be an object or null")
-    entry = header.get("classes")
-    if entry is not None and entry.get("object") and "values" in entry:
-        vals = entry["values"]
-        if not isinstance(vals, list) or not all(
-                isinstance(v, (int, float, str, bool)) for v in vals):
-            raise _Bad("classes.values must list numbers or strings")
-    return layers, np.dtype(arch["dtype"])
-
-
-def _check_names(arch, n_hidden):
-    """The architecture's names against nnjit's tables (what MLP(...) would refuse)."""
-    from . import activations as A
-    act = arch["activation"]
-    hidden = [act] * n_hidden if isinstance(act, str) else act
-    if not isinstance(hidden, list) or len(hidden) != n_hidden or any(h not in A.HIDDEN for h in hidden):
-        raise _Bad(f"architecture.activation {str(act)[:60]!r} is not {n_hidden} hidden "
-                   f"activation name(s) of {A.HIDDEN}")
-    if arch["output"] not in A.OUTPUT:
-        raise _Bad(f"unknown output activation {str(arch['output'])[:40]!r}")
-    if arch["loss"] not in A.LOSSES or arch["output"] not in A.LOSS_BY_CODE[A.LOSSES[arch["loss"]]].outputs:
-        raise _Bad(f"loss {str(arch['loss'])[:40]!r} with output {arch['output']!r}")
-    if arch["init"] not in ("normal", "xavier", "he"):
-        raise _Bad(f"unknown init {str(arch['init'])[:40]!r}")
-    scale = arch["init_scale"]
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not (0 < scale < math.inf):
-        raise _Bad(f"architecture.init_scale must be a positive number, got {str(scale)[:40]!r}")
-    seed = arch["seed"]
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise _Bad(f"architecture.seed must be a non-negative integer or null, got {str(seed)[:40]!r}")
+    check_header(header)
+    return header["architecture"]["layers"], np.dtype(header["architecture"]["dtype"])
 
 
 class _Bad(ValueError):
@@ -411,15 +533,13 @@ def _expected_members(layers, dtype, version):
     return out, optional
 
 
-def _read_member(zf, name, max_bytes, want=None):
+def _read_member(zf, name, max_bytes, want=None, check=None):
     """The array in zip member ``name``.npy, read in bounded pieces. Its .npy header is read
-    first and checked (dtype kind, ``want`` = (dtype, shape) or a size cap) against what the
-    architecture allows, and the member's declared size must match it exactly, before
-    anything the size of the data is allocated or decompressed."""
+    first and checked (dtype kind, ``want`` = (dtype, shape) or a size cap, ``check(dtype,
+    shape)`` -> a problem or None) against what the architecture allows, and the member's
+    declared size must match it exactly, before anything the size of the data is allocated
+    or decompressed."""
     info = zf.getinfo(name + ".npy")
-    if info.file_size > max_bytes + _NPY_HEADER_MAX:
-        raise _Bad(f"member {name!r} declares {info.file_size} bytes, more than its "
-                         f"architecture allows ({max_bytes})")
     with zf.open(info) as f:
         version = np.lib.format.read_magic(f)
         if version not in ((1, 0), (2, 0)):
@@ -434,6 +554,12 @@ def _read_member(zf, name, max_bytes, want=None):
                              f"{want[0]}{want[1]}")
         if len(shape) > 2:
             raise _Bad(f"member {name!r} has shape {shape}")
+        problem = check and check(dtype, tuple(shape))
+        if problem:
+            raise _Bad(problem)
+        if info.file_size > max_bytes + _NPY_HEADER_MAX:
+            raise _Bad(f"member {name!r} declares {info.file_size} bytes, more than its "
+                       f"architecture allows ({max_bytes})")
         nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
         if nbytes > max_bytes:
             raise _Bad(f"member {name!r} declares {nbytes} bytes, more than its "
@@ -454,6 +580,24 @@ def _read_member(zf, name, max_bytes, want=None):
     return a.T if fortran else a
 
 
+def _classes_problem(dtype, shape, arch):
+    """What is wrong with a classes array of this dtype and shape for this architecture, or
+    None: at most as many labels as the output layer takes (none for an output that predicts
+    numbers), each at most config.MODEL_FILE_MAX_LABEL characters wide."""
+    from . import config
+    limit, longest = _label_limit(arch), int(config.MODEL_FILE_MAX_LABEL)
+    output = f"a {arch['output']} output of {arch['layers'][-1]} units"
+    if limit == 0:
+        return f"array 'classes': {output} predicts no class labels"
+    if len(shape) != 1 or not 0 < shape[0] <= limit:
+        return f"array 'classes' has shape {shape}; {output} takes 1 to {limit} labels"
+    width = dtype.itemsize // 4 if dtype.kind == "U" else dtype.itemsize
+    if dtype.kind in "US" and width > longest:
+        return (f"array 'classes' holds labels of {width} characters, more than "
+                f"nnjit.config.MODEL_FILE_MAX_LABEL = {longest}")
+    return None
+
+
 def _read(path):
     from . import config
     with open(path, "rb") as f:
@@ -467,6 +611,9 @@ def _read(path):
         raw = _read_member(zf, "header", int(config.MODEL_FILE_MAX_HEADER_BYTES))
         if raw.dtype != np.uint8 or raw.ndim != 1:
             raise _Bad("corrupted header: not a byte string")
+        if raw.size > 2**20 and _LONG_STRING.search(memoryview(raw)):
+            raise _Bad(f"its header holds a string longer than {MAX_HEADER_STRING} characters; "
+                       f"labels and names are at most {int(config.MODEL_FILE_MAX_LABEL)}")
         try:
             header = json.loads(raw.tobytes().decode("utf-8"), object_hook=_decode_floats)
         except RecursionError:
@@ -486,10 +633,10 @@ def _read(path):
                 raise _Bad(f"it holds an unexpected member {member[:60]!r}")
             if name == "header":
                 continue
-            if name == "classes":
-                arrays[name] = _read_member(zf, name, 8 * 1024 * max(2, layers[-1]))
-                if arrays[name].ndim != 1 or arrays[name].shape[0] > max(2, layers[-1]):
-                    raise _Bad(f"classes has shape {arrays[name].shape}")
+            if name == "classes":       # bounded by the largest array the checks accept
+                arrays[name] = _read_member(
+                    zf, name, max(1, layers[-1]) * 4 * int(config.MODEL_FILE_MAX_LABEL),
+                    check=lambda dt, sh: _classes_problem(dt, sh, header["architecture"]))
             else:
                 dt, shape = expected[name]
                 arrays[name] = _read_member(zf, name, dt.itemsize * int(np.prod(shape)), expected[name])
@@ -505,8 +652,8 @@ def read(path):
         raise ModelFileError(f"{path!r} is a directory, not an nnjit model file")
     try:
         header, arrays = _read(path)
-    except _TooNew as e:
-        raise ModelFileError(f"{path!r}: {e}") from None
+    except (_TooNew, SchemaError) as e:
+        raise ModelFileError(f"{path!r}: {e}", getattr(e, "field", None)) from None
     except _Bad as e:
         raise ModelFileError(f"{path!r} is not an nnjit model file: {e}") from None
     except (MemoryError, KeyboardInterrupt, PermissionError):
@@ -521,17 +668,24 @@ def read(path):
 
 
 def _layers_from(arrays, prefix, layers, dtype, path):
-    """([W^(l)], [b^(l)]) of one prefix ("", "v", "s"), each of the architecture's shape."""
+    """([W^(l)], [b^(l)]) of one prefix ("", "v", "s"), each of the architecture's shape,
+    finite (second moments also non-negative: Adam divides by their square root)."""
     Ws, bs = [], []
     for l in range(1, len(layers)):
         for name, want, out in ((f"{prefix}W{l}", (layers[l], layers[l - 1]), Ws),
                                 (f"{prefix}b{l}", (layers[l],), bs)):
             if name not in arrays:
-                raise ModelFileError(f"{path!r} lacks the array {name!r}")
+                raise ModelFileError(f"{path!r} lacks the array {name!r}", name)
             a = arrays[name]
             if a.shape != want or a.dtype != dtype:
                 raise ModelFileError(f"{path!r}: array {name!r} is {a.dtype}{a.shape}, the "
-                                     f"architecture needs {dtype}{want}")
+                                     f"architecture needs {dtype}{want}", name)
+            if not np.isfinite(a).all():
+                raise ModelFileError(f"{path!r}: array {name!r} holds NaN or inf (a model "
+                                     "computing with it predicts garbage for every sample)", name)
+            if prefix == "s" and (a < 0).any():
+                raise ModelFileError(f"{path!r}: array {name!r} holds a negative second "
+                                     "moment (Adam and RMSprop take its square root)", name)
             out.append(a)
     return Ws, bs
 
@@ -540,32 +694,34 @@ def _classes_from(header, arrays, path, arch):
     """classes_ as saved: exact values, sorted and unique (labels are found by binary search)."""
     entry = header.get("classes")
     if entry is None:
+        if "classes" in arrays:     # predict would return unit indices, not the labels
+            raise ModelFileError(f"{path!r}: header field 'classes' is null beside a classes "
+                                 "array", "classes")
         return None
-    if entry.get("object") and "values" in entry:
+    if entry["object"] and "values" in entry:
         c = np.empty(len(entry["values"]), dtype=object)
         c[:] = entry["values"]
     elif "classes" not in arrays:
-        raise ModelFileError(f"{path!r} lacks the array 'classes'")
+        raise ModelFileError(f"{path!r} lacks the array 'classes'", "classes")
     else:
         c = arrays["classes"]
-        if entry.get("object"):         # files written before labels moved to the header
+        if entry["object"]:             # files written before labels moved to the header
             c = np.array(c.tolist(), dtype=object)
-    limit = arch["layers"][-1] if arch["output"] == "softmax" else 2
     try:
-        ok = 0 < len(c) <= limit and (len(c) == 1 or bool(np.all(c[1:] > c[:-1])))
+        ok = len(c) == 1 or bool(np.all(c[1:] > c[:-1]))
     except TypeError:
         ok = False
     if not ok:
-        raise ModelFileError(f"{path!r} has malformed classes (they must be 1 to {limit} sorted, "
-                             "distinct labels of one kind)")
+        raise ModelFileError(f"{path!r}: header field 'classes': the labels must be sorted, "
+                             "distinct and of one kind", "classes")
     return c
 
 
 def _scalers_from(header, arrays, path, layers):
-    from .preprocessing import KINDS, Scaler, check_fitted
+    """The x and y Scalers the header declares, from their arrays: exactly what Scaler.fit
+    can produce (preprocessing.check_fitted), so a scale is never 0, negative or absurd."""
+    from .preprocessing import Scaler, check_fitted
     scalers = header.get("scalers") or {}     # absent in files written before scalers existed
-    if not isinstance(scalers, dict):
-        raise ModelFileError(f"{path!r} has a malformed 'scalers' entry")
     out = {}
     for which in ("x", "y"):
         kind = scalers.get(which)
@@ -573,19 +729,21 @@ def _scalers_from(header, arrays, path, layers):
             out[which] = None
             continue
         names = (f"{which}_offset", f"{which}_scale")
-        if kind not in KINDS or any(n not in arrays for n in names):
-            raise ModelFileError(f"{path!r} has a malformed {which} scaler ({kind!r})")
-        offset, scale = (arrays[n] for n in names)
         n_cols = layers[0] if which == "x" else layers[-1]
+        if any(n not in arrays for n in names):
+            raise ModelFileError(f"{path!r}: header field 'scalers.{which}' needs the arrays "
+                                 f"{names[0]!r} and {names[1]!r}", f"scalers.{which}")
+        offset, scale = (arrays[n] for n in names)
         if (offset.shape != (n_cols,) or scale.shape != (n_cols,) or offset.dtype.kind != "f"
                 or scale.dtype.kind != "f" or not (np.isfinite(offset).all() and np.isfinite(scale).all())
                 or (scale == 0).any()):
-            raise ModelFileError(f"{path!r}: the {which} scaler's arrays are not {n_cols} finite "
-                                 "numbers with non-zero scales")
+            raise ModelFileError(f"{path!r}: header field 'scalers.{which}': the {which} scaler's "
+                                 f"arrays are not {n_cols} finite numbers with non-zero scales",
+                                 f"scalers.{which}")
         wrong = check_fitted(offset, scale)     # what Scaler.fit can produce, nothing else
         if wrong:
             raise ModelFileError(f"{path!r}: header field 'scalers.{which}' (arrays "
-                                 f"{which}_offset, {which}_scale): {wrong}")
+                                 f"{which}_offset, {which}_scale): {wrong}", f"scalers.{which}")
         sc = Scaler(kind)
         sc.offset_, sc.scale_ = offset.astype(np.float64), scale.astype(np.float64)
         out[which] = sc
@@ -596,57 +754,34 @@ def _scalers_from(header, arrays, path, layers):
 MAX_COLUMN_NAME = 1024
 
 
-def _columns_from(header, path, n_features):
-    """(feature names, target name) of the header's "columns" entry, checked: a list of
-    exactly n_features distinct strings, a target name that is none of them (or null)."""
-    entry = header.get("columns")
-    if entry is None:
-        return None, None
-    feats = entry.get("features") if isinstance(entry, dict) else None
-    target = entry.get("target") if isinstance(entry, dict) else None
-
-    def name(v):
-        return isinstance(v, str) and 0 < len(v) <= MAX_COLUMN_NAME
-    if (not isinstance(feats, list) or len(feats) != n_features or not all(map(name, feats))
-            or len(set(feats)) != len(feats)):
-        raise ModelFileError(f"{path!r}: header field 'columns.features' must list the "
-                             f"{n_features} distinct input column names (strings of at most "
-                             f"{MAX_COLUMN_NAME} characters)")
-    if target is not None and (not name(target) or target in feats):
-        raise ModelFileError(f"{path!r}: header field 'columns.target' must be null or a column "
-                             "name that is not a feature's")
-    return feats, target
-
-
 def state_from(header, arrays, path):
-    """(an MLP.state_dict(), the shuffling generator) of a read file."""
+    """(an MLP.state_dict(), the shuffling generator) of a read file (header checked)."""
     arch = dict(header["architecture"])
     layers, dtype = arch["layers"], np.dtype(arch["dtype"])
     params = _layers_from(arrays, "", layers, dtype, path)
     vel = _layers_from(arrays, "v", layers, dtype, path)
     if header["version"] >= 2:
         sq = _layers_from(arrays, "s", layers, dtype, path)
-        opt = header.get("optimizer")
-        if not isinstance(opt, dict):
-            raise ModelFileError(f"{path!r} lacks the header entry 'optimizer'")
+        opt = header["optimizer"]
     else:                       # version 1: momentum only
         sq, opt = ([np.zeros_like(W) for W in vel[0]], [np.zeros_like(b) for b in vel[1]]), {}
     scalers = _scalers_from(header, arrays, path, layers)
-    feature_names, target_name = _columns_from(header, path, layers[0])
+    columns = header.get("columns") or {}
     try:
         state = header["rng"]
         bitgen = _BIT_GENERATORS[state["bit_generator"]]()     # an allow-list, never getattr
         bitgen.state = state
-        st = {"architecture": arch, "params": params, "velocity": vel, "square": sq,
-              "step": int(opt.get("step", 0)), "classes": _classes_from(header, arrays, path, arch),
-              "x_scaler": scalers["x"], "y_scaler": scalers["y"],
-              "feature_names": feature_names, "target_name": target_name,
-              "history": {k: list(vs) for k, vs in header["history"].items()},
-              "n_epochs": int(header["n_epochs"]), "t": int(opt.get("t", 0)),
-              "lr": None if opt.get("lr") is None else float(opt["lr"]),
-              "best": (opt.get("best_epoch"), opt.get("best_loss"), opt.get("best_score"))}
-    except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as e:
-        raise ModelFileError(f"{path!r} has a malformed training state ({e})") from e
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
+        raise ModelFileError(f"{path!r}: header field 'rng': not a state of its bit generator "
+                             f"({str(e)[:200]})", "rng") from None
+    st = {"architecture": arch, "params": params, "velocity": vel, "square": sq,
+          "step": opt.get("step", 0), "classes": _classes_from(header, arrays, path, arch),
+          "x_scaler": scalers["x"], "y_scaler": scalers["y"],
+          "feature_names": columns.get("features"), "target_name": columns.get("target"),
+          "history": {k: list(vs) for k, vs in header["history"].items()},
+          "n_epochs": header["n_epochs"], "t": opt.get("t", 0),
+          "lr": None if opt.get("lr") is None else float(opt["lr"]),
+          "best": (opt.get("best_epoch"), opt.get("best_loss"), opt.get("best_score"))}
     return st, np.random.Generator(bitgen)
 
 
@@ -680,6 +815,29 @@ def info(path):
 
 
 # ---------------------------------------------------------------- checkpoints
+def _fingerprint(X, Y):
+    """CRC-32 of the training data, always a number (a resume compares it): the bytes of X
+    and Y, and of data held as Python objects (labels of an object array) their reprs,
+    chunk by chunk (O(chunk) memory for out-of-core data, as data.crc32)."""
+    crc = crc32(X, Y)
+    if crc is not None:
+        return crc
+    crc = 0
+    for a in (X, Y):
+        if a is None:
+            continue
+        part = crc32(a)
+        if part is not None:
+            crc = zlib.crc32(part.to_bytes(4, "little"), crc)
+            continue
+        a = a if hasattr(a, "shape") else np.asarray(a, dtype=object)
+        rows = chunk_rows(a)
+        for s in range(0, max(1, a.shape[0]), rows):
+            block = np.asarray(read_rows(a, s, s + rows), dtype=object).ravel().tolist()
+            crc = zlib.crc32("\x00".join(map(repr, block)).encode("utf-8", "backslashreplace"), crc)
+    return crc
+
+
 class Checkpoint:
     """The checkpoint and resume bookkeeping of one ``MLP.fit`` call.
 
@@ -705,8 +863,11 @@ class Checkpoint:
         settings = {k: (v if not isinstance(v, dict) else {a: _plain(b) for a, b in v.items()})
                     for k, v in settings.items()}
         settings["n_samples"] = int(X.shape[0])
-        settings["data_crc32"] = crc32(X, Y)
+        settings["data_crc32"] = _fingerprint(X, Y)
         self.settings = {k: _plain(v) for k, v in settings.items()}
+        from .schema import Int, validate       # what every save will check, checked now
+        validate(Int(1, MAX_EPOCHS), epochs, "checkpoint.epochs")
+        validate(_settings_schema(), self.settings, "checkpoint.settings")
 
     def start(self, resume):
         """(epochs left to run, the fit's saved state dict or None); loads the checkpoint
@@ -729,7 +890,6 @@ class Checkpoint:
                              + ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in diff.items()))
         old = ck.get("settings", {})
         diff = [k for k in self.settings if old.get(k) != self.settings[k]
-                and not (k.endswith("crc32") and None in (old.get(k), self.settings[k]))
                 and not (k not in old and header["version"] < 2)]
         if diff:
             raise ValueError(f"cannot resume from {self.path!r}: it was written by a fit with other "
@@ -737,8 +897,11 @@ class Checkpoint:
                                          for k in diff)
                              + "; resuming continues that run exactly, so these must match")
         st, rng = state_from(header, arrays, self.path)
-        net.load_state_dict(st, rng)
         self.best_theta = arrays.get("best_theta")
+        if self.best_theta is not None and not np.isfinite(self.best_theta).all():
+            raise ModelFileError(f"{self.path!r}: array 'best_theta' holds NaN or inf "
+                                 "(restore_best would put it back)", "best_theta")
+        net.load_state_dict(st, rng)
         self.start_epoch = int(ck["start_epoch"])
         state = ck.get("state")
         if state is None:           # a version-1 checkpoint: the tol counters only
