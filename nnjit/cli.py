@@ -68,22 +68,15 @@ def _check_file(path, what):
         raise IsADirectoryError(f"{path!r} is a directory, not a {what} file")
 
 
-def _labels(col):
-    """A label column as numbers when every entry is one (integers when integral), else str."""
-    try:
-        y = np.array([float(v) for v in col])
-    except ValueError:
-        return np.array([v.strip() for v in col])
-    if not np.isfinite(y).all():
-        return y        # refused by the caller with the row named
-    return y.astype(np.int64) if (y == np.round(y)).all() and np.abs(y).max() < 2**53 else y
-
-
 def _number(cell):
     try:
         return float(cell)
     except ValueError:
         return None
+
+
+def _missing(cell):
+    return cell.strip().lower() in _MISSING
 
 
 def _sniff_binary(path):
@@ -120,22 +113,35 @@ def _is_column_numbers(cells):
 
 
 def _has_header(path, rows, feats, t, header):
-    """Whether line 1 is a header: as told by --header/--no-header, else guessed from the
-    feature cells of line 1 (all text: header; all numbers: data), refusing ambiguous guesses."""
+    """Whether line 1 is a header: as told by --header/--no-header, else guessed. Columns
+    whose other lines are numbers decide: a word on line 1 above them is a name (all words:
+    a header; words and numbers: refused as ambiguous); a table of text columns only has a
+    header when line 1's words occur nowhere below them."""
     if header is not None:
         return header
-    first = rows[0]
-    text = [i for i in feats if _number(first[i]) is None and first[i].strip().lower() not in _MISSING]
-    if len(text) == len(feats):
-        return True
-    if text:
-        i = text[0]
-        raise CLIError(f"{path!r} line 1 mixes text and numbers (column {i + 1}: {first[i]!r}): "
+    first, body = rows[0], rows[1:200]
+
+    def numeric(j):
+        cells = [r[j] for r in body if len(r) > j and not _missing(r[j])]
+        return bool(cells) and all(_number(c) is not None for c in cells)
+
+    def word(j):
+        return not _missing(first[j]) and _number(first[j]) is None
+
+    num = [j for j in feats if numeric(j)]
+    words = [j for j in num if word(j)]
+    if words and len(words) < len(num):
+        j = words[0]
+        raise CLIError(f"{path!r} line 1 mixes text and numbers (column {j + 1}: {first[j]!r}): "
                        "pass --header if line 1 names the columns, else fix that cell")
-    if t is not None and _number(first[t]) is None and len(rows) > 1 and \
-            all(_number(r[t]) is not None for r in rows[1:100] if len(r) > t):
+    if words:
+        return True
+    if not num:     # text columns only: a header's words are not values of their columns
+        return bool(body) and all(word(j) and first[j].strip() not in
+                                  {r[j].strip() for r in body if len(r) > j} for j in feats)
+    if t is not None and word(t) and numeric(t):
         return True         # numbered feature columns with a named target column
-    if len(rows) > 1 and _is_column_numbers([first[i] for i in feats]):
+    if len(num) == len(feats) and len(rows) > 1 and _is_column_numbers([first[i] for i in feats]):
         raise CLIError(f"{path!r} line 1 is the numbers {first[feats[0]].strip()}.."
                        f"{first[feats[-1]].strip()}: a header of column numbers or a data row? "
                        "pass --header or --no-header")
@@ -172,16 +178,61 @@ def _by_name(path, first, columns):
                                                      if target_name in cells else None)
 
 
-def _read_csv(path, target_column, n_features=None, header=None, delimiter=",", columns=None):
-    """(X, y, (feature names, target name) or None) from a CSV file: numeric feature
-    columns, the label in target_column (negative counts from the end; None: no label
-    column). With n_features given, a file of exactly n_features columns has no label.
-    columns: a model's (feature names, target name): a header holding them selects the
-    columns by name, in the model's order."""
+def _is_int(text):
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _target_index(path, target, names, width):
+    """The 0-based column of --target NAME|INDEX (or --target-column's int); None: none."""
+    if target is None:
+        return None
+    if isinstance(target, str):
+        wanted = target.strip()
+        if names and wanted in names:
+            return names.index(wanted)
+        try:
+            target = int(wanted)
+        except ValueError:
+            raise CLIError(f"--target {target!r}: {path!r} has no column of that name"
+                           + (f" (its columns: {', '.join(map(repr, names[:8]))}"
+                              + (" …)" if len(names) > 8 else ")") if names else
+                              " (it has no header; give a 0-based index)")) from None
+    if not -width <= target < width:
+        raise CLIError(f"--target-column {target} is outside the {width} columns of {path!r}")
+    return target % width
+
+
+class Data:
+    """A dataset as the commands use it: X (a pandas DataFrame of the feature columns for a
+    CSV file, an array otherwise), y (an array or None), the names of the target and of the
+    file (for messages), and what reading it dropped."""
+
+    def __init__(self, X, y, target_name=None, notes=()):
+        self.X, self.y, self.target_name, self.notes = X, y, target_name, list(notes)
+
+    def rows(self, idx):
+        return self.X.iloc[idx] if hasattr(self.X, "iloc") else self.X[idx]
+
+    def __len__(self):
+        return len(self.X)
+
+
+def _read_rows(path, delimiter):
+    """(rows, line numbers) of a CSV file's non-empty lines, by the csv module: the header
+    guess and the ragged-line check read them; pandas reads the values."""
     _sniff_binary(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            rows = [r for r in csv.reader(f, delimiter=delimiter) if r and any(c.strip() for c in r)]
+            reader = csv.reader(f, delimiter=delimiter)
+            rows, lines = [], []
+            for r in reader:
+                if r and any(c.strip() for c in r):
+                    rows.append(r)
+                    lines.append(reader.line_num)
     except UnicodeDecodeError as e:
         raise CLIError(f"{path!r} is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
                        f"{e.start}); save it as UTF-8 CSV") from None
@@ -189,60 +240,116 @@ def _read_csv(path, target_column, n_features=None, header=None, delimiter=",", 
         raise CLIError(f"{path!r} is not readable as CSV ({e})") from None
     if not rows:
         raise CLIError(f"{path!r} is empty")
-    width = len(rows[0])
-    if width == 1:
+    if len(rows[0]) == 1:
         with open(path, encoding="utf-8-sig") as f:
             _delimiter_hint(path, f.readline(), delimiter)
-    if n_features is not None and width == n_features:
-        target_column = None
-    if target_column is not None and not -width <= target_column < width:
-        raise CLIError(f"--target-column {target_column} is outside the {width} columns of {path!r}")
-    t = None if target_column is None else target_column % width
-    feats = [i for i in range(width) if i != t]
-    if not feats:
-        raise CLIError(f"{path!r} has one column: no features besides the target")
+    return rows, lines
+
+
+def _check_widths(path, rows, lines):
+    for r, line in zip(rows, lines):
+        if len(r) != len(rows[0]):
+            raise CLIError(f"{path!r} line {line} has {len(r)} columns; line 1 has {len(rows[0])}")
+
+
+def _read_csv(path, target=-1, n_columns=None, header=None, delimiter=",", columns=None):
+    """A Data of a CSV file, read by pandas (quoting, a BOM, NA spellings, types): the
+    feature columns as a DataFrame named by the header (else "column 1", ...), the target
+    column as an array with the rows that lack it dropped (and said). target: a name or an
+    index (negative counts from the end; None: no target). n_columns: a model's input columns,
+    so that a file of exactly that many holds no target. columns: a model's (feature names,
+    target name): a header holding them selects the columns by name, in the model's order."""
+    pd = _pandas()
+    rows, lines = _read_rows(path, delimiter)
+    width = len(rows[0])
+    if n_columns is not None and width == n_columns:
+        target = None
     named = _by_name(path, rows[0], columns) if columns and header is not False else None
     if named:
         feats, t = named
         start = 1
     else:
-        start = 1 if _has_header(path, rows, feats, t, header) else 0
-    names = [c.strip() for c in rows[0]] if start else None
+        cells = [c.strip() for c in rows[0]]
+        by_name = isinstance(target, str) and target.strip() in cells
+        if by_name and header is None:
+            header = True       # --target NAME names a column of line 1: it is a header
+        guess = _target_index(path, target, cells if by_name else None, width) \
+            if by_name or not isinstance(target, str) or _is_int(target) else None
+        feats = [j for j in range(width) if j != guess]
+        if not feats:
+            raise CLIError(f"{path!r} has one column: no features besides the target")
+        start = 1 if _has_header(path, rows, feats, guess, header) else 0
+        t = _target_index(path, target, cells if start else None, width)
+        feats = [j for j in range(width) if j != t]
+    _check_widths(path, rows, lines)
     if len(rows) <= start:
         raise CLIError(f"{path!r} has a header but no data rows")
-    X = np.empty((len(rows) - start, len(feats)))
-    for n, r in enumerate(rows[start:]):
-        line = n + start + 1
-        if len(r) != width:
-            raise CLIError(f"{path!r} line {line} has {len(r)} columns; line 1 has {width}")
-        try:
-            X[n] = [float(r[i]) for i in feats]
-        except ValueError:
-            pass
-        else:
-            if np.isfinite(X[n]).all():
-                continue
-        for j, i in enumerate(feats):       # the slow path: name the cell
-            col = f"column {i + 1}" + (f" ({names[i]!r})" if names else "")
-            v = _number(r[i])
-            if r[i].strip().lower() in _MISSING or (v is not None and math.isnan(v)):
-                raise CLIError(f"{path!r} line {line}, {col}: missing value {r[i]!r}; fill or "
-                               "drop it (features must be finite numbers)")
-            if v is None:
-                raise CLIError(f"{path!r} line {line}, {col}: {r[i]!r} is not a number "
-                               "(features must be numeric)")
-            if not math.isfinite(v):
-                raise CLIError(f"{path!r} line {line}, {col}: {r[i]!r} is not finite")
-    y = None
+    try:
+        df = pd.read_csv(path, sep=delimiter, header=0 if start else None, encoding="utf-8-sig",
+                         na_values=_NA_SPELLINGS, keep_default_na=True, skipinitialspace=True,
+                         low_memory=False)
+    except (ValueError, pd.errors.ParserError) as e:
+        raise CLIError(f"{path!r} is not readable as CSV ({_one_line(e)})") from None
+    names = [c.strip() for c in rows[0]] if start else [f"column {j + 1}" for j in range(width)]
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise CLIError(f"{path!r}: the header names the column {twice!r} twice")
+    df.columns = names
+    if len(df) == len(lines) - start:       # messages name the file's lines
+        df.index = lines[start:]
+        df.attrs["nnjit_row_word"] = "line"
+    notes = []
+    y, target_name = None, None
     if t is not None:
-        y = _labels([r[t] for r in rows[start:]])
-        bad = [n for n, r in enumerate(rows[start:]) if r[t].strip().lower() in _MISSING
-               or (y.dtype.kind == "f" and not np.isfinite(y[n]))]
-        if bad:
-            n = bad[0]
-            raise CLIError(f"{path!r} line {n + start + 1}, column {t + 1} (the target): missing "
-                           f"value {rows[start + n][t]!r} ({len(bad)} rows like it); fill or drop them")
-    return X, y, (names and ([names[i] for i in feats], None if t is None else names[t]))
+        target_name = names[t] if start else None
+        y, keep, bad = _target_values(df.iloc[:, t])
+        if bad is not None:
+            raise CLIError(f"{path!r} line {df.index[bad]}, column {t + 1} (the target): "
+                           f"{df.iloc[bad, t]!r} is not finite")
+        if not keep.all():
+            lost = int((~keep).sum())
+            if not keep.any():
+                raise CLIError(f"{path!r}: the target column {t + 1} has no values")
+            notes.append(f"dropped {_samples(lost).replace('sample', 'row')} without a target "
+                         f"(line {df.index[int(np.flatnonzero(~keep)[0])]}"
+                         + (" and more)" if lost > 1 else ")"))
+            df, y = df[keep], y[keep]
+    X = df.iloc[:, feats]
+    return Data(X, y, target_name, notes)
+
+
+#: spellings of a missing value beyond pandas' own (NA, N/A, NaN, null, None, the empty cell...)
+_NA_SPELLINGS = ["?", "na", "Na", "NAN", "nan", "none", "NONE", "Null", "NULL", "missing"]
+
+
+def _target_values(col):
+    """(labels or values as an array, mask of rows that have one, position of an infinite
+    value or None): numbers as int64 where integral, else float64; text stripped."""
+    pd = _pandas()
+    keep = col.notna().to_numpy()
+    if pd.api.types.is_bool_dtype(col):
+        return col.to_numpy(), keep, None
+    if pd.api.types.is_numeric_dtype(col):
+        y = col.to_numpy(dtype=np.float64, na_value=np.nan)
+        inf = np.flatnonzero(np.isinf(y))
+        if inf.size:
+            return y, keep, int(inf[0])
+        v = y[keep]
+        if v.size and (v == np.round(v)).all() and np.abs(v).max() < 2**53:
+            y = np.where(keep, y, 0).astype(np.int64)
+        return y, keep, None
+    text = np.array(["" if (v is None or (not isinstance(v, str) and pd.isna(v))) else str(v).strip()
+                     for v in col.tolist()])
+    keep = keep & (text != "")
+    return text, keep, None
+
+
+def _pandas():
+    try:
+        import pandas
+    except ImportError:
+        raise CLIError("reading CSV files needs pandas: pip install 'nnjit[train]'") from None
+    return pandas
 
 
 def _read_npz(path):
@@ -272,31 +379,55 @@ def _read_npz(path):
         m, j = np.argwhere(~np.isfinite(X))[0]
         raise CLIError(f"{path!r}: X[{m}, {j}] is {X[m, j]} ({int((~np.isfinite(X)).sum())} "
                        "non-finite values); fill or drop them")
-    return X, y, None
+    return Data(X, y)
+
+
+def _numbers(path, data):
+    """A CSV's feature DataFrame as a float64 array, for models without a table (trained on
+    .npz data or by an nnjit before tables): every cell a finite number."""
+    df = data.X
+    for j in range(df.shape[1]):
+        col = df.iloc[:, j]
+        v = _pandas().to_numeric(col, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        bad = np.flatnonzero(~np.isfinite(v))
+        if bad.size:
+            m = int(bad[0])
+            cell = col.iloc[m]
+            what = ("missing value" if col.isna().iloc[m] else
+                    "not finite" if _number(str(cell)) is not None else "not a number")
+            raise CLIError(f"{path!r} line {df.index[m]}, column {df.columns[j]!r}: {cell!r} is "
+                           f"{what}; this model has no table to fill or encode it (it was trained "
+                           "on arrays): give it numbers")
+    return df.to_numpy(dtype=np.float64)
 
 
 def load_data(name, target_column=-1, n_features=None, header=None, delimiter=","):
-    """(X, y) from "digits", a .csv file or a .npz file (arrays X and y); y may be None."""
-    return _load(name, target_column, n_features, header, delimiter)[:2]
+    """(X, y) of numbers from "digits", a .csv file of numeric columns or a .npz file (arrays
+    X and y); y may be None."""
+    data = _load(name, target_column, n_features, header, delimiter)
+    X = _numbers(name, data) if hasattr(data.X, "iloc") else data.X
+    return X, data.y
 
 
-def _load(name, target_column=-1, n_features=None, header=None, delimiter=",", columns=None):
+def _load(name, target=-1, n_columns=None, header=None, delimiter=",", columns=None):
     if name == "digits":
-        X, y, names = _load_digits()
+        X, y, _ = _load_digits()
+        data = Data(X, y)
     else:
         _check_file(name, "data")
         ext = os.path.splitext(name)[1].lower()
         if ext == ".csv":
-            X, y, names = _read_csv(name, target_column, n_features, header, delimiter, columns)
+            data = _read_csv(name, target, n_columns, header, delimiter, columns)
         elif ext == ".npz":
-            X, y, names = _read_npz(name)
+            data = _read_npz(name)
         else:
             raise CLIError(f"unsupported data file {name!r}: use 'digits', a .csv or a .npz file")
+    X, y = data.X, data.y
     if X.ndim != 2 or X.shape[0] == 0:
         raise CLIError(f"{name!r}: X must be a non-empty 2-D (samples, features) array, got shape {X.shape}")
     if y is not None and len(y) != len(X):
         raise CLIError(f"{name!r}: X has {len(X)} samples but y has {len(y)}")
-    return X, y, names
+    return data
 
 
 # ---------------------------------------------------------------- deciding
@@ -533,6 +664,28 @@ def _rule(args):
     return rule
 
 
+def _table(args, data, train):
+    """The fitted Table of a CSV's feature columns (training rows only), or None for arrays."""
+    if not hasattr(data.X, "iloc"):
+        return None
+    from .preprocessing import Table
+    cols = list(data.X.columns)
+    for opt in ("categorical", "numeric", "date", "drop"):
+        for c in getattr(args, opt):
+            if c not in cols:
+                raise CLIError(f"--{opt} {c!r}: no such feature column in {args.data!r} (its columns: "
+                               + ", ".join(map(repr, cols[:8])) + (" …)" if len(cols) > 8 else ")"))
+    try:
+        table = Table(categorical=args.categorical, numeric=args.numeric, dates=args.date,
+                      drop=args.drop).fit(data.rows(train))
+    except ValueError as e:
+        raise CLIError(f"{args.data!r}: {e}") from None
+    if table.n_features_out_ == 0:
+        raise CLIError(f"{args.data!r}: every feature column was dropped ("
+                       + "; ".join(table.describe()) + "); keep one with --numeric or --categorical")
+    return table
+
+
 def cmd_train(args):
     from . import MLP, DivergenceError
     from . import io as nio
@@ -541,19 +694,24 @@ def cmd_train(args):
     _rule(args)
     if args.patience < 0:
         raise CLIError(f"--patience must be 0 (no early stopping) or more, got {args.patience}")
-    X, y, names = _load(args.data, args.target_column, header=args.header, delimiter=args.delimiter)
+    target = args.target if args.target is not None else args.target_column
+    data = _load(args.data, target, header=args.header, delimiter=args.delimiter)
+    y = data.y
     if y is None:
         raise CLIError(f"{args.data!r} has no targets: a .npz needs an array 'y'")
+    if not hasattr(data.X, "iloc") and (args.categorical or args.numeric or args.date or args.drop):
+        raise CLIError("--categorical, --numeric, --date and --drop apply to the columns of a "
+                       f"CSV file, not to {args.data!r}")
     regression, why = detect_task(y, args.task)
     other = "classification" if regression else "regression"
-    if len(X) < 2:
-        raise CLIError(f"{args.data!r} has {_samples(len(X))}: too few to train on")
+    if len(data) < 2:
+        raise CLIError(f"{args.data!r} has {_samples(len(data))}: too few to train on")
     need = split_needs(None if regression else len(np.unique(y)))
     rng = np.random.default_rng(args.seed)
-    train, test = split_indices(len(X), args.test_fraction, rng)
+    train, test = split_indices(len(data), args.test_fraction, rng)
     small_test = len(test) if 0 < len(test) < need else 0
     if small_test:
-        train, test = np.arange(len(X)), test[:0]
+        train, test = np.arange(len(data)), test[:0]
     fit_idx, val = split_indices(len(train), args.validation_fraction, rng)
     fit_idx, val = train[fit_idx], train[val]
     small_val = len(val) if args.patience and 0 < len(val) < need else 0
@@ -561,7 +719,7 @@ def cmd_train(args):
         fit_idx, val = train, val[:0]
     warning = _small_splits(small_test, small_val, need, len(train), args.epochs)
     if len(fit_idx) < 2:
-        raise CLIError(f"{args.data!r} has {_samples(len(X))}: too few to hold out a "
+        raise CLIError(f"{args.data!r} has {_samples(len(data))}: too few to hold out a "
                        "validation split; lower --validation-fraction")
     if regression:
         if y.dtype.kind not in "biuf":
@@ -582,13 +740,17 @@ def cmd_train(args):
             test = test[keep]
         output = "softmax" if K > 2 else "sigmoid"
         K = K if K > 2 else 1
-    layers = [X.shape[1]] + args.hidden + [K]
+    table = _table(args, data, train)
+    n_in = data.X.shape[1] if table is None else table.n_features_out_
+    layers = [n_in] + args.hidden + [K]
+    X = data.X
 
     def make_net():
         net = MLP(layers, activation=args.activation, output=output, backend=args.backend,
                   dtype=args.dtype, seed=args.seed)
         if not regression:      # every class, even one missing from a small warm-up subset
             net.classes_ = np.unique(y[train])
+        net.table = table
         net.x_scaler = make_scaler(args.scale)
         net.y_scaler = make_scaler("standard" if regression and args.scale != "none" else None)
         return net
@@ -596,22 +758,31 @@ def cmd_train(args):
     net = make_net()
     where = "digits" if args.data == "digits" else os.path.basename(args.data)
     task = "regression" if regression else f"classification into {len(np.unique(y[train]))} classes"
-    print(f"{where}: {len(X)} samples, {X.shape[1]} features; {task} ({why}; "
+    cols = "" if table is None or len(table.columns_) == n_in else f" from {len(table.columns_)} columns"
+    print(f"{where}: {len(data)} samples, {n_in} features{cols}; {task} ({why}; "
           f"override with --task {other})")
+    for note in data.notes:
+        print(f"target {data.target_name or ''}: {note}".replace("target : ", "target: "))
+    if table is not None:
+        for line in table.describe():
+            print(f"  {line}")
+        if any(c["kind"] != "number" for c in table.columns_) or len(table.columns_) > 1:
+            print("  (a column's kind: --categorical COL, --numeric COL, --date COL, --drop COL)")
     print(f"split: {len(fit_idx)} train / {len(val)} validation / {len(test)} test samples; "
           f"network {layers}, {args.activation}, features scaled: {args.scale}, "
           f"backend={args.backend}, dtype={args.dtype}")
     if warning:
         print(f"warning: {warning}")      # in the report, beside the split it changes
-    compile_s = _compile(make_net, X[fit_idx], y[fit_idx], args.batch_size, args.backend,
+    rows = data.rows
+    compile_s = _compile(make_net, rows(fit_idx), y[fit_idx], args.batch_size, args.backend,
                          args.dtype, args.quiet)
 
     early = bool(len(val) and args.patience)
     bar = _Progress(args.epochs, not args.quiet)
     t = time.perf_counter()
     try:
-        net.fit(X[fit_idx], y[fit_idx], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                **_rule(args), validation_data=(X[val], y[val]) if len(val) else None,
+        net.fit(rows(fit_idx), y[fit_idx], epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                **_rule(args), validation_data=(rows(val), y[val]) if len(val) else None,
                 tol=1e-4 if early else None, n_iter_no_change=max(1, args.patience),
                 restore_best=early, callbacks=[bar], checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, resume=args.resume)
@@ -630,8 +801,7 @@ def cmd_train(args):
     finally:
         bar.close()
     dt = time.perf_counter() - t
-    if names:       # the header's names travel with the model: nnjit predict matches by them
-        net.feature_names_in_, net.target_name_ = names
+    net.target_name_ = data.target_name     # feature names: the DataFrame's, kept by fit
     stopped = net.n_epochs_ < args.epochs and not args.resume
     msg = (f"trained {net.n_epochs_} epochs in {dt:.2f} s"
            + (f" (+{compile_s:.1f} s compiling/loading kernels)" if compile_s >= 0.05 else ""))
@@ -642,7 +812,7 @@ def cmd_train(args):
         print(f"kept the weights of epoch {net.best_epoch_ + 1} (lowest validation loss "
               f"{net.best_loss_:.4g})")
     if len(test):
-        print(f"test {'R^2' if regression else 'accuracy'}: {net.score(X[test], y[test]):.4f}")
+        print(f"test {'R^2' if regression else 'accuracy'}: {net.score(rows(test), y[test]):.4f}")
     if args.save:
         nio.save(net, args.save, fit={"optimizer": args.optimizer, "lr": args.lr,
                                       "alpha": args.alpha, "momentum": args.momentum,
@@ -662,19 +832,34 @@ def cmd_predict(args):
     from .model import MLP
     net = MLP.load(args.model, backend=args.backend)
     columns = None if net.feature_names_in_ is None else (net.feature_names_in_, net.target_name_)
-    X, y, _ = _load(args.data, args.target_column, n_features=net.layers[0], header=args.header,
-                    delimiter=args.delimiter, columns=columns)
-    if X.shape[1] != net.layers[0]:
+    n_columns = net.layers[0] if net.table is None else len(net.table.columns_)
+    target = args.target if args.target is not None else args.target_column
+    data = _load(args.data, target, n_columns=n_columns, header=args.header,
+                 delimiter=args.delimiter, columns=columns)
+    X, y = data.X, data.y
+    if X.shape[1] != n_columns:
         width = X.shape[1] + (y is not None)
-        raise CLIError(f"{args.data!r} has {width} columns but the model takes {net.layers[0]} "
-                       f"features: a file without a header must hold exactly those {net.layers[0]} "
-                       f"columns, or {net.layers[0] + 1} with the label in --target-column")
-    if args.proba:
-        P = net.predict_proba(X)
-        names = [f"proba_{c}" for c in (net.classes_ if net.classes_ is not None else range(P.shape[1]))]
-    else:
-        P = net.predict(X)
-        names = ["prediction"] if P.ndim == 1 else [f"prediction_{k}" for k in range(P.shape[1])]
+        what = "features" if net.table is None else "columns (its table's)"
+        raise CLIError(f"{args.data!r} has {width} columns but the model takes {n_columns} "
+                       f"{what}: a file without a header must hold exactly those "
+                       f"{n_columns} columns, or {n_columns + 1} with the label in --target-column")
+    if hasattr(X, "iloc"):
+        if net.table is None:
+            X = _numbers(args.data, data)
+        elif columns is None or list(X.columns) != list(net.feature_names_in_):
+            X = X.set_axis([c["name"] for c in net.table.columns_], axis=1)   # by position
+    for note in data.notes:
+        print(f"target: {note}", file=sys.stderr)
+    try:
+        if args.proba:
+            P = net.predict_proba(X)
+            names = [f"proba_{c}" for c in (net.classes_ if net.classes_ is not None
+                                            else range(P.shape[1]))]
+        else:
+            P = net.predict(X)
+            names = ["prediction"] if P.ndim == 1 else [f"prediction_{k}" for k in range(P.shape[1])]
+    except ValueError as e:         # the table's refusals: a column or value it cannot take
+        raise CLIError(f"{args.data!r}: {_one_line(e)}") from None
     P = P.reshape(len(X), -1)
     out = open(args.out, "w", newline="") if args.out else sys.stdout
     try:
@@ -745,17 +930,26 @@ def cmd_info(args):
 
 
 # ---------------------------------------------------------------- parser, main
-class _Formatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring's layout kept, and every option's default shown (not for flags
-    and options without a default, where "(default: None)" would say nothing)."""
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The module docstring's layout kept, and every option's default shown: "off" for
+    flags, "none" where there is none, lists as typed (784,128,10); not where the help
+    text already says it."""
 
     def _get_help_string(self, action):
         text = action.help or ""
-        store_false = action.nargs == 0 and action.const is False
-        if (action.default in (None, False, argparse.SUPPRESS) or store_false
-                or not action.option_strings or "%(default)" in text):
+        if not action.option_strings or action.default is argparse.SUPPRESS or "(default" in text:
             return text
+        if action.nargs == 0:       # a flag
+            return text if action.const is False else text + " (default: off)"
+        d = action.default
+        if d is None or d == []:
+            return text + " (default: none)"
+        if isinstance(d, (list, tuple)):
+            return text + " (default: " + ",".join(map(str, d)) + ")"
         return text + " (default: %(default)s)"
+
+
+_Formatter = HelpFormatter
 
 
 class _Parser(argparse.ArgumentParser):
@@ -771,14 +965,17 @@ _DATA_HELP = ("'digits' (scikit-learn's bundled 8x8 digits), a .csv file (numeri
 
 
 def _csv_options(p):
-    p.add_argument("--target-column", type=int, default=-1,
+    p.add_argument("--target", metavar="NAME|INDEX",
+                   help="CSV column holding the target: its header name, or a 0-based index "
+                        "(negative counts from the end) (default: --target-column)")
+    p.add_argument("--target-column", type=int, default=-1, metavar="INDEX",
                    help="CSV column holding the target, 0-based; negative counts from the end")
     h = p.add_mutually_exclusive_group()
     h.add_argument("--header", dest="header", action="store_true", default=None,
                    help="line 1 of the CSV names the columns (default: guessed; an ambiguous "
                         "line 1 is refused)")
     h.add_argument("--no-header", dest="header", action="store_false",
-                   help="line 1 of the CSV is data")
+                   help="line 1 of the CSV is data (default: guessed, see --header)")
     p.add_argument("--delimiter", type=_delimiter, default=",",
                    help="CSV field separator, e.g. ';' or tab")
 
@@ -796,6 +993,12 @@ def build_parser():
                                    "README's table.")
     t.add_argument("--data", default="digits", help=_DATA_HELP)
     _csv_options(t)
+    for opt, kind in (("categorical", "one-hot encode"), ("numeric", "read as numbers"),
+                      ("date", "read as dates"), ("drop", "leave out")):
+        t.add_argument(f"--{opt}", action="append", default=[], metavar="COL",
+                       help=f"{kind} the CSV column COL (its header name, or 'column N' without a "
+                            "header); repeatable (default: each column's kind is guessed from "
+                            "its values, see the README's table)")
     t.add_argument("--task", default="auto", choices=["auto", "classification", "regression"],
                    help="auto: regression for non-integer targets and for integer targets with "
                         f"more than {MAX_CLASSES} values or under {MIN_PER_CLASS} samples per value")
@@ -864,7 +1067,7 @@ def build_parser():
     from . import bench
     bench.build_parser(sub.add_parser(
         "bench", help="time an epoch: loops vs vectorised vs PyTorch / scikit-learn",
-        description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
+        description=bench.__doc__, formatter_class=HelpFormatter))
     sub.choices["bench"].set_defaults(func=bench.cmd)
     return p
 

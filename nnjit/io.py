@@ -175,6 +175,7 @@ def _header_and_arrays(st, fit=None, checkpoint=None, best_theta=None):
               "architecture": dict(st["architecture"]), "n_epochs": int(st["n_epochs"]),
               "history": {k: [_plain(v) for v in vs] for k, vs in st["history"].items()},
               "rng": st["rng"], "classes": cls_entry, "scalers": scalers,
+              "table": None if _fitted_table(st) is None else _fitted_table(st).state(),
               "columns": (None if st.get("feature_names") is None else
                           {"features": [str(c) for c in st["feature_names"]],
                            "target": st.get("target_name")}),
@@ -185,6 +186,11 @@ def _header_and_arrays(st, fit=None, checkpoint=None, best_theta=None):
                             "best_loss": None if best_loss is None else float(best_loss),
                             "best_score": None if best_score is None else float(best_score)}}
     return header, arrays
+
+
+def _fitted_table(st):
+    t = st.get("table")
+    return t if t is not None and t.columns_ is not None else None
 
 
 _TMP_TAG = ".nnjit-"
@@ -384,7 +390,7 @@ def _header_schema(header):
     architecture and n_epochs are already checked: label counts, column counts and epoch
     indices are bounded by them."""
     from . import config
-    from .preprocessing import KINDS
+    from .preprocessing import DATE_FORMATS, KINDS, MAX_MAGNITUDE
     from .schema import Any, Bool, Int, List, Null, Num, Obj, OneOf, Str
     version, arch, n = header["version"], header["architecture"], header["n_epochs"]
     epoch = Int(0, n - 1, what=f"an epoch index below n_epochs = {n}")
@@ -413,6 +419,20 @@ def _header_schema(header):
                      "best_loss": metric, "best_score": metric},
                     optional=("step", "t", "lr", "best_epoch", "best_loss", "best_score"))
     n0 = arch["layers"][0]
+    text = Str(int(config.MODEL_FILE_MAX_LABEL), min_len=1)
+    column = {"name": name}
+    table_column = OneOf(
+        Obj({**column, "kind": Str(choices=("number",)), "fill": Num(-MAX_MAGNITUDE, MAX_MAGNITUDE)}),
+        Obj({**column, "kind": Str(choices=("category",)), "missing": Bool(),
+             "categories": List(text, n0, what=f"a list of at most {n0} category strings")}),
+        Obj({**column, "kind": Str(choices=("date",)), "fill": Num(-1e7, 1e7), "season": Bool(),
+             "time": Bool(), "format": Null(Str(choices=DATE_FORMATS))}),
+        Obj({**column, "kind": Str(choices=("words",)), "why": Str(200),
+             "words": List(Str(200, min_len=1), n0, what=f"a list of at most {n0} words")}),
+        Obj({**column, "kind": Str(choices=("drop",)), "why": Str(200)}),
+        what="a number, category, date, words or drop column entry (nnjit.preprocessing.Table)")
+    table = Obj({"columns": List(table_column, MAX_TABLE_COLUMNS, min_len=1),
+                 "max_categories": Int(1, 10**6)}, optional=("max_categories",))
     fields = {
         "format": Str(choices=(FORMAT,)), "version": Int(1, VERSION), "nnjit_version": Str(100),
         "architecture": _architecture_schema(), "n_epochs": Int(0, MAX_EPOCHS),
@@ -424,11 +444,13 @@ def _header_schema(header):
                    extra=Any()),        # the rest is the generator's, checked by NumPy
         "classes": Null(classes), "scalers": Null(Obj({"x": Str(choices=KINDS), "y": Str(choices=KINDS)},
                                                       optional=("x", "y"))),
-        "columns": Null(Obj({"features": List(name, n0, min_len=n0), "target": Null(name)})),
+        "columns": Null(Obj({"features": List(name, MAX_TABLE_COLUMNS, min_len=1),
+                             "target": Null(name)})),
+        "table": Null(table),
         "fit": Null(Any()),             # recorded for nnjit info, never read back
         "checkpoint": Null(checkpoint), "sha256": Str(64, min_len=64),
         "optimizer": optimizer if version >= 2 else Null(optimizer)}
-    optional = {"nnjit_version", "classes", "scalers", "columns", "fit", "checkpoint"}
+    optional = {"nnjit_version", "classes", "scalers", "columns", "table", "fit", "checkpoint"}
     return Obj(fields, optional=optional if version >= 2 else optional | {"optimizer"})
 
 
@@ -453,13 +475,28 @@ def _check_consistency(header):
     if header.get("classes") is not None and _label_limit(arch) == 0:
         raise SchemaError("classes", f"must be null: a {output} output of {layers[-1]} units "
                           "predicts no class labels")
-    columns = header.get("columns")
+    columns, table = header.get("columns"), header.get("table")
     if columns is not None:
         feats = columns["features"]
         if len(set(feats)) != len(feats):
             raise SchemaError("columns.features", "lists a column name twice")
         if columns["target"] in feats:
             raise SchemaError("columns.target", "is also a feature's name")
+        width = layers[0] if table is None else len(table["columns"])
+        if len(feats) != width:
+            raise SchemaError("columns.features", f"names {len(feats)} columns, the "
+                              + ("input layer has" if table is None else "table has") + f" {width}")
+    if table is not None:
+        from .preprocessing import Table
+        try:
+            t = Table.from_state(table)
+        except ValueError as e:
+            raise SchemaError("table", str(e)) from None
+        if t.n_features_out_ != layers[0]:
+            raise SchemaError("table", f"turns a table into {t.n_features_out_} columns, the "
+                              f"input layer has {layers[0]} units")
+        if columns is not None and columns["features"] != [c["name"] for c in table["columns"]]:
+            raise SchemaError("columns.features", "are not the table's columns")
     val_epoch = header["history"].get("val_epoch", [])
     if any(a >= b for a, b in zip(val_epoch, val_epoch[1:])):
         raise SchemaError("history.val_epoch", "must list epochs in increasing order")
@@ -752,6 +789,8 @@ def _scalers_from(header, arrays, path, layers):
 
 #: the longest column name a model file may hold (a header's names, not data)
 MAX_COLUMN_NAME = 1024
+#: the most columns a model's table may read (dropped ones included)
+MAX_TABLE_COLUMNS = 2**16
 
 
 def state_from(header, arrays, path):
@@ -765,6 +804,7 @@ def state_from(header, arrays, path):
         opt = header["optimizer"]
     else:                       # version 1: momentum only
         sq, opt = ([np.zeros_like(W) for W in vel[0]], [np.zeros_like(b) for b in vel[1]]), {}
+    from .preprocessing import Table
     scalers = _scalers_from(header, arrays, path, layers)
     columns = header.get("columns") or {}
     try:
@@ -777,6 +817,7 @@ def state_from(header, arrays, path):
     st = {"architecture": arch, "params": params, "velocity": vel, "square": sq,
           "step": opt.get("step", 0), "classes": _classes_from(header, arrays, path, arch),
           "x_scaler": scalers["x"], "y_scaler": scalers["y"],
+          "table": None if header.get("table") is None else Table.from_state(header["table"]),
           "feature_names": columns.get("features"), "target_name": columns.get("target"),
           "history": {k: list(vs) for k, vs in header["history"].items()},
           "n_epochs": header["n_epochs"], "t": opt.get("t", 0),
@@ -810,7 +851,7 @@ def info(path):
            "final_val_score": hist.get("val_score", [None])[-1] if hist.get("val_score") else None,
            "classes": classes, "fit": header.get("fit"), "checkpoint": header.get("checkpoint"),
            "scalers": header.get("scalers") or {},
-           "columns": header.get("columns")}
+           "columns": header.get("columns"), "table": header.get("table")}
     return out
 
 

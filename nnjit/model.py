@@ -116,6 +116,9 @@ class MLP:
         self.rng = np.random.default_rng(seed)
         self.engine.set_params(self._initial_params())
         self.classes_ = None
+        #: nnjit.preprocessing.Table: a DataFrame's columns to numbers (one-hot, imputation,
+        #: dates) before x_scaler; fitted by the first fit if not yet; saved with the model
+        self.table = None
         self.x_scaler = None    # nnjit.preprocessing.Scaler for X, or None (saved with the model)
         self.y_scaler = None    # the same for regression targets: fitted on y, inverted by predict
         #: the training columns' names (a DataFrame's, or a CSV header's through the CLI), or
@@ -200,14 +203,14 @@ class MLP:
         and NumPy arrays: "architecture" (the constructor's arguments), "params",
         "velocity", "square" ((weights, biases) lists of the parameters and the optimizer
         state), "step" (updates made), "classes", "x_scaler", "y_scaler" (Scalers or
-        None), "feature_names" (list of str or None), "target_name", "history", "n_epochs", "t", "lr", "best" ((epoch, loss, score)), "rng" (the
+        None), "table" (a Table or None), "feature_names" (list of str or None), "target_name", "history", "n_epochs", "t", "lr", "best" ((epoch, loss, score)), "rng" (the
         shuffling generator's bit_generator.state)."""
         opt = self.engine.get_state()
         return {"architecture": self.architecture(),
                 "params": split(self.engine.get_params(), self.shape),
                 "velocity": split(opt["vel"], self.shape), "square": split(opt["sq"], self.shape),
                 "step": int(opt["step"]), "classes": self.classes_,
-                "x_scaler": self.x_scaler, "y_scaler": self.y_scaler,
+                "x_scaler": self.x_scaler, "y_scaler": self.y_scaler, "table": self.table,
                 "feature_names": (None if self.feature_names_in_ is None
                                   else list(self.feature_names_in_)),
                 "target_name": self.target_name_,
@@ -225,6 +228,7 @@ class MLP:
                                "step": int(st["step"])})
         self.classes_ = st["classes"]
         self.x_scaler, self.y_scaler = st["x_scaler"], st["y_scaler"]
+        self.table = st.get("table")
         self.feature_names_in_ = st.get("feature_names")
         self.target_name_ = st.get("target_name")
         self.history_ = {k: list(v) for k, v in st["history"].items()}
@@ -333,11 +337,13 @@ class MLP:
 
     # ------------------------------------------------------------------ scaling (nnjit.preprocessing)
     def scale_X(self, X, fit=False):
-        """Raw X through x_scaler (fitted on this X first when fit=True and it is not fitted
-        yet), in float64 *before* check_X casts to the model's dtype: a float32 cast first
-        would round away a feature like 1000.0008 +- 0.0004. Input that check_X refuses
-        passes through unchanged, so that check_X says what is wrong with it."""
+        """Raw X through table and x_scaler (each fitted on this X first when fit=True and
+        it is not fitted yet), in float64 *before* check_X casts to the model's dtype: a
+        float32 cast first would round away a feature like 1000.0008 +- 0.0004. Input that
+        check_X refuses passes through unchanged, so that check_X says what is wrong with it."""
         X = self.columns_of(X, fit)
+        if self.table is not None:
+            X = self._encode_table(X, fit)
         if self.x_scaler is None or not (hasattr(X, "__array__") or isinstance(X, (list, tuple))):
             return X
         A_ = np.asarray(X)
@@ -348,7 +354,21 @@ class MLP:
             if not checks.all_finite(A_):
                 return X
             self.x_scaler.fit(A_)
+            if self.table is not None:      # one-hot columns stay 0/1, as scikit-learn's
+                keep = self.table.onehot_mask_      # ColumnTransformer leaves them
+                self.x_scaler.offset_[keep], self.x_scaler.scale_[keep] = 0.0, 1.0
         return self.x_scaler.transform(A_)
+
+    def _encode_table(self, X, fit):
+        """X (a DataFrame, or rows by position) through self.table, fitted first if asked."""
+        if fit and self.table.columns_ is None:
+            self.table.fit(X)
+        A_ = self.table.transform(X)
+        if A_.shape[1] != self.layers[0]:
+            raise ValueError(f"the table turns X into {A_.shape[1]} columns but the input layer "
+                             f"has {self.layers[0]} units: build the MLP with layers[0] = "
+                             "table.n_features_out_ (fit the Table on the training table first)")
+        return A_
 
     def columns_of(self, X, fit=False):
         """X's columns in the training order. A table with named columns (a pandas
@@ -388,8 +408,9 @@ class MLP:
         return self.y_scaler.inverse_transform(A_).astype(A_.dtype, copy=False)
 
     def _no_stream_scaling(self, X):
-        if _data.is_out_of_core(X) and (self.x_scaler is not None or self.y_scaler is not None):
-            raise ValueError("x_scaler/y_scaler are not applied to out-of-core data; scale the "
+        if _data.is_out_of_core(X) and (self.x_scaler is not None or self.y_scaler is not None
+                                        or self.table is not None):
+            raise ValueError("table/x_scaler/y_scaler are not applied to out-of-core data; scale the "
                              "data beforehand or load it into memory")
 
     # ------------------------------------------------------------------ forward, gradients

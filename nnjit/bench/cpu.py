@@ -683,13 +683,16 @@ def plot(rows, path):
 
 
 def build_parser(p=None):
+    from ..cli import HelpFormatter
     p = p or argparse.ArgumentParser(prog="nnjit bench", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=HelpFormatter)
     ints = lambda s: [int(v) for v in s.split(",") if v]          # noqa: E731
     p.add_argument("--layers", type=ints, default=[784, 128, 10], help="sizes, e.g. 784,128,10")
-    p.add_argument("--batch-sizes", type=ints, default=[1, 32, 256])
-    p.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "float64"])
-    p.add_argument("--samples", type=int, default=60000)
+    p.add_argument("--batch-sizes", type=ints, default=[1, 32, 256],
+                   help="batch sizes to time, e.g. 1,32,256 (1: online)")
+    p.add_argument("--dtypes", type=lambda s: s.split(","), default=["float32", "float64"],
+                   help="precisions to time, e.g. float32,float64")
+    p.add_argument("--samples", type=int, default=60000, help="samples per epoch (MNIST-sized)")
     p.add_argument("--online-samples", type=int, default=6000,
                    help="samples per epoch at batch size 1 (the slow peers take minutes on 60000)")
     p.add_argument("--threads", type=int, default=None, help="threads for every library (default: all)")
@@ -697,7 +700,7 @@ def build_parser(p=None):
     p.add_argument("--lr", type=float, default=0.01,
                    help="learning rate (0.1 with momentum 0.9 diverges online, and velocities "
                         "sinking into denormal floats slow every implementation)")
-    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--momentum", type=float, default=0.9, help="momentum mu of sgd")
     p.add_argument("--optimizer", type=lambda s: s.split(","), default=["sgd"],
                    help="update rules to time, e.g. sgd,adam (of: " + ",".join(OPTIMIZERS) + "); "
                         "'x loops' is relative to the first one's loops epoch")
@@ -708,7 +711,9 @@ def build_parser(p=None):
                         "vs PyTorch vs scikit-learn, with SGEMM and per-product GFLOP/s (--layers and "
                         "--batch-sizes, when not the defaults, replace the nets)")
     p.add_argument("--scaling", action="store_true", help="also time 3 sample counts and 3 widths, and peak RSS")
-    p.add_argument("--json"), p.add_argument("--csv"), p.add_argument("--plot", help="bar chart PNG")
+    p.add_argument("--json", metavar="OUT.json", help="also write the rows as JSON")
+    p.add_argument("--csv", metavar="OUT.csv", help="also write the rows as CSV")
+    p.add_argument("--plot", metavar="OUT.png", help="bar chart PNG")
     p.add_argument("--sklearn", action="store_true",
                    help="instead: scikit-learn's MLP vs nnjit.sklearn fit times (its own options "
                         "follow: nnjit bench --sklearn --help; module nnjit.bench.sklearn)")

@@ -42,12 +42,12 @@ def export(name, folder):
     return path
 
 
-def run_nnjit(path, seed):
-    """(test score, epochs, seconds) of `nnjit train --data path --seed seed --quiet`."""
+def run_nnjit(path, seed, options=()):
+    """(test score, epochs, seconds, metric) of `nnjit train --data path --seed seed --quiet`."""
     from nnjit.cli import main
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        rc = main(["train", "--data", path, "--seed", str(seed), "--quiet"])
+        rc = main(["train", "--data", path, "--seed", str(seed), "--quiet", *options])
     text = out.getvalue()
     if rc != 0:
         raise RuntimeError(f"nnjit train --data {path} --seed {seed} exited {rc}:\n{text}")

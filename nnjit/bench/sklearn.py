@@ -112,10 +112,11 @@ def run(args):
 
 
 def build_parser(p=None):
+    from ..cli import HelpFormatter
     p = p or argparse.ArgumentParser(prog="nnjit bench --sklearn", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cases", default="abcd", help="which of a, b, c, d to run (default all)")
-    p.add_argument("--max-iter", type=int, default=200, help="max_iter of every fit (default 200)")
+                                     formatter_class=HelpFormatter)
+    p.add_argument("--cases", default="abcd", help="which of a, b, c, d to run")
+    p.add_argument("--max-iter", type=int, default=200, help="max_iter of every fit")
     p.add_argument("--big-max-iter", type=int, default=None,
                    help="max_iter of the two large cases, (a) synthetic and (d) (default --max-iter)")
     p.add_argument("--big-samples", type=int, default=50000, help="samples of case (a)'s synthetic problem")
