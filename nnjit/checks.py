@@ -11,6 +11,11 @@ import warnings
 import numpy as np
 
 
+#: the model's backends and initialisations (MLP's arguments; a model file may name no other)
+BACKENDS = ("loops", "vectorised", "cuda")
+INITS = ("normal", "xavier", "he")
+
+
 class DataConversionWarning(UserWarning):
     """Input was converted to what it must mean (e.g. an (n, 1) label column ravelled to 1-D),
     as scikit-learn's warning of the same name says."""

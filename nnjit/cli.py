@@ -3,6 +3,7 @@
   nnjit train   --data digits|file.csv|file.npz [--save model.npz] [--plot loss.png]
   nnjit predict --model model.npz --data file.csv|file.npz [--out predictions.csv]
   nnjit info    model.npz
+  nnjit export  model.npz model.onnx
   nnjit bench   [options]
 
 ``nnjit train`` works on the data people have: features are standardised (fitted on the
@@ -286,7 +287,7 @@ def _read_csv(path, target=-1, n_columns=None, header=None, delimiter=",", colum
         raise CLIError(f"{path!r} has a header but no data rows")
     try:
         df = pd.read_csv(path, sep=delimiter, header=0 if start else None, encoding="utf-8-sig",
-                         na_values=_NA_SPELLINGS, keep_default_na=True, skipinitialspace=True,
+                         na_values=NA_SPELLINGS, keep_default_na=True, skipinitialspace=True,
                          low_memory=False)
     except (ValueError, pd.errors.ParserError) as e:
         raise CLIError(f"{path!r} is not readable as CSV ({_one_line(e)})") from None
@@ -302,7 +303,7 @@ def _read_csv(path, target=-1, n_columns=None, header=None, delimiter=",", colum
     y, target_name = None, None
     if t is not None:
         target_name = names[t] if start else None
-        y, keep, bad = _target_values(df.iloc[:, t])
+        y, keep, bad = target_values(df.iloc[:, t])
         if bad is not None:
             raise CLIError(f"{path!r} line {df.index[bad]}, column {t + 1} (the target): "
                            f"{df.iloc[bad, t]!r} is not finite")
@@ -319,10 +320,10 @@ def _read_csv(path, target=-1, n_columns=None, header=None, delimiter=",", colum
 
 
 #: spellings of a missing value beyond pandas' own (NA, N/A, NaN, null, None, the empty cell...)
-_NA_SPELLINGS = ["?", "na", "Na", "NAN", "nan", "none", "NONE", "Null", "NULL", "missing"]
+NA_SPELLINGS = ["?", "na", "Na", "NAN", "nan", "none", "NONE", "Null", "NULL", "missing"]
 
 
-def _target_values(col):
+def target_values(col):
     """(labels or values as an array, mask of rows that have one, position of an infinite
     value or None): numbers as int64 where integral, else float64; text stripped."""
     pd = _pandas()
@@ -930,24 +931,7 @@ def cmd_info(args):
 
 
 # ---------------------------------------------------------------- parser, main
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The module docstring's layout kept, and every option's default shown: "off" for
-    flags, "none" where there is none, lists as typed (784,128,10); not where the help
-    text already says it."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if not action.option_strings or action.default is argparse.SUPPRESS or "(default" in text:
-            return text
-        if action.nargs == 0:       # a flag
-            return text if action.const is False else text + " (default: off)"
-        d = action.default
-        if d is None or d == []:
-            return text + " (default: none)"
-        if isinstance(d, (list, tuple)):
-            return text + " (default: " + ",".join(map(str, d)) + ")"
-        return text + " (default: %(default)s)"
-
+from .clihelp import HelpFormatter  # noqa: E402
 
 _Formatter = HelpFormatter
 
@@ -1064,6 +1048,8 @@ def build_parser():
     i.add_argument("model", metavar="MODEL.npz")
     i.add_argument("--json", action="store_true", help="machine-readable output")
     i.set_defaults(func=cmd_info)
+    from .onnx import add_export_parser     # onnx itself is imported only when exporting
+    add_export_parser(sub, _Formatter)
     from . import bench
     bench.build_parser(sub.add_parser(
         "bench", help="time an epoch: loops vs vectorised vs PyTorch / scikit-learn",

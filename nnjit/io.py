@@ -2,8 +2,8 @@
 
 What it is for: keeping a trained (or half-trained) network safe on disk and bringing it back
 exactly, so that a loaded model predicts bit-identically and continues training exactly as the
-original would have. What it is not for: exchanging models with other frameworks (the arrays are
-plain NumPy, so that is easy, but nothing here converts).
+original would have. What it is not for: exchanging models with other frameworks (nnjit.onnx
+writes ONNX graphs; this module reads and writes nnjit's own files only).
 
 The format (version 2)
 ----------------------
@@ -36,7 +36,9 @@ seed), ``n_epochs``, ``history`` (the ``history_`` lists), ``rng`` (the shufflin
 ``classes`` (null, or ``{"object": bool}`` saying how the ``classes`` array is read back, or
 ``{"object": true, "values": [...]}``: labels as JSON where an array would change them, e.g.
 strings ending in NUL or integers beyond int64), ``scalers`` ({"x": kind,
-"y": kind} for the scalers present; absent or {} for none), ``fit`` (optional, the
+"y": kind} for the scalers present; absent or {} for none), ``columns`` (the training
+columns' names and the target's), ``table`` (a fitted nnjit.preprocessing.Table's state(): a
+kind and its fitted values per input column), ``fit`` (optional, the
 hyperparameters of the training run, for ``nnjit info``), ``checkpoint`` (only in checkpoints:
 the state of the interrupted ``fit`` call) and ``sha256``, a digest of every other array (name,
 dtype, shape and bytes) that catches corruption the zip CRCs would miss. Version 2 adds the
@@ -346,7 +348,7 @@ def _label_limit(arch):
 def _architecture_schema():
     """The MLP(...) arguments a file may declare (names from nnjit's own tables)."""
     from . import activations as A, config
-    from .model import BACKENDS, INITS
+    from .checks import BACKENDS, INITS
     from .schema import Int, List, Null, Num, Obj, OneOf, Str
     hidden = Str(choices=A.HIDDEN)
     return Obj({"layers": List(Int(1, int(config.MODEL_FILE_MAX_PARAMS)), 1000, min_len=2),

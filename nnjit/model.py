@@ -21,8 +21,7 @@ from .layout import join, make_shape, split
 from .training import (Best, DivergenceError, Progress, Schedule, Snapshot, Stopper, Trainer,
                        nnjit_loss)
 
-BACKENDS = ("loops", "vectorised", "cuda")
-INITS = ("normal", "xavier", "he")
+BACKENDS, INITS = checks.BACKENDS, checks.INITS
 __all__ = ["MLP", "DivergenceError", "DataConversionWarning", "BACKENDS", "INITS", "make_engine"]
 
 

@@ -119,7 +119,7 @@ MIN_WORD_ROWS, MIN_WORD_FRACTION = 3, 0.01
 #: days per year: a date's "years" feature is days since 1970-01-01 / this, and its season
 #: the phase of the same ratio (so each is one multiplication, in NumPy and in ONNX alike)
 YEAR_DAYS = 365.2425
-_NS_PER_DAY = 86_400 * 10**9
+NS_PER_DAY = 86_400 * 10**9     # a date column's ticks (datetime64[ns]) per day
 #: date spellings recognised without being told (--date COL forces the rest through pandas)
 _DATE_PATTERNS = (
     (r"\d{4}-\d{1,2}-\d{1,2}([ T]\d{1,2}:\d{2}(:\d{2}(\.\d+)?)?)?(Z|[+-]\d{2}:?\d{2})?", "ISO8601"),
@@ -273,7 +273,7 @@ class Table:
             ok = days[~np.isnan(days)]
             if ok.size == 0:
                 raise ValueError(f"column {name!r}: no value reads as a date")
-            t = np.round(ok * _NS_PER_DAY).astype(np.int64).astype("datetime64[ns]")
+            t = np.round(ok * NS_PER_DAY).astype(np.int64).astype("datetime64[ns]")
             season = len(np.unique(t.astype("datetime64[D]") - t.astype("datetime64[Y]"))) > 1
             time = bool((ok != np.floor(ok)).any())
             self.notes_[name] = {"missing": int(np.isnan(days).sum())}
@@ -382,7 +382,7 @@ class Table:
                                  f"is not a date{f' like {fmt}' if fmt else ''} ({bad.size} "
                                  "values like it)")
         ns = ts.to_numpy(dtype="datetime64[ns]").view(np.int64)
-        days = ns / _NS_PER_DAY
+        days = ns / NS_PER_DAY
         days[ts.isna().to_numpy()] = np.nan
         return days
 

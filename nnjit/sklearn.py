@@ -66,7 +66,7 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _STOCHASTIC_SOLVERS = ("sgd", "adam")
 # scikit-learn's activation names -> nnjit's (nnjit's own hidden names pass through)
-_HIDDEN = {"logistic": "sigmoid", **{name: name for name in A.HIDDEN}}
+ACTIVATION_NAMES = {"logistic": "sigmoid", **{name: name for name in A.HIDDEN}}
 # scikit-learn's out_activation_ -> nnjit (output, loss)
 _OUTPUT = {"softmax": ("softmax", "cross_entropy"), "logistic": ("sigmoid", "cross_entropy"),
            "identity": ("identity", "squared_error"), "exp": ("exp", "poisson")}
@@ -123,7 +123,7 @@ class OptimizerState:
 
 _CONSTRAINTS = {
     "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
-    "activation": [StrOptions(set(_HIDDEN))],
+    "activation": [StrOptions(set(ACTIVATION_NAMES))],
     "solver": [StrOptions({"lbfgs", "sgd", "adam"})],
     "alpha": [Interval(numbers.Real, 0, None, closed="left")],
     "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
@@ -232,12 +232,12 @@ class _BaseMLP(BaseEstimator):
         if output == "softmax" and layers[-1] < 2:     # hand-built one-unit "softmax": sklearn's math still holds
             output, loss = "sigmoid", "cross_entropy"
         net = getattr(self, slot, None)
-        key = (tuple(layers), _HIDDEN[self.activation], output, dtype.name, self.backend)
+        key = (tuple(layers), ACTIVATION_NAMES[self.activation], output, dtype.name, self.backend)
         old_key = getattr(self, slot + "_key", None)
         if net is None or old_key != key:
             state = (net.engine.get_state() if slot == "_net" and net is not None
                      and old_key[:3] == key[:3] else None)
-            net = MLP(layers, activation=_HIDDEN[self.activation], output=output, loss=loss,
+            net = MLP(layers, activation=ACTIVATION_NAMES[self.activation], output=output, loss=loss,
                       backend=self.backend, dtype=dtype.name, seed=0)
             if state is not None:
                 net.engine.set_state(state)
@@ -296,7 +296,7 @@ class _BaseMLP(BaseEstimator):
             self.out_activation_ = "logistic"
         self.coefs_, self.intercepts_ = [], []
         for i in range(self.n_layers_ - 1):
-            factor = 2.0 if _HIDDEN[self.activation] == "sigmoid" else 6.0
+            factor = 2.0 if ACTIVATION_NAMES[self.activation] == "sigmoid" else 6.0
             bound = np.sqrt(factor / (layer_units[i] + layer_units[i + 1]))
             W = self._random_state.uniform(-bound, bound, (layer_units[i], layer_units[i + 1]))
             b = self._random_state.uniform(-bound, bound, layer_units[i + 1])

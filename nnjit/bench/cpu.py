@@ -683,7 +683,7 @@ def plot(rows, path):
 
 
 def build_parser(p=None):
-    from ..cli import HelpFormatter
+    from ..clihelp import HelpFormatter
     p = p or argparse.ArgumentParser(prog="nnjit bench", description=__doc__,
                                      formatter_class=HelpFormatter)
     ints = lambda s: [int(v) for v in s.split(",") if v]          # noqa: E731

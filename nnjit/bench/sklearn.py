@@ -112,7 +112,7 @@ def run(args):
 
 
 def build_parser(p=None):
-    from ..cli import HelpFormatter
+    from ..clihelp import HelpFormatter
     p = p or argparse.ArgumentParser(prog="nnjit bench --sklearn", description=__doc__,
                                      formatter_class=HelpFormatter)
     p.add_argument("--cases", default="abcd", help="which of a, b, c, d to run")

@@ -61,9 +61,9 @@ def run_sklearn(path, target, seed):
     from sklearn.neural_network import MLPClassifier, MLPRegressor
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder, StandardScaler
-    from nnjit.cli import _NA_SPELLINGS, _target_values, detect_task, split_indices
-    df = pd.read_csv(path, na_values=_NA_SPELLINGS, skipinitialspace=True)
-    y, keep, _ = _target_values(df[target])
+    from nnjit.cli import NA_SPELLINGS, target_values, detect_task, split_indices
+    df = pd.read_csv(path, na_values=NA_SPELLINGS, skipinitialspace=True)
+    y, keep, _ = target_values(df[target])
     df, y = df[keep].drop(columns=target), y[keep]
     regression, _ = detect_task(y)
     train, test = split_indices(len(df), 0.25, np.random.default_rng(seed))   # the CLI's split
