@@ -19,6 +19,7 @@ import csv
 import json
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -117,7 +118,8 @@ def _has_header(path, rows, feats, t, header):
     """Whether line 1 is a header: as told by --header/--no-header, else guessed. Columns
     whose other lines are numbers decide: a word on line 1 above them is a name (all words:
     a header; words and numbers: refused as ambiguous); a table of text columns only has a
-    header when line 1's words occur nowhere below them."""
+    header when line 1's words occur nowhere below them; numbers over the numeric columns
+    and such words over the text ones are refused as ambiguous."""
     if header is not None:
         return header
     first, body = rows[0], rows[1:200]
@@ -142,6 +144,17 @@ def _has_header(path, rows, feats, t, header):
                                   {r[j].strip() for r in body if len(r) > j} for j in feats)
     if t is not None and word(t) and numeric(t):
         return True         # numbered feature columns with a named target column
+    # numbers on line 1 above the numeric columns (data, or names such as "1"?), and above
+    # every text column a word found nowhere below it, where some text column repeats its
+    # values (so that a value of line 1 would recur): names, as in "colour,1,label,0"
+    text = [j for j in feats + ([t] if t is not None else []) if not numeric(j)]
+    values = {j: [r[j].strip() for r in body if len(r) > j and not _missing(r[j])] for j in text}
+    if text and all(word(j) and values[j] and first[j].strip() not in values[j] for j in text) \
+            and any(len(set(v)) < len(v) for v in values.values()):
+        j = text[0]
+        raise CLIError(f"{path!r} line 1 holds numbers above the numeric columns but "
+                       f"{first[j].strip()!r} above column {j + 1}, a value found on no other "
+                       "line: a header or a data row? pass --header or --no-header")
     if len(num) == len(feats) and len(rows) > 1 and _is_column_numbers([first[i] for i in feats]):
         raise CLIError(f"{path!r} line 1 is the numbers {first[feats[0]].strip()}.."
                        f"{first[feats[-1]].strip()}: a header of column numbers or a data row? "
@@ -163,7 +176,7 @@ def _by_name(path, first, columns):
     header naming some of them but not all, or naming other columns, is refused: by position
     such a file would feed a model the wrong columns (or its label as a feature)."""
     feature_names, target_name = columns
-    cells = [c.strip() for c in first]
+    cells = _header_names(first)
     found = [n for n in feature_names if n in cells]
     if not found:
         return None
@@ -177,6 +190,12 @@ def _by_name(path, first, columns):
                        "matches columns by name")
     return [cells.index(n) for n in feature_names], (cells.index(target_name)
                                                      if target_name in cells else None)
+
+
+def _header_names(cells):
+    """A header row's column names: stripped; an empty cell (a DataFrame's index, as to_csv
+    writes it) named as pandas names it, so that pd.read_csv gives a model the same columns."""
+    return [c.strip() or f"Unnamed: {j}" for j, c in enumerate(cells)]
 
 
 def _is_int(text):
@@ -228,10 +247,12 @@ def _read_rows(path, delimiter):
     _sniff_binary(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f, delimiter=delimiter)
+            # as pandas reads it (skipinitialspace: `1, "a, b"` is two cells); pandas skips
+            # empty and blank lines but keeps a line of empty cells (",,") as a row of gaps
+            reader = csv.reader(f, delimiter=delimiter, skipinitialspace=True)
             rows, lines = [], []
             for r in reader:
-                if r and any(c.strip() for c in r):
+                if r and not (len(r) == 1 and not r[0].strip()):
                     rows.append(r)
                     lines.append(reader.line_num)
     except UnicodeDecodeError as e:
@@ -270,7 +291,7 @@ def _read_csv(path, target=-1, n_columns=None, header=None, delimiter=",", colum
         feats, t = named
         start = 1
     else:
-        cells = [c.strip() for c in rows[0]]
+        cells = _header_names(rows[0])
         by_name = isinstance(target, str) and target.strip() in cells
         if by_name and header is None:
             header = True       # --target NAME names a column of line 1: it is a header
@@ -285,34 +306,49 @@ def _read_csv(path, target=-1, n_columns=None, header=None, delimiter=",", colum
     _check_widths(path, rows, lines)
     if len(rows) <= start:
         raise CLIError(f"{path!r} has a header but no data rows")
+    # codes with leading zeros (zip codes "02134") stay text, as the file spells them
+    codes = [j for j in feats if _is_codes([r[j] for r in rows[start:start + 200] if len(r) > j], True)
+             and _is_codes([r[j] for r in rows[start:] if len(r) > j])]
+    read = dict(sep=delimiter, header=0 if start else None, encoding="utf-8-sig",
+                na_values=NA_SPELLINGS, keep_default_na=True, skipinitialspace=True,
+                low_memory=False)
     try:
-        df = pd.read_csv(path, sep=delimiter, header=0 if start else None, encoding="utf-8-sig",
-                         na_values=NA_SPELLINGS, keep_default_na=True, skipinitialspace=True,
-                         low_memory=False)
+        df = pd.read_csv(path, **read)
+        if codes:
+            df = pd.read_csv(path, dtype={df.columns[j]: str for j in codes}, **read)
     except (ValueError, pd.errors.ParserError) as e:
         raise CLIError(f"{path!r} is not readable as CSV ({_one_line(e)})") from None
-    names = [c.strip() for c in rows[0]] if start else [f"column {j + 1}" for j in range(width)]
+    names = _header_names(rows[0]) if start else [f"column {j + 1}" for j in range(width)]
     if len(set(names)) != len(names):
         twice = next(n for n in names if names.count(n) > 1)
         raise CLIError(f"{path!r}: the header names the column {twice!r} twice")
     df.columns = names
-    if len(df) == len(lines) - start:       # messages name the file's lines
+    mapped = len(df) == len(lines) - start
+    if mapped:      # messages name the file's lines
         df.index = lines[start:]
         df.attrs["nnjit_row_word"] = "line"
+
+    def where(i):
+        return f"line {df.index[i]}" if mapped else f"data row {i + 1}"
     notes = []
     y, target_name = None, None
+    if isinstance(target, str) and start and _is_int(target.strip()) and target.strip() in names:
+        j = int(target.strip())
+        if -width <= j < width and names[j % width] != target.strip():
+            notes.append(f"--target {target.strip()} is the column named {target.strip()!r} (column "
+                         f"{t + 1}); for column {j % width + 1} by position, --target-column {j}")
     if t is not None:
-        target_name = names[t] if start else None
+        target_name = names[t]      # "column 3" without a header: predict finds it there
         y, keep, bad = target_values(df.iloc[:, t])
         if bad is not None:
-            raise CLIError(f"{path!r} line {df.index[bad]}, column {t + 1} (the target): "
+            raise CLIError(f"{path!r} {where(bad)}, column {t + 1} (the target): "
                            f"{df.iloc[bad, t]!r} is not finite")
         if not keep.all():
             lost = int((~keep).sum())
             if not keep.any():
                 raise CLIError(f"{path!r}: the target column {t + 1} has no values")
             notes.append(f"dropped {_samples(lost).replace('sample', 'row')} without a target "
-                         f"(line {df.index[int(np.flatnonzero(~keep)[0])]}"
+                         f"({where(int(np.flatnonzero(~keep)[0]))}"
                          + (" and more)" if lost > 1 else ")"))
             df, y = df[keep], y[keep]
     X = df.iloc[:, feats]
@@ -320,7 +356,16 @@ def _read_csv(path, target=-1, n_columns=None, header=None, delimiter=",", colum
 
 
 #: spellings of a missing value beyond pandas' own (NA, N/A, NaN, null, None, the empty cell...)
-NA_SPELLINGS = ["?", "na", "Na", "NAN", "nan", "none", "NONE", "Null", "NULL", "missing"]
+NA_SPELLINGS = ["?", "-", "na", "Na", "NAN", "nan", "none", "NONE", "Null", "NULL", "missing"]
+
+
+def _is_codes(cells, digits_only=False):
+    """Whether a CSV column's cells are codes such as zip codes: digits only, some with a
+    leading zero ("02134"), which pandas would read as the number 2134 (digits_only: whether
+    they are digits only, a first look at a few)."""
+    cells = [c.strip() for c in cells if not _missing(c)]
+    return bool(cells) and all(c.isascii() and c.isdigit() for c in cells) and (
+        digits_only or any(len(c) > 1 and c[0] == "0" for c in cells))
 
 
 def target_values(col):
@@ -704,6 +749,7 @@ def cmd_train(args):
         raise CLIError("--categorical, --numeric, --date and --drop apply to the columns of a "
                        f"CSV file, not to {args.data!r}")
     regression, why = detect_task(y, args.task)
+    absent = None
     other = "classification" if regression else "regression"
     if len(data) < 2:
         raise CLIError(f"{args.data!r} has {_samples(len(data))}: too few to train on")
@@ -736,8 +782,8 @@ def cmd_train(args):
         unseen = np.setdiff1d(np.unique(y), np.unique(y[train]))
         if unseen.size:     # a class too rare to land in the training split
             keep = ~np.isin(y[test], unseen)
-            print(f"note: {int((~keep).sum())} test samples of classes absent from the training "
-                  f"split ({unseen[:5].tolist()}) are left out of the test score")
+            absent = (f"note: {int((~keep).sum())} test samples of classes absent from the "
+                      f"training split ({unseen[:5].tolist()}) are left out of the test score")
             test = test[keep]
         output = "softmax" if K > 2 else "sigmoid"
         K = K if K > 2 else 1
@@ -769,6 +815,8 @@ def cmd_train(args):
             print(f"  {line}")
         if any(c["kind"] != "number" for c in table.columns_) or len(table.columns_) > 1:
             print("  (a column's kind: --categorical COL, --numeric COL, --date COL, --drop COL)")
+    if absent:      # after the report of the table: its lines come first
+        print(absent)
     print(f"split: {len(fit_idx)} train / {len(val)} validation / {len(test)} test samples; "
           f"network {layers}, {args.activation}, features scaled: {args.scale}, "
           f"backend={args.backend}, dtype={args.dtype}")
@@ -835,6 +883,10 @@ def cmd_predict(args):
     columns = None if net.feature_names_in_ is None else (net.feature_names_in_, net.target_name_)
     n_columns = net.layers[0] if net.table is None else len(net.table.columns_)
     target = args.target if args.target is not None else args.target_column
+    spot = _headerless_target(net)
+    if args.target is None and not getattr(args, "target_column_given", False) and spot is not None:
+        target = spot       # trained on a file without a header: its target's column
+
     data = _load(args.data, target, n_columns=n_columns, header=args.header,
                  delimiter=args.delimiter, columns=columns)
     X, y = data.X, data.y
@@ -881,6 +933,22 @@ def cmd_predict(args):
     return 0
 
 
+def _headerless_target(net):
+    """The 0-based column of the target in the file without a header a model was trained on
+    (features "column 1", "column 2", ..., the target "column K"), else None."""
+    feats, target = net.feature_names_in_, getattr(net, "target_name_", None)
+    spots = [_column_number(n) for n in list(feats or []) + [target]]
+    if not feats or target is None or None in spots or sorted(spots) != list(
+            range(1, len(spots) + 1)):
+        return None
+    return spots[-1] - 1
+
+
+def _column_number(name):
+    m = re.fullmatch(r"column ([1-9][0-9]{0,5})", str(name))
+    return int(m.group(1)) if m else None
+
+
 def _short(v, n=40):
     text = repr(v)
     return text if len(text) <= n else text[:n - 1] + "…"
@@ -918,6 +986,12 @@ def cmd_info(args):
         cols = info["columns"]
         print(f"columns:         {_summary(cols['features'])}"
               + (f"; target {_short(cols['target'])}" if cols.get("target") else ""))
+    if info.get("table"):
+        kinds = [c.get("kind") for c in info["table"].get("columns", [])]
+        print("table:           " + ", ".join(f"{kinds.count(k)} {k}" for k in
+                                               ("number", "category", "date", "words", "drop")
+                                               if k in kinds)
+              + f" column{'s' if len(kinds) != 1 else ''} -> {arch['layers'][0]} features")
     if info.get("scalers"):
         print("scaling:         " + ", ".join(f"{k} {v}" for k, v in sorted(info["scalers"].items())))
     if info["fit"]:
@@ -948,11 +1022,19 @@ _DATA_HELP = ("'digits' (scikit-learn's bundled 8x8 digits), a .csv file (numeri
               "(samples, features) and y")
 
 
+class _Given(argparse.Action):
+    """store, and note that the option was given (args.<dest>_given)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, self.dest + "_given", True)
+
+
 def _csv_options(p):
     p.add_argument("--target", metavar="NAME|INDEX",
                    help="CSV column holding the target: its header name, or a 0-based index "
                         "(negative counts from the end) (default: --target-column)")
-    p.add_argument("--target-column", type=int, default=-1, metavar="INDEX",
+    p.add_argument("--target-column", type=int, default=-1, metavar="INDEX", action=_Given,
                    help="CSV column holding the target, 0-based; negative counts from the end")
     h = p.add_mutually_exclusive_group()
     h.add_argument("--header", dest="header", action="store_true", default=None,

@@ -392,7 +392,7 @@ def _header_schema(header):
     architecture and n_epochs are already checked: label counts, column counts and epoch
     indices are bounded by them."""
     from . import config
-    from .preprocessing import DATE_FORMATS, KINDS, MAX_MAGNITUDE
+    from .preprocessing import KINDS
     from .schema import Any, Bool, Int, List, Null, Num, Obj, OneOf, Str
     version, arch, n = header["version"], header["architecture"], header["n_epochs"]
     epoch = Int(0, n - 1, what=f"an epoch index below n_epochs = {n}")
@@ -421,20 +421,8 @@ def _header_schema(header):
                      "best_loss": metric, "best_score": metric},
                     optional=("step", "t", "lr", "best_epoch", "best_loss", "best_score"))
     n0 = arch["layers"][0]
-    text = Str(int(config.MODEL_FILE_MAX_LABEL), min_len=1)
-    column = {"name": name}
-    table_column = OneOf(
-        Obj({**column, "kind": Str(choices=("number",)), "fill": Num(-MAX_MAGNITUDE, MAX_MAGNITUDE)}),
-        Obj({**column, "kind": Str(choices=("category",)), "missing": Bool(),
-             "categories": List(text, n0, what=f"a list of at most {n0} category strings")}),
-        Obj({**column, "kind": Str(choices=("date",)), "fill": Num(-1e7, 1e7), "season": Bool(),
-             "time": Bool(), "format": Null(Str(choices=DATE_FORMATS))}),
-        Obj({**column, "kind": Str(choices=("words",)), "why": Str(200),
-             "words": List(Str(200, min_len=1), n0, what=f"a list of at most {n0} words")}),
-        Obj({**column, "kind": Str(choices=("drop",)), "why": Str(200)}),
-        what="a number, category, date, words or drop column entry (nnjit.preprocessing.Table)")
-    table = Obj({"columns": List(table_column, MAX_TABLE_COLUMNS, min_len=1),
-                 "max_categories": Int(1, 10**6)}, optional=("max_categories",))
+    from .preprocessing import state_schema
+    table = state_schema(n0)        # Table.from_state checks a state with the same spec
     fields = {
         "format": Str(choices=(FORMAT,)), "version": Int(1, VERSION), "nnjit_version": Str(100),
         "architecture": _architecture_schema(), "n_epochs": Int(0, MAX_EPOCHS),

@@ -599,7 +599,7 @@ def input_feed(model, X, input_dtype=None):
         dt = np.dtype(input_dtype) if input_dtype is not None else np.dtype(model.dtype)
         return {"X": np.ascontiguousarray(np.asarray(model.columns_of(X), dtype=dt))}
     import pandas as pd
-    from .preprocessing import category_strings
+    from .preprocessing import category_strings, match_categories
     df = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X)
     by_name = {str(c): df.iloc[:, j] for j, c in enumerate(df.columns)}
 
@@ -619,8 +619,12 @@ def input_feed(model, X, input_dtype=None):
                 v = s.to_numpy(dtype=np.float64, na_value=np.nan)
             else:
                 v = pd.to_numeric(text(s), errors="raise").to_numpy(dtype=np.float64, na_value=np.nan)
-        elif c["kind"] == "category":
-            v = np.array([u if u is not None else "" for u in category_strings(s.tolist())], dtype=object)
+        elif c["kind"] == "category":   # each value as the category it matches (Table's rules:
+            # 2134 or "2134.0" is "02134" where that is the one category of that value)
+            listed = list(c["categories"]) + [""]
+            k = match_categories(c, s.tolist())
+            v = np.array([listed[i] if i >= 0 else (u if u is not None else "")
+                          for i, u in zip(k, category_strings(s.tolist()))], dtype=object)
         elif c["kind"] == "words":      # a lone surrogate (no UTF-8) -> "?": both separate words
             v = np.array([u.encode("utf-8", "replace").decode("utf-8") if u is not None else ""
                           for u in category_strings(s.tolist())], dtype=object)
@@ -631,7 +635,13 @@ def input_feed(model, X, input_dtype=None):
                 fmt = c.get("format")
                 ts = pd.to_datetime(text(s), utc=True, **({"format": fmt} if fmt else {}))
                 ts = ts.dt.tz_localize(None)
-            v = ts.to_numpy(dtype="datetime64[ns]").view(np.int64)      # NaT: int64 min
+            t = ts.to_numpy()
+            lo, hi = np.datetime64("1677-09-22", "D"), np.datetime64("2262-04-10", "D")
+            out = ~np.isnat(t) & ((t < lo) | (t > hi))
+            if out.any():       # a cast to ns would wrap around, silently
+                raise ValueError(f"column {c['name']!r}: {t[out][0]} is outside the dates the ONNX "
+                                 "graph takes (int64 nanoseconds since 1970: 1677-09-22 to 2262-04-10)")
+            v = t.astype("datetime64[ns]").view(np.int64)      # NaT: int64 min
         feed[c["name"]] = v.reshape(-1, 1)
     return feed
 

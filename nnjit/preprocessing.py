@@ -129,6 +129,15 @@ _DATE_PATTERNS = (
 )
 #: the formats a date column may be read with (a model file's "format"; None: datetime64)
 DATE_FORMATS = tuple(f for _, f in _DATE_PATTERNS) + ("%d/%m/%Y",)
+#: the longest column name and word a Table keeps (a category: nnjit.config.
+#: MODEL_FILE_MAX_LABEL): what a model file may hold. Longer categories and words are left
+#: out at fit (as unseen values); a longer column name is refused.
+MAX_NAME, MAX_WORD = 1024, 200
+#: the most columns a Table reads (dropped ones included): a model file's limit
+MAX_COLUMNS = 2**16
+#: text that is a code, not a quantity: digits with a leading zero ("02134", "007")
+_CODE = r"0\d+"
+_NUMBER_TEXT = r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"
 
 
 def _pandas():
@@ -165,6 +174,55 @@ def category_strings(values):
     return out
 
 
+def _canonical(text):
+    """Another spelling of a category under which it still matches (None: none): a number's
+    value ("2134" for "2134.0" or 2134, "1.5" for "1.50"; leading zeros dropped) and a
+    boolean's ("True" for "true" and "TRUE"), so that a value read as text in one place and as
+    a number or boolean in another (pandas' guess, a zip code "02134" read as 2134) is the
+    same category."""
+    import re
+    low = text.lower()
+    if low in ("true", "false"):
+        return low.capitalize()
+    if not re.fullmatch(_NUMBER_TEXT, text):
+        return None
+    f = float(text)
+    if not np.isfinite(f):
+        return None
+    return str(int(f)) if f.is_integer() and abs(f) < 2**53 else repr(f)
+
+
+def match_categories(column, values):
+    """For a fitted category column (a state's dict) and raw values: per value, the index of
+    its 0/1 column (len(categories) for the missing column), or -1 (unseen: all zeros). A
+    value matches a category spelled the same (category_strings), else one whose
+    _canonical spelling is the same, where no other category shares it."""
+    cats = column["categories"]
+    index = {v: k for k, v in enumerate(cats)}
+    alias, twice = {}, set()
+    for k, v in enumerate(cats):
+        a = _canonical(v)
+        if a is not None:
+            if a in alias:
+                twice.add(a)
+            alias[a] = k
+    for a in twice:
+        del alias[a]
+    out = np.full(len(values), -1, dtype=np.int64)
+    for m, v in enumerate(category_strings(values)):
+        if v is None:
+            if column["missing"]:
+                out[m] = len(cats)
+            continue
+        k = index.get(v)
+        if k is None:
+            a = _canonical(v)
+            k = None if a is None else alias.get(a)
+        if k is not None:
+            out[m] = k
+    return out
+
+
 class Table:
     """What ``nnjit train`` does to a table's columns, as an object a model carries like
     ``x_scaler``: fitted on a pandas DataFrame of the training rows, it turns any DataFrame
@@ -178,8 +236,8 @@ class Table:
     ==========  ==============================================  ===========================
     number      numeric (or text that is all numbers)           the value; missing: the
                                                                 training median
-    category    text, booleans, ``categorical``                 one 0/1 column per value
-                                                                (the ``max_categories`` most
+    category    text, booleans, codes ("02134"),                one 0/1 column per value
+                ``categorical``                                 (the ``max_categories`` most
                                                                 frequent); missing: a column
                                                                 of its own if training had
                                                                 any; unseen: all zeros
@@ -195,7 +253,8 @@ class Table:
                                                                 ``max_categories`` most
                                                                 frequent: "chevrolet", "sw"
     drop        identifier-like text with no recurring word     nothing; said in describe()
-                (an ID), a row number (0..n-1 or 1..n), a
+                (an ID), a row number (0..n-1 or 1..n; for a
+                split's rows the index plus a constant), a
                 column with no values, ``drop``
     ==========  ==============================================  ===========================
 
@@ -227,6 +286,7 @@ class Table:
         if len(df) == 0:
             raise ValueError("a Table is fitted on at least one row, got an empty table")
         names = [str(c) for c in df.columns]
+        _check_names(names)
         unknown = [c for c in self.categorical + self.numeric + self.dates + self.drop
                    if str(c) not in names]
         if unknown:
@@ -257,13 +317,18 @@ class Table:
                 for w in ws:
                     counts[w] = counts.get(w, 0) + 1
             need = max(MIN_WORD_ROWS, MIN_WORD_FRACTION * len(rows))
-            common = sorted((w for w in counts if need <= counts[w] < len(rows)),
+            common = sorted((w for w in counts if need <= counts[w] < len(rows)
+                             and len(w) <= MAX_WORD),
                             key=lambda w: (-counts[w], w))[:self.max_categories]
             if not common:
                 return self._dropped(name, f"{why}, no word in {need:.0f} rows")
             return {"name": name, "kind": "words", "words": sorted(common), "why": why}
         if kind == "number":
             v = self._numbers(name, s)
+            big = np.flatnonzero(np.abs(v) > MAX_MAGNITUDE)
+            if big.size:
+                raise ValueError(f"{_row(s, int(big[0]))}, column {name!r}: {v[big[0]]:.3g} is beyond "
+                                 f"the {MAX_MAGNITUDE:g} nnjit takes in magnitude (rescale the column)")
             fill = float(np.median(v[~np.isnan(v)]))
             self.notes_[name] = {"missing": int(np.isnan(v).sum())}
             return {"name": name, "kind": "number", "fill": fill}
@@ -273,8 +338,8 @@ class Table:
             ok = days[~np.isnan(days)]
             if ok.size == 0:
                 raise ValueError(f"column {name!r}: no value reads as a date")
-            t = np.round(ok * NS_PER_DAY).astype(np.int64).astype("datetime64[ns]")
-            season = len(np.unique(t.astype("datetime64[D]") - t.astype("datetime64[Y]"))) > 1
+            t = np.floor(ok).astype(np.int64).astype("datetime64[D]")     # no overflow in 9999
+            season = len(np.unique(t - t.astype("datetime64[Y]").astype("datetime64[D]"))) > 1
             time = bool((ok != np.floor(ok)).any())
             self.notes_[name] = {"missing": int(np.isnan(days).sum())}
             return {"name": name, "kind": "date", "fill": float(np.median(ok)), "season": season,
@@ -284,7 +349,8 @@ class Table:
         for v in strings:
             if v is not None:
                 counts[v] = counts.get(v, 0) + 1
-        ranked = sorted(counts, key=lambda v: (-counts[v], v))
+        longest = _max_category()
+        ranked = sorted((v for v in counts if len(v) <= longest), key=lambda v: (-counts[v], v))
         kept = ranked[:self.max_categories]
         missing = present < n
         self.notes_[name] = {"missing": n - present, "values": len(counts),
@@ -298,6 +364,7 @@ class Table:
     def _guess(self, name, s):
         """(kind, why) of a column from its values (the class docstring's table); why says
         why a column is dropped."""
+        import re
         pd = _pandas()
         present = s.dropna()
         if pd.api.types.is_bool_dtype(s):
@@ -305,16 +372,18 @@ class Table:
         if pd.api.types.is_datetime64_any_dtype(s):
             return "date", None
         if pd.api.types.is_numeric_dtype(s):
-            v = present.to_numpy()
-            if (pd.api.types.is_integer_dtype(s) and len(v) > 20 and len(np.unique(v)) == len(v)
-                    and v.min() in (0, 1) and v.max() == v.min() + len(v) - 1):
+            if pd.api.types.is_integer_dtype(s) and len(present) == len(s) and _row_numbers(
+                    present.to_numpy(dtype=np.int64), s.index):
                 return "drop", "a row number"
             return "number", None
         text = [str(v).strip() for v in present.tolist()]
         bad = np.flatnonzero(pd.to_numeric(pd.Series(text), errors="coerce").isna().to_numpy())
-        if bad.size == 0:
+        if bad.size == 0 and any(re.fullmatch(_CODE, t) for t in text) and all(
+                re.fullmatch("[0-9]+", t) for t in text):
+            pass            # codes such as zip codes "02134": their leading zeros say so
+        elif bad.size == 0:
             return "number", None
-        if bad.size <= min(5, 0.1 * len(text)):
+        elif bad.size <= min(5, 0.1 * len(text)):
             # numbers and a stray word: a typo to fix, not a column of categories
             pos = int(np.flatnonzero(s.notna().to_numpy())[bad[0]])
             raise ValueError(f"{_row(s, pos)}, column {name!r}: {text[bad[0]]!r} is not a number, "
@@ -381,10 +450,7 @@ class Table:
                 raise ValueError(f"{_row(s, int(bad[0]))}, column {name!r}: {text.iloc[bad[0]]!r} "
                                  f"is not a date{f' like {fmt}' if fmt else ''} ({bad.size} "
                                  "values like it)")
-        ns = ts.to_numpy(dtype="datetime64[ns]").view(np.int64)
-        days = ns / NS_PER_DAY
-        days[ts.isna().to_numpy()] = np.nan
-        return days
+        return _days_of(ts.to_numpy())
 
     # ------------------------------------------------------------------ applying
     def transform(self, df):
@@ -392,6 +458,11 @@ class Table:
         self._check_fitted()
         df = self._frame(df)
         by_name = {str(c): j for j, c in enumerate(df.columns)}
+        if len(by_name) < df.shape[1]:
+            names = [str(c) for c in df.columns]
+            twice = next(c for c in names if names.count(c) > 1)
+            raise ValueError(f"the table names the column {twice!r} twice; a Table reads its "
+                             "columns by name")
         known = {c["name"] for c in self.columns_}
         unseen = [c for c in by_name if c not in known]
         missing = [c["name"] for c in self.columns_ if c["kind"] != "drop" and c["name"] not in by_name]
@@ -432,14 +503,10 @@ class Table:
                     if k is not None:
                         out[m, k] = 1.0
             return out
-        cats = c["categories"]
-        index = {v: k for k, v in enumerate(cats)}
-        width = len(cats) + bool(c["missing"])
-        out = np.zeros((len(s), width))
-        for m, v in enumerate(category_strings(s.tolist())):
-            k = len(cats) if v is None and c["missing"] else index.get(v)
-            if k is not None:
-                out[m, k] = 1.0
+        k = match_categories(c, s.tolist())
+        out = np.zeros((len(s), _width(c)))
+        hit = np.flatnonzero(k >= 0)
+        out[hit, k[hit]] = 1.0
         return out
 
     def fit_transform(self, df):
@@ -545,8 +612,13 @@ class Table:
 
     @classmethod
     def from_state(cls, state):
-        """The Table of a state(); checks what no fit could produce (nnjit.io has checked
-        the types)."""
+        """The Table of a state(): its fields checked (state_schema, as a model file's), then
+        what no fit could produce; a ValueError naming the first problem."""
+        from .schema import SchemaError
+        try:
+            state_schema()(state, "table")
+        except SchemaError as e:
+            raise ValueError(str(e)) from None
         t = cls(max_categories=state.get("max_categories", 50))
         cols = [dict(c) for c in state["columns"]]
         names = [c["name"] for c in cols]
@@ -606,3 +678,93 @@ def _row(s, pos):
     <n>" for a CSV read by nnjit train (its DataFrame's attrs say so)."""
     word = getattr(s, "attrs", {}).get("nnjit_row_word", "row")
     return f"{word} {s.index[pos]}"
+
+
+def _check_names(names):
+    """Refuse, in one line, column names a Table cannot read back by name: an empty one, one
+    longer than MAX_NAME, two spelled alike (1 and "1" alike), more than MAX_COLUMNS."""
+    if len(names) > MAX_COLUMNS:
+        raise ValueError(f"a Table reads at most {MAX_COLUMNS} columns, got {len(names)}")
+    for j, n in enumerate(names):
+        if not n.strip():
+            raise ValueError(f"column {j + 1} has no name ({n!r}); a Table reads columns by name: "
+                             "name it")
+        if len(n) > MAX_NAME:
+            raise ValueError(f"column {j + 1}'s name is {len(n)} characters long, more than "
+                             f"the {MAX_NAME} a model file holds: shorten it")
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"two columns are named {twice!r}; a Table reads columns by name")
+
+
+def _row_numbers(v, index=None):
+    """Whether integers v (a column without gaps) number the rows, more than 20 of them:
+    0..n-1 or 1..n in any order, or, for some rows of a table (nnjit train's training split,
+    df.iloc[rows]), its index plus a constant, from near 0 or 1 (at most 10)."""
+    if len(v) <= 20:
+        return False
+    lo, hi = int(v.min()), int(v.max())
+    if lo in (0, 1) and hi == lo + len(v) - 1 and len(np.unique(v)) == len(v):
+        return True
+    try:
+        at = np.asarray(index, dtype=np.int64) if index is not None else None
+    except (TypeError, ValueError, OverflowError):
+        return False
+    if at is None or at.shape != v.shape or not 0 <= lo <= 10:
+        return False
+    step = v - at
+    return bool((step == step[0]).all() and (np.diff(v) > 0).all())
+
+
+def _days_of(t):
+    """Days since 1970-01-01 (float64, NaN for NaT) of a datetime64 array in any unit:
+    datetime64[ns] (1677..2262) as ns / NS_PER_DAY, as the ONNX graph divides its int64
+    input; other units (pandas 3 reads text as datetime64[us]: years 1..9999) from their own
+    ticks, never through a silently wrapping cast to ns."""
+    t = np.asarray(t)
+    nat = np.isnat(t)
+    unit, count = np.datetime_data(t.dtype)
+    ticks = t.view(np.int64)
+    per_day = {"ns": NS_PER_DAY, "us": NS_PER_DAY // 1000, "ms": NS_PER_DAY // 10**6,
+               "s": 86_400, "m": 1440, "h": 24, "D": 1}.get(unit)
+    if per_day is None:
+        ticks, per_day = t.astype("datetime64[s]").view(np.int64), 86_400
+    else:
+        per_day /= count
+    if unit != "ns":
+        # in the ns range, as ns (what Table did, and the ONNX graph does, bit for bit)
+        lo, hi = np.datetime64("1677-09-22", "D"), np.datetime64("2262-04-10", "D")
+        ok = ~nat & (t >= lo) & (t <= hi)
+        if ok[~nat].all():
+            ticks, per_day = t.astype("datetime64[ns]").view(np.int64), NS_PER_DAY
+    days = ticks / per_day
+    days[nat] = np.nan
+    return days
+
+
+def state_schema(n_out=None):
+    """The nnjit.schema spec of a Table's state() (a model file's "table" field): each
+    column's fields, types and bounds; n_out: the input layer's units, which bound its lists
+    of categories and words."""
+    from .schema import Bool, Int, List, Null, Num, Obj, OneOf, Str
+    n = n_out if n_out is not None else MAX_COLUMNS * 1024
+    column = {"name": Str(MAX_NAME, min_len=1)}
+    spec = OneOf(
+        Obj({**column, "kind": Str(choices=("number",)), "fill": Num(-MAX_MAGNITUDE, MAX_MAGNITUDE)}),
+        Obj({**column, "kind": Str(choices=("category",)), "missing": Bool(),
+             "categories": List(Str(_max_category(), min_len=1), n,
+                                what=f"a list of at most {n} category strings")}),
+        Obj({**column, "kind": Str(choices=("date",)), "fill": Num(-1e7, 1e7), "season": Bool(),
+             "time": Bool(), "format": Null(Str(choices=DATE_FORMATS))}),
+        Obj({**column, "kind": Str(choices=("words",)), "why": Str(200),
+             "words": List(Str(MAX_WORD, min_len=1), n, what=f"a list of at most {n} words")}),
+        Obj({**column, "kind": Str(choices=("drop",)), "why": Str(200)}),
+        what="a number, category, date, words or drop column entry (nnjit.preprocessing.Table)")
+    return Obj({"columns": List(spec, MAX_COLUMNS, min_len=1), "max_categories": Int(1, 10**6)},
+               optional=("max_categories",))
+
+
+
+def _max_category():
+    from . import config
+    return int(config.MODEL_FILE_MAX_LABEL)

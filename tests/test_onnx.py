@@ -543,3 +543,30 @@ def test_skl2onnx_float32_input_to_a_float64_estimator_and_errors(skl2onnx):
     clf.out_activation_ = "swish"                                   # set by hand, unknown
     with pytest.raises(ValueError, match="'swish' has no ONNX form"):
         _convert(clf, X, "float32")
+
+
+# ---------------------------------------------------------------- found by review (issues 23, 24)
+def test_table_categories_spelled_otherwise_and_dates_beyond_nanoseconds():
+    """Codes read as numbers (2134 for "02134"), "true" for True: input_feed feeds the
+    category the Table matches, so the graph equals predict; dates outside datetime64[ns]
+    (pandas 3 reads 2500-01-01 as datetime64[us]) are refused by input_feed, not wrapped."""
+    pd = pytest.importorskip("pandas")
+    from nnjit.preprocessing import Table
+    n = 24
+    df = pd.DataFrame({"zip": ["02134", "02139", "10001", "02134"] * (n // 4),
+                       "flag": [True, False, True] * (n // 3),
+                       "when": [f"{1990 + i}-0{1 + i % 9}-1{i % 10}" for i in range(n)],
+                       "x": np.linspace(-1, 1, n)})
+    table = Table().fit(df)
+    assert [c["kind"] for c in table.columns_] == ["category", "category", "date", "number"]
+    net = MLP([table.n_features_out_, 3, 2], activation="tanh", output="softmax", dtype="float64",
+              backend="vectorised", seed=0)
+    net.table, net.x_scaler = table, Scaler("standard")
+    net.fit(df, np.array(["a", "b"])[np.arange(n) % 2], epochs=2)
+    new = pd.DataFrame({"zip": [2134, 10001, 2139.0, 555, None], "flag": ["true", "FALSE", None, "x", True],
+                        "when": ["2001-02-03", None, "1999-12-31", "2262-04-01", "1678-01-01"],
+                        "x": [0.5, np.nan, 2.0, -1.0, 0.0]})
+    assert (net.table.transform(new)[:3, :3].sum(axis=1) == 1).all()
+    _check_mlp(net, new)
+    with pytest.raises(ValueError, match="column 'when': 2500-01-01.* outside the dates the ONNX graph"):
+        nx.input_feed(net, new.assign(when=["2500-01-01"] * 5))

@@ -316,3 +316,141 @@ def test_missing_feature_cells_are_filled_not_refused(tmp_path, capsys):
     assert main(["train", "--data", str(path), "--quiet", "--epochs", "2", "--test-fraction", "0"]) == 0
     assert "numbers (3): a, b, c; 2 missing values filled with the column's median" in \
         capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- found by review (issue 24)
+def test_codes_and_numbers_spelled_otherwise_match_their_category(tmp_path, capsys):
+    # zip codes with leading zeros are codes (category), not numbers, and a value read as a
+    # number elsewhere (2134, "2134.0"), or a boolean spelled "true", is still its category
+    df = pd.DataFrame({"zip": ["02134", "02139", "10001", "02134"] * 6, "x": np.arange(24.0)})
+    t = Table().fit(df)
+    assert t.columns_[0] == {"name": "zip", "kind": "category",
+                             "categories": ["02134", "02139", "10001"], "missing": False}
+    new = pd.DataFrame({"zip": [2134, 2139.0, "10001.0", 99999, None], "x": [1.0] * 5})
+    np.testing.assert_array_equal(t.transform(new)[:, :3],
+                                  [[1, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 0], [0, 0, 0]])
+    b = Table(categorical=["c"]).fit(pd.DataFrame({"c": [True, False, True, np.nan]}))
+    np.testing.assert_array_equal(b.transform(pd.DataFrame({"c": ["true", "FALSE", "yes"]})),
+                                  [[0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    # two categories of one value ("1", "01") match only as spelled
+    amb = Table(categorical=["c"]).fit(pd.DataFrame({"c": ["1", "01", "2"]}))
+    np.testing.assert_array_equal(amb.transform(pd.DataFrame({"c": ["1.0", "01", 2.0]})),
+                                  [[0, 0, 0], [1, 0, 0], [0, 0, 1]])
+    # nnjit train keeps the zeros; the model predicts alike on the file read by pandas as ints
+    path, model = tmp_path / "zip.csv", tmp_path / "zip.npz"
+    df.assign(label=np.arange(24) % 2).to_csv(path, index=False)
+    assert main(["train", "--data", str(path), "--target", "label", "--quiet", "--epochs", "1",
+                 "--backend", "vectorised", "--save", str(model)]) == 0
+    assert "categories (1), one-hot: zip 3" in capsys.readouterr().out
+    net = MLP.load(model)
+    as_ints = pd.read_csv(path).drop(columns="label")
+    assert as_ints["zip"].dtype.kind == "i"
+    np.testing.assert_array_equal(net.predict_proba(as_ints), net.predict_proba(df))
+
+
+def test_dates_beyond_the_nanosecond_range_are_not_wrapped():
+    # pandas 3 reads dates as datetime64[us]: 2500 and 9999 (an "open end" sentinel) exist
+    df = pd.DataFrame({"d": ["1600-03-01", "1960-06-01", "2500-01-01", "9999-12-31"]})
+    t = Table().fit(df)
+    days = [(np.datetime64(v) - np.datetime64("1970-01-01")).astype(int) for v in df["d"]]
+    np.testing.assert_allclose(t.transform(df)[:, 0], np.array(days) / 365.2425, rtol=1e-15)
+    assert t.columns_[0]["fill"] == np.median(days) and not t.columns_[0]["time"]
+    dt = Table().fit(pd.DataFrame({"d": pd.to_datetime(df["d"])}))
+    np.testing.assert_array_equal(dt.transform(pd.DataFrame({"d": pd.to_datetime(df["d"])})),
+                                  t.transform(df))
+
+
+def test_column_names_a_table_cannot_read_back_are_refused_before_training():
+    t = Table().fit(pd.DataFrame({"n": [1.0, 2.0, 3.0]}))
+    with pytest.raises(ValueError, match="names the column 'n' twice"):
+        t.transform(pd.DataFrame([[1.0, 2.0]], columns=["n", "n"]))     # was: the last one
+    for cols, match in (([1, "1"], "two columns are named '1'"), (["a", " "], "column 2 has no name"),
+                        (["a", "b" * 1025], "1025 characters long")):
+        with pytest.raises(ValueError, match=match):
+            Table().fit(pd.DataFrame([[1.0, 2.0]] * 3, columns=cols))
+    # what a model file cannot hold is left out at fit, not refused by save after training
+    long = "x" * 1100
+    df = pd.DataFrame({"c": [long, long, "a", "a", "b"] * 4,
+                       "w": [f"{'k' * 250} z{i} {'sw' if i % 2 else 'coupe'}" for i in range(20)]})
+    t = Table().fit(df)
+    assert t.columns_[0]["categories"] == ["a", "b"] and t.columns_[1]["words"] == ["coupe", "sw"]
+    from nnjit.preprocessing import state_schema
+    state_schema(t.n_features_out_)(t.state(), "table")
+    with pytest.raises(ValueError, match=r"row 1, column 'x': 1e\+300 is beyond the 1e\+250"):
+        Table().fit(pd.DataFrame({"x": [1.0, 1e300, 2.0]}))
+
+
+def test_from_state_checks_the_fields_itself():
+    st = Table().fit(pd.DataFrame({"x": [1.0, 2.0], "c": ["a", "b"]})).state()
+    for change in (lambda s: s["columns"][0].update(kind="date"),       # was a KeyError
+                   lambda s: s["columns"][0].update(fill=float("nan")),   # was NaN out
+                   lambda s: s["columns"][1].update(categories=["a", 3]),
+                   lambda s: s["columns"][0].update(name=5)):
+        bad = json.loads(json.dumps(st))
+        change(bad)
+        with pytest.raises(ValueError, match="header field 'table"):
+            Table.from_state(bad)
+
+
+def test_index_column_and_row_numbers_in_nnjit_train(tmp_path, capsys):
+    # DataFrame.to_csv's index: an empty header cell over 0..n-1; the training split's rows
+    # of it (in file order) are still a row number, and the model saves and predicts
+    rng = np.random.default_rng(0)
+    n = 90
+    df = pd.DataFrame({"k": np.sort(rng.integers(0, 3, n)), "x": rng.normal(size=n)})
+    df["colour"] = np.array(["red", "blue", "green"])[df["k"]]
+    path, model = tmp_path / "indexed.csv", tmp_path / "m.npz"
+    df.drop(columns="k").assign(y=df["k"]).to_csv(path)          # index=True
+    assert main(["train", "--data", str(path), "--target", "y", "--quiet", "--epochs", "1",
+                 "--backend", "vectorised", "--save", str(model)]) == 0
+    assert "dropped (1): Unnamed: 0 (a row number)" in capsys.readouterr().out
+    net = MLP.load(model)
+    back = pd.read_csv(path).drop(columns="y")
+    assert net.feature_names_in_ == list(back.columns)
+    assert main(["predict", "--model", str(model), "--data", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1:] == [str(v) for v in net.predict(back)]
+
+
+def test_csv_cells_lines_and_headers_as_pandas_reads_them(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    rows = ["a,b,label"] + [f'{rng.normal():.3f}, "x{i % 3}, y",{i % 2}' for i in range(40)]
+    rows[9] = ",,"                  # a line of gaps: pandas keeps it, as a row without a target
+    rows[12] = f"-,{rows[12].split(',', 1)[1]}"     # "-": a missing number
+    path = tmp_path / "spaced.csv"
+    path.write_text("\n".join(rows) + "\n")
+    assert main(["train", "--data", str(path), "--quiet", "--epochs", "1",
+                 "--backend", "vectorised"]) == 0
+    out = capsys.readouterr().out
+    assert "target label: dropped 1 row without a target (line 10)" in out     # was "line 8"
+    assert "categories (1), one-hot: b 3" in out and "numbers (1): a" in out
+    # numbers named "1" and "0" over numeric columns, names over text ones: refused, not
+    # read as a row of data
+    n = 40
+    lines = ["colour,1,label,0"] + [f"{['red', 'blue'][i % 2]},{rng.normal():.3f},{['y', 'n'][i % 3 > 0]},"
+                                    f"{rng.normal():.3f}" for i in range(n)]
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["train", "--data", str(path), "--target-column", "0", "--quiet"]) == 2
+    assert "a header or a data row? pass --header or --no-header" in capsys.readouterr().err
+    assert main(["train", "--data", str(path), "--target-column", "0", "--header", "--quiet",
+                 "--epochs", "1", "--backend", "vectorised"]) == 0
+    assert f"{n} samples" in capsys.readouterr().out
+
+
+def test_predict_finds_the_target_of_a_headerless_training_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=60)
+    lines = [f"{['red', 'blue'][i % 2]},{x[i]:.3f},{'yes' if x[i] > 0 else 'no'},{rng.normal():.3f}"
+             for i in range(60)]
+    path, model = tmp_path / "nohdr.csv", tmp_path / "m.npz"
+    path.write_text("\n".join(lines) + "\n")
+    assert main(["train", "--data", str(path), "--target", "2", "--quiet", "--epochs", "1",
+                 "--backend", "vectorised", "--save", str(model)]) == 0
+    capsys.readouterr()
+    assert MLP.load(model).target_name_ == "column 3"
+    assert main(["predict", "--model", str(model), "--data", str(path)]) == 0     # was: exit 2
+    assert "accuracy against the file's targets" in capsys.readouterr().err
+    feats = tmp_path / "feats.csv"
+    feats.write_text("\n".join(",".join(r.split(",")[:2] + r.split(",")[3:]) for r in lines) + "\n")
+    assert main(["predict", "--model", str(model), "--data", str(feats)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 61
