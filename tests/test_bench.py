@@ -1,6 +1,9 @@
 """The benchmark tool runs end to end on a tiny problem and writes what it promises.
 (No speed is asserted: performance lives in benchmarks, not tests.)"""
 import json
+import os
+
+import pytest
 
 from nnjit import bench
 
@@ -95,3 +98,27 @@ def test_numpy_epoch_learns():
     ts, acc = time_numpy("float32", [12, 9, 3], X, y, 16, 0.1, 0.9, 5)
     assert len(ts) == 5 and all(t > 0 for t in ts)
     assert acc > 0.8 > np.bincount(y).max() / len(y)      # far above the majority class
+
+
+def test_compare_gate_times_both_trees_in_alternating_blocks(capsys):
+    """nnjit bench --compare's plumbing (the vectorised form, two tiny rows, so no compile):
+    HEAD exported by git archive and imported from there, blocks alternating, a ratio per row."""
+    import shutil
+    import subprocess
+    from nnjit.bench import compare as C
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if shutil.which("git") is None or subprocess.run(
+            ["git", "-C", root, "rev-parse", "HEAD"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout")
+    said = []
+    rows = C.compare("HEAD", rounds=2, repeats=1, flop=1e6, online=50, cases=[([6, 5, 3], 1), ([6, 5, 3], 8)],
+                     backend="vectorised", say=said.append)
+    assert [r["batch_size"] for r in rows] == [1, 8]
+    for r in rows:
+        assert len(r["new_blocks"]) == len(r["old_blocks"]) == 2
+        assert r["ratio"] == pytest.approx(r["new_us"] / r["old_us"]) and r["new_us"] > 0
+    blocks = [line.split(":")[0].strip() for line in said if line.strip().startswith("block")]
+    assert blocks == ["block 1 new", "block 1 old", "block 2 old", "block 2 new"]
+    assert said[-1].strip().startswith(("0 of 2 rows more than 1.25x slower", "1 of 2", "2 of 2"))
+    with pytest.raises(SystemExit, match="not a revision"):
+        C.compare("no-such-revision-xyz", cases=[([6, 5, 3], 8)], backend="vectorised", say=said.append)

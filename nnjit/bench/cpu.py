@@ -14,6 +14,7 @@ peak memory. Not a test: nothing here asserts a speed.
     nnjit bench --contention 2                  # epoch time with 0, 1, 2 busy processes competing
     nnjit bench --batch-sizes 32 --threads 2 --json out.json --plot out.png
     nnjit bench --sweep                         # the README's table: nets x batch sizes, vs NumPy/BLAS
+    nnjit bench --compare main                  # the regression gate: this tree vs a revision
 """
 import argparse
 import json
@@ -710,6 +711,15 @@ def build_parser(p=None):
                    help="the README's table: nets x batch sizes, float32, loops vs vectorised vs NumPy "
                         "vs PyTorch vs scikit-learn, with SGEMM and per-product GFLOP/s (--layers and "
                         "--batch-sizes, when not the defaults, replace the nets)")
+    p.add_argument("--compare", metavar="REV",
+                   help="instead: the regression gate - this tree's loops epochs against git "
+                        "revision REV's (e.g. main, HEAD~1), every sweep row and online at "
+                        "784-128-10 and 784-512-512-10, alternating blocks, a ratio per row, rows "
+                        "over 1.25x slower marked (module nnjit.bench.compare)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="--compare: alternating blocks per tree (each a fresh process)")
+    p.add_argument("--quick", action="store_true",
+                   help="--compare: a quarter of the samples per row, for a smoke run")
     p.add_argument("--scaling", action="store_true", help="also time 3 sample counts and 3 widths, and peak RSS")
     p.add_argument("--json", metavar="OUT.json", help="also write the rows as JSON")
     p.add_argument("--csv", metavar="OUT.csv", help="also write the rows as CSV")
@@ -757,6 +767,14 @@ def cmd(args):
     bad = set(args.dtypes) - {"float32", "float64"}
     if bad:
         raise SystemExit(f"nnjit bench: unknown dtype(s) {sorted(bad)}")
+    if args.compare:
+        from .compare import compare
+        if args.rounds <= 0:
+            raise SystemExit("nnjit bench: --rounds must be positive")
+        compare(args.compare, rounds=args.rounds, repeats=args.repeats,
+                flop=(1.25e9 if args.quick else 5e9), online=(750 if args.quick else 3000),
+                lr=args.lr, momentum=args.momentum, json_path=args.json)
+        return 0
     if args.sweep:
         default = build_parser().parse_args([])
         args.sweep_cases = (None if (args.layers, args.batch_sizes) == (default.layers, default.batch_sizes)
