@@ -175,9 +175,10 @@ print(repr(float(net.forward(np.linspace(-1, 1, 20).reshape(5, 4)).sum())))
 
 
 def test_a_training_script_then_two_prediction_scripts(tmp_path):
-    """The reported everyday flow, both dtypes: the third process crashed (exit 139)."""
+    """The reported everyday flow: the third process crashed (exit 139), in float32 and
+    float64 alike (float64's kernels are the next test's)."""
     env = _env(tmp_path / "cache")
-    for dtype in ("float32", "float64"):
+    for dtype in ("float32",):
         _run(TRAIN.format(dtype=dtype, batch=32), env)
         outs = [_run(PREDICT.format(dtype=dtype), env) for _ in range(2)]
         assert outs[0] == outs[1]
@@ -202,26 +203,24 @@ print(repr(float(MLPRegressor(hidden_layer_sizes=(7,), max_iter=3, random_state=
 
 
 def test_many_processes_one_after_another_and_at_once_on_one_fresh_cache(tmp_path):
-    """Fits of every kind (online, mini-batch, GEMM path, estimator, sparse), predictions
-    first, both dtypes, started at once and one after another in several orders on one empty
-    cache; every result equals the same run's result on its own cache (a wrong kernel
-    loaded would change it), and nothing crashes."""
+    """Fits of several kinds (online, mini-batch, estimator, sparse), predictions first, both
+    dtypes, started at once and one after another in several orders on one empty cache;
+    every result equals the same run's result on its own cache (a wrong kernel loaded would
+    change it), and nothing crashes. (The GEMM path and float32 estimators, each another
+    compiled twin of the same epoch, are left out for CI's time: the mechanism is the same.)"""
     jobs = {"online32": TRAIN.format(dtype="float32", batch=1),
             "batch64": TRAIN.format(dtype="float64", batch=16),
-            "gemm32": TRAIN.format(dtype="float32", batch=100),
             "predict64": PREDICT.format(dtype="float64"),
             "estimator64": ESTIMATOR.format(dtype="float64"),
             "sparse": SPARSE,
-            "predict32": PREDICT.format(dtype="float32"),
-            "estimator32": ESTIMATOR.format(dtype="float32")}
+            "predict32": PREDICT.format(dtype="float32")}
     shared = _env(tmp_path / "shared")
     got = {}
-    waves = [["predict64", "online32", "estimator64"], ["gemm32", "sparse", "batch64"],
-             ["predict32", "estimator32"]]
+    waves = [["predict64", "online32", "estimator64"], ["sparse", "batch64"], ["predict32"]]
     for wave in waves:                      # at once, then the next wave
         for name, out in zip(wave, _finish([_start(jobs[n], shared) for n in wave])):
             got[name] = out
-    for name in ["predict32", "gemm32", "estimator64", "online32", "sparse"]:   # one by one, warm
+    for name in ["predict32", "estimator64", "online32", "sparse"]:   # one by one, warm
         assert _run(jobs[name], shared) == got[name], name
     for name, code in jobs.items():         # the reference: this process's own kernels
         assert got[name] == _here(code), name
