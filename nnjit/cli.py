@@ -6,8 +6,10 @@
   nnjit export  model.npz model.onnx
   nnjit bench   [options]
 
-``nnjit train`` works on the data people have: features are standardised (fitted on the
-training split, saved in the model and applied again by ``nnjit predict``), the task is
+``nnjit train`` works on the data people have: a CSV table's columns are encoded by kind
+(numbers with gaps filled, text one-hot, dates as numbers: nnjit.preprocessing.Table) and
+standardised (fitted on the training split, saved in the model and applied again by
+``nnjit predict``), the task is
 detected from the target column and said, training stops early on a validation split and
 keeps the best epoch's weights. A test or validation split too small to mean anything (under
 MIN_SPLIT samples, or 2 per class) is not held out but trained on, with a warning. Every
@@ -1017,9 +1019,9 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-_DATA_HELP = ("'digits' (scikit-learn's bundled 8x8 digits), a .csv file (numeric features, the "
-              "label in --target-column, an optional header row) or a .npz file with arrays X "
-              "(samples, features) and y")
+_DATA_HELP = ("'digits' (scikit-learn's bundled 8x8 digits), a .csv file (a table: numbers, "
+              "text, dates, gaps - see the README's 'Real tables'; the label in --target, an "
+              "optional header row) or a .npz file with arrays X (samples, features) and y")
 
 
 class _Given(argparse.Action):
