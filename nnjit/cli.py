@@ -386,8 +386,8 @@ def target_values(col):
         if v.size and (v == np.round(v)).all() and np.abs(v).max() < 2**53:
             y = np.where(keep, y, 0).astype(np.int64)
         return y, keep, None
-    text = np.array(["" if (v is None or (not isinstance(v, str) and pd.isna(v))) else str(v).strip()
-                     for v in col.tolist()])
+    from .preprocessing import text_values
+    text = text_values(col).fillna("").to_numpy(dtype=str)
     keep = keep & (text != "")
     return text, keep, None
 

@@ -599,13 +599,11 @@ def input_feed(model, X, input_dtype=None):
         dt = np.dtype(input_dtype) if input_dtype is not None else np.dtype(model.dtype)
         return {"X": np.ascontiguousarray(np.asarray(model.columns_of(X), dtype=dt))}
     import pandas as pd
-    from .preprocessing import category_strings, match_categories
+    from .preprocessing import category_strings, match_categories, text_values
     df = X if isinstance(X, pd.DataFrame) else pd.DataFrame(X)
     by_name = {str(c): df.iloc[:, j] for j, c in enumerate(df.columns)}
 
-    def text(s):                        # stripped strings, None where missing or empty
-        return pd.Series([None if v is None or (not isinstance(v, str) and pd.isna(v))
-                          else (str(v).strip() or None) for v in s.tolist()], dtype=object)
+    text = text_values                  # stripped strings, None where missing or empty
 
     feed = {}
     for c in _table_state(table):

@@ -155,6 +155,14 @@ def _short_names(names, n=4, width=24):
     return ", ".join(cut[:n]) + (f" and {len(cut) - n} more" if len(cut) > n else "")
 
 
+def text_values(values):
+    """Values as an object Series of stripped strings, None where missing or empty: what a
+    Table parses numbers and dates from."""
+    pd = _pandas()
+    return pd.Series([None if v is None or (not isinstance(v, str) and pd.isna(v))
+                      else (str(v).strip() or None) for v in list(values)], dtype=object)
+
+
 def category_strings(values):
     """Values of a categorical column as the strings a Table matches (None where missing):
     text stripped, booleans "True"/"False", integral numbers without ".0" (a column of
@@ -417,10 +425,9 @@ class Table:
         if pd.api.types.is_bool_dtype(s) or pd.api.types.is_numeric_dtype(s):
             v = s.to_numpy(dtype=np.float64, na_value=np.nan)
         else:
-            text = pd.Series([None if (x is None or (not isinstance(x, str) and pd.isna(x)))
-                              else str(x).strip() for x in s.tolist()], dtype=object)
+            text = text_values(s)
             v = pd.to_numeric(text, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
-            bad = np.flatnonzero(np.isnan(v) & text.notna().to_numpy() & (text != "").to_numpy())
+            bad = np.flatnonzero(np.isnan(v) & text.notna().to_numpy())
             if bad.size:
                 raise ValueError(f"{_row(s, int(bad[0]))}, column {name!r}: {text.iloc[bad[0]]!r} is "
                                  f"not a number ({bad.size} values like it); the column was "
@@ -438,8 +445,7 @@ class Table:
             if getattr(ts.dt, "tz", None) is not None:
                 ts = ts.dt.tz_convert("UTC").dt.tz_localize(None)
         else:
-            text = pd.Series([None if (x is None or (not isinstance(x, str) and pd.isna(x)))
-                              else str(x).strip() for x in s.tolist()], dtype=object)
+            text = text_values(s)
             kw = {"format": fmt} if fmt else {}
             try:
                 ts = pd.to_datetime(text, errors="coerce", utc=True, **kw).dt.tz_localize(None)
