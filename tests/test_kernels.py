@@ -399,6 +399,47 @@ def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
             np.testing.assert_array_equal(z[0], z_fused)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [0, 1, 7, 15, 16, 17, 63, 64, 65, 129, 200, 784])
+def test_simd_dot_is_its_documented_order(dtype, n):
+    """nnjit.loops.simd.dot sums in the order its docstring states (dot_model, NumPy), bit
+    for bit, for lengths around every block edge, contiguous or strided (a strided row is
+    gathered into the same vectors), and x longer than w."""
+    from numba import njit
+    from nnjit.loops.simd import dot, dot_model
+
+    @njit
+    def call(w, x):
+        return dot(w, x)
+    rng = np.random.default_rng(n)
+    w, x = (rng.normal(size=n).astype(dtype) for _ in range(2))
+    want = dot_model(w, x)
+    assert want.dtype == dtype
+    assert call(w, x) == want
+    wide = np.repeat(x, 3)[::3]                           # strided view, same values
+    assert call(w, wide) == want and call(w[::-1].copy()[::-1], wide) == want
+    assert call(w, np.concatenate([x, [np.nan]]).astype(dtype)) == want
+    if n:
+        tol = 1e-5 if np.dtype(dtype) == np.float32 else 1e-12
+        np.testing.assert_allclose(want, w.astype(np.float64) @ x, rtol=tol, atol=tol)
+
+
+def test_simd_dot_is_packed_arithmetic():
+    """The dot's products and sums compile to packed float32 instructions (the reason it is
+    written in LLVM IR): a scalar dot was most of an online step."""
+    import re
+    from numba import njit
+    from nnjit.loops.simd import dot
+
+    @njit(nogil=True, error_model="numpy")
+    def call(w, x):
+        return dot(w, x)
+    call(np.zeros(100, np.float32), np.zeros(100, np.float32))
+    asm = "\n".join(call.inspect_asm().values())
+    assert re.search(r"\bv?mulps\b", asm) and re.search(r"\bv?addps\b", asm)
+    assert not re.search(r"\bv?fmadd\w*ps\b", asm), "a contracted product changes the sum's bits"
+
+
 # ---------------------------------------------------------------- the cache-blocked kernels
 # Blocks smaller than the shapes leave a remainder in every blocked dimension: 13 samples in
 # chunks of 8 (8 + 5, whose 4-groups leave 1), 11 inputs in column blocks of 4 (4 + 4 + 3),

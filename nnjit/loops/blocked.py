@@ -17,38 +17,15 @@ from numba import prange
 
 from ..jit import jit
 from .rows import apply_f, check_act, check_rule, mul_fprime, rule_at, rule_row
+from .simd import dot
 from .views import OPTS, renamed
-
-
-@jit(fastmath={"nsz", "arcp"}, nogil=True, error_model="numpy", _nrt=False)
-def dot(w, x):
-    """sum_i w_i x_i in one fixed order: 8 explicit partial sums, added pairwise. Compiled
-    without ``reassoc``/``contract``, so LLVM cannot regroup it for its vector width (or fuse
-    multiply-adds in one caller and not another): every feed-forward of one sample, fused
-    into the online update or not, gives bit-identical z on any CPU."""
-    n = w.shape[0]
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = w.dtype.type(0.0)
-    i = 0
-    while i + 8 <= n:
-        s0 += w[i] * x[i]
-        s1 += w[i + 1] * x[i + 1]
-        s2 += w[i + 2] * x[i + 2]
-        s3 += w[i + 3] * x[i + 3]
-        s4 += w[i + 4] * x[i + 4]
-        s5 += w[i + 5] * x[i + 5]
-        s6 += w[i + 6] * x[i + 6]
-        s7 += w[i + 7] * x[i + 7]
-        i += 8
-    while i < n:
-        s0 += w[i] * x[i]
-        i += 1
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @jit(**OPTS)
 def dot_rows_range(z, a_prev, W, b, m0, nm, j_lo, j_hi):
     """z[m0:m0+nm, j_lo:j_hi] = a_prev[m0:m0+nm] W[j_lo:j_hi]^T + b[j_lo:j_hi] for nm <= 4
-    samples, 2 units at a time from j_lo (the units left over use the fixed-order dot).
+    samples, 2 units at a time from j_lo (the units left over use the fixed-order
+    nnjit.loops.simd.dot).
     4 samples x 2 units = 8 vector sums fit the registers with the 6 loads; 4 x 4 spilled
     (measured, float32 AVX2: 70-75 -> 95-100 GFLOP/s on 1024 x 784 x 1024)."""
     n_in = W.shape[1]
