@@ -211,3 +211,30 @@ def test_cuda_backend_trains_the_same_and_refuses_sparse():
     np.testing.assert_allclose(g.predict_proba(X), c.predict_proba(X), rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="sparse X is not supported on the cuda backend"):
         nn.MLPClassifier(backend="cuda", **p).fit(sp.csr_matrix(X), y)
+
+
+def test_grid_search_in_threads_equals_one_job():
+    """GridSearchCV(n_jobs=2) under joblib's threading backend (the README's advice: nnjit's
+    kernels release the GIL, and threads start in no time where a loky worker re-imports
+    Python, NumPy and scikit-learn) trains every candidate exactly as n_jobs=1 does: two fits
+    at once in one process share nothing but the compiled kernels."""
+    import joblib
+    from sklearn.model_selection import GridSearchCV
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(90, 7))
+    y = (X[:, 0] + X[:, 1] ** 2 > 0.5).astype(int) + (X[:, 2] > 1)
+    grid = {"hidden_layer_sizes": [(5,), (9,)], "activation": ["relu", "tanh"]}
+
+    def search(n_jobs):
+        g = GridSearchCV(nn.MLPClassifier(max_iter=15, random_state=0, batch_size=16), grid,
+                         cv=3, n_jobs=n_jobs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            with joblib.parallel_backend("threading"):
+                g.fit(X, y)
+        return g
+    one, two = search(1), search(2)
+    for key in ("mean_test_score", "split0_test_score", "split2_test_score"):
+        np.testing.assert_array_equal(one.cv_results_[key], two.cv_results_[key])
+    for a, b in zip(one.best_estimator_.coefs_, two.best_estimator_.coefs_):
+        np.testing.assert_array_equal(a, b)
