@@ -3,8 +3,8 @@ form's and the vectorised form's function.
 
 A definition (an activation's f and f', an update rule's step, a loss) is a plain Python
 function of scalars, written with the names of this module: the constants ``ZERO``, ``HALF``,
-``ONE``, ... and the primitives ``exp``, ``tanh``, ``erf``, ``sqrt``, ``log``, ``log1p``,
-``where``. :func:`specialise` rebinds those names for one form and one dtype:
+``ONE``, ... (``TINY``: the dtype's smallest normal number) and the primitives ``exp``,
+``tanh``, ``erf``, ``sqrt``, ``log``, ``log1p``, ``where``. :func:`specialise` rebinds those names for one form and one dtype:
 
 * constants become scalars of the arrays' dtype, so float32 arithmetic stays float32 in every
   form (Numba types a bare ``1.0`` as float64);
@@ -41,6 +41,15 @@ CONSTANTS = {"ZERO": 0.0, "HALF": 0.5, "ONE": 1.0, "TWO": 2.0,
              "NAN": float("nan")}
 ZERO, HALF, ONE, TWO = 0.0, 0.5, 1.0, 2.0
 SQRT1_2, INV_SQRT_2PI, NAN = CONSTANTS["SQRT1_2"], CONSTANTS["INV_SQRT_2PI"], CONSTANTS["NAN"]
+
+#: constants whose value depends on the dtype: TINY, the smallest normal number (below it a
+#: float is denormal, and arithmetic on denormals costs ~100 cycles an operation on x86)
+DTYPE_CONSTANTS = {"TINY": lambda dtype: dtype.type(np.finfo(dtype).tiny)}
+TINY = np.float64(np.finfo(np.float64).tiny)
+
+
+def _dtype_constants(dtype):
+    return {k: make(dtype) for k, make in DTYPE_CONSTANTS.items()}
 
 #: the forms, as named everywhere in nnjit
 FORMS = ("loops", "cuda", "vectorised")
@@ -140,6 +149,7 @@ def specialise(fn, form, dtype, compile=None, **names):
               and k not in names and v is not fn):
             callee = specialise(v, form, dtype, compile)
             g[k] = callee if compile is None else compile(callee)
+    g.update(_dtype_constants(dtype))
     g.update(names)
     out = types.FunctionType(fn.__code__, g, f"{fn.__name__}__{form}_{dtype.name}",
                              fn.__defaults__, fn.__closure__)
@@ -209,6 +219,7 @@ def namespace(fns, form, dtype):
         ns.update({k: dtype.type(v) for k, v in fn.__globals__.items() if type(v) is float})
     ns.update(primitives(form))
     ns.update({k: dtype.type(v) for k, v in CONSTANTS.items()})
+    ns.update(_dtype_constants(dtype))
     return ns
 
 

@@ -35,7 +35,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from .forms import ONE, ZERO, sqrt, where
+from .forms import ONE, TINY, ZERO, sqrt, where
 
 #: every hyper-parameter a rule may read (per epoch; float64). eps_mode: 0 PyTorch's Adam
 #: epsilon placement, 1 scikit-learn's.
@@ -50,26 +50,38 @@ Rule = namedtuple("Rule", "code name step scalars params state")
 
 
 # ---------------------------------------------------------------- the steps
+# The state is kept at 0 once it falls below the smallest normal number (TINY): a state that
+# decays geometrically while its gradient is 0 (momentum's v by mu, Adam's m by beta1 each
+# step: an input that is mostly 0) becomes denormal after a few hundred steps, and every
+# operation on a denormal costs ~100 cycles on x86 (online Adam on MNIST-like data ran ~10x
+# slower). A CPU's flush-to-zero mode does the same, but it is per thread and global; this is
+# part of the rule, so every form and thread count computes the same numbers.
 def sgd(w, v, q, g, c):
     v = c.mu * v - c.eta * g
+    v = where(abs(v) < TINY, ZERO, v)
     return w + v, v, q
 
 
 def nesterov(w, v, q, g, c):
     v = c.mu * v - c.eta * g
+    v = where(abs(v) < TINY, ZERO, v)
     return w + (c.mu * v - c.eta * g), v, q
 
 
 def adam(w, m, s, g, c):
     m = c.beta1 * m + (ONE - c.beta1) * g
+    m = where(abs(m) < TINY, ZERO, m)
     s = c.beta2 * s + (ONE - c.beta2) * g * g
+    s = where(s < TINY, ZERO, s)
     return w * c.decay - c.A * m / (sqrt(s) * c.B + c.eps), m, s
 
 
 def rmsprop(w, b, s, g, c):
     s = c.rho * s + (ONE - c.rho) * g * g
+    s = where(s < TINY, ZERO, s)
     step = g / (sqrt(s) + c.eps)
     b = where(c.mu > ZERO, c.mu * b + step, b)      # without momentum: no buffer
+    b = where(abs(b) < TINY, ZERO, b)
     return w - c.eta * where(c.mu > ZERO, b, step), b, s
 
 

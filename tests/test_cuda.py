@@ -464,3 +464,15 @@ def test_copy_and_save_move_weights_between_backends(tmp_path):
     for a, b in zip(cpu.weights + cpu.biases, twin.weights + twin.biases):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(cpu.predict(X), net.predict(X))
+
+
+@pytest.mark.parametrize("rule", [r.code for r in __import__("nnjit").rules.RULES])
+def test_rule_state_never_denormal_on_cuda(rule):
+    """The rules' flush of denormal state runs in the CUDA form as in the others."""
+    from test_kernels import denormal_state_case
+    args = denormal_state_case(np.float32, rule)
+    from nnjit import cuda as nc
+    got = run_cuda(lambda *a: nc.update(*a), args, 3)
+    want = run_vec("update", args, 3)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
