@@ -23,12 +23,13 @@ import sys
 import tempfile
 import textwrap
 
+from .nets import SWEEP, train_flops
+
 #: a row this many times slower than the other revision is marked
 SLOWER = 1.25
 
-#: the rows: the sweep's (nnjit.bench.cpu.SWEEP) and online at the two MNIST-shaped nets
+#: the rows: the sweep's (nnjit.bench.nets.SWEEP) and online at the two MNIST-shaped nets
 def rows():
-    from .cpu import SWEEP
     out = [(layers, bs) for layers, batches in SWEEP for bs in batches]
     for layers in ([784, 128, 10], [784, 512, 512, 10]):
         if (layers, 1) not in out:
@@ -63,7 +64,6 @@ _BLOCK = textwrap.dedent("""
 
 
 def _samples(layers, bs, flop, online):
-    from .cpu import train_flops
     n = int(max(4 * bs, flop / train_flops(layers)))
     return min(n, online) if bs == 1 else n
 

@@ -29,6 +29,8 @@ import time
 
 import numpy as np
 
+from .nets import SWEEP, SWEEP_FLOP, train_flops  # noqa: F401  (also nnjit bench's names)
+
 
 # ------------------------------------------------------------------ data and bookkeeping
 def make_data(n, d, k, dtype, seed=0):
@@ -44,16 +46,6 @@ def make_data(n, d, k, dtype, seed=0):
         X[s:s + len(c)] = c
         y[s:s + len(c)] = (c @ teacher).argmax(axis=1)
     return X, y
-
-
-def train_flops(layers):
-    """Multiply-adds x 2 per sample for one training step: feed-forward and corrections of
-    every layer, the error recursion of every layer but the first (no delta for inputs)."""
-    f = 0
-    for l in range(1, len(layers)):
-        wl = layers[l] * layers[l - 1]
-        f += 2 * wl * (2 if l == 1 else 3)
-    return f
 
 
 def blas_info():
@@ -290,11 +282,6 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
     return out
 
 
-#: nnjit bench --sweep: (layers, batch sizes), the README's performance table
-SWEEP = [([64, 32, 10], [1]), ([784, 128, 10], [32, 256, 1024]),
-         ([784, 512, 512, 10], [256, 1024]), ([784, 1024, 1024, 10], [32, 256, 1024])]
-#: training FLOP of one timed epoch in --sweep (sets each row's sample count)
-SWEEP_FLOP = 2e10
 
 
 def sweep(args):
