@@ -50,6 +50,7 @@ memory by itself, see :mod:`nnjit.data`).
 """
 import threading
 import time
+from concurrent.futures import CancelledError
 
 import numpy as np
 
@@ -182,9 +183,15 @@ class _Shards:
             for s, f in tasks.items():
                 if f.status == "error":
                     _raise_task_error(f, "training")
+            gone = []
             if all(f.status == "finished" for f in tasks.values()):
-                return self.client.gather([tasks[s] for s in which])
-            lost = [s for s in which if tasks[s].status == "cancelled"
+                try:
+                    return self.client.gather([tasks[s] for s in which])
+                except CancelledError:
+                    # a worker died holding a finished result (and its shard) between the
+                    # wait and the gather, and Dask forgot the key: run those steps again
+                    gone = [s for s in which if tasks[s].status != "finished"] or which
+            lost = [s for s in which if s in gone or tasks[s].status in ("cancelled", "lost")
                     or self.futures[s].status in ("lost", "cancelled", "error")]
             if not lost:
                 continue

@@ -167,8 +167,12 @@ def test_worker_killed_mid_training_gives_the_same_result(client, mode):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(6000, 40))
     y = (X[:, :3].sum(axis=1) > 0).astype(np.int64)
+    # n_shards fixed and both workers up first: by default a fit makes one shard per worker
+    # alive when it starts (a worker still restarting after the other mode's kill made the
+    # reference run a one-shard fit, a different computation)
+    client.wait_for_workers(2, timeout=60)
     kw = dict(client=client, worker_threads=1, mode=mode, epochs=12, lr=0.3, momentum=0.5,
-              batch_size=None if mode == "sync" else 4)
+              batch_size=None if mode == "sync" else 4, n_shards=2)
 
     def net():
         return MLP([40, 48, 2], seed=2, dtype="float64")
@@ -207,6 +211,50 @@ def test_worker_killed_mid_training_gives_the_same_result(client, mode):
     for a, b in zip(snapshots[out.n_epochs_ - 1], out.weights + out.biases):
         np.testing.assert_array_equal(a, b)
     assert out.history_["loss"] == ref.history_["loss"][:out.n_epochs_]
+
+
+class _Future:
+    def __init__(self, key, value, status="finished"):
+        self.key, self.value, self.status = key, value, status
+
+
+class _DiesBeforeGather:
+    """A client whose worker dies holding a finished step's result and its shard between
+    the wait and the gather (seen on a fast machine: FutureCancelledError 'already
+    forgotten' out of gather)."""
+
+    def __init__(self):
+        self.shards, self.built, self.runs, self.gathers = {}, 0, 0, 0
+
+    def build(self, s):
+        self.built += 1
+        self.shards[s] = _Future(f"shard-{s}-{self.built}", s)
+        return self.shards[s]
+
+    def submit(self, s, shard):
+        self.runs += 1
+        assert shard.status == "finished"            # never a step on a lost shard
+        return _Future(f"step-{s}-{self.runs}", ("sums of", s))
+
+    def gather(self, futures):
+        self.gathers += 1
+        if self.gathers == 1:
+            futures[0].status = "cancelled"
+            self.shards[0].status = "lost"
+            raise distributed.client.FutureCancelledError(futures[0].key, reason="forgotten")
+        return [f.value for f in futures]
+
+    def cancel(self, futures, force=False):
+        for f in futures:
+            f.status = "cancelled"
+
+
+def test_a_result_lost_between_wait_and_gather_is_computed_again(monkeypatch):
+    monkeypatch.setattr(distributed, "wait", lambda futures, timeout=None: None)
+    fake = _DiesBeforeGather()
+    runner = nd._Shards(fake, fake.build, 2)
+    assert runner.run(fake.submit, [0, 1]) == [("sums of", 0), ("sums of", 1)]
+    assert (fake.built, fake.runs, fake.gathers) == (3, 3, 2)     # shard 0 rebuilt, its step rerun
 
 
 class _CrashOnSums(distributed.WorkerPlugin):
