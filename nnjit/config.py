@@ -33,7 +33,7 @@ TILE_BACKWARD = (4, 0)
 TILE_CORRECTIONS = (4, 0)
 
 
-#: The GEMM path (loops.*_gemm: packed panels and a 3 x 32 register block, see
+#: The GEMM path (loops.*_gemm: packed panels and a register block of 32 columns, see
 #: nnjit.loops.microkernel): every layer uses it for batches of at least GEMM_MIN_BATCH samples
 #: (0: never); the feed-forward and corrections of a layer of fewer than 32 units run the
 #: tiled kernels' loops inside it. GEMM_BLOCKS = (mc, kc, ju): samples per

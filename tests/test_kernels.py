@@ -558,7 +558,7 @@ def test_hot_loops_are_vectorised(name, args):
 
 
 # ---------------------------------------------------------------- GEMM path
-# Shapes with a remainder in every blocked dimension: samples not a multiple of MR = 3 or of
+# Shapes with a remainder in every blocked dimension: samples not a multiple of the micro-kernel's rows (3; 12 or 8 on AVX-512) or of
 # mc, widths not a multiple of NR = 32 (37, 35) or below one panel (5), k not a multiple of kc.
 # (50, 37, 10): an output layer narrower than a panel (tiled loops inside the GEMM kernels,
 # 10 = 4 + 4 + 2 units); (50, 10, 37): a recursion to a layer narrower than a panel.
@@ -697,29 +697,64 @@ def test_train_epoch_gemm(dtype, batch_size, rule):
 
 @pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
                     reason="reads x86 assembly")
-def test_gemm_micro_kernel_vectorised():
-    """nnjit.loops.microkernel.block compiles (SLP on, for it alone) to a loop of packed
-    float32 multiply-adds with its 3 x 32 sums in registers: vector FMAs and no scalar ones
-    (AVX2: 12 a step; an AVX-512 CPU packs 16 floats a register)."""
+@pytest.mark.parametrize("name", ["block3", "block_wide"])
+def test_gemm_micro_kernel_vectorised(name):
+    """nnjit.loops.microkernel's blocks compile to a loop of packed float32 multiply-adds
+    with their mr x 32 sums in registers: vector FMAs and no scalar ones (block3: SLP on for
+    it alone); block_wide in 512-bit registers on a CPU with AVX-512 (LLVM's default there
+    is 256)."""
     import re
     from numba import njit
     from nnjit.loops import microkernel as mk
     from nnjit.jit import slp_compile
     from numba.core import config as nconfig
     fn = slp_compile(njit(fastmath=mk._FLAGS, cache=False, nogil=True,
-                          error_model="numpy")(mk.block.py_func))
+                          error_model="numpy")(getattr(mk, name).py_func))
+    mr = 3 if name == "block3" else 12
     u = np.uint64
-    C, A_, B = np.zeros(3 * 40, np.float32), np.ones(3 * 64, np.float32), np.ones(64 * 32, np.float32)
-    fn(C, u(0), u(40), 3, 32, A_, u(0), u(64), u(128), B, u(0), u(64), False)
-    np.testing.assert_array_equal(C.reshape(3, 40)[:, :32], 64.0)
+    C, A_, B = np.zeros(mr * 40, np.float32), np.ones(mr * 64, np.float32), np.ones(64 * 32, np.float32)
+    fn(C, u(0), u(40), mr, 32, A_, u(0), u(64), B, u(0), u(64), False)
+    np.testing.assert_array_equal(C.reshape(mr, 40)[:, :32], 64.0)
     assert nconfig.SLP_VECTORIZE == 0                  # switched on for that compile only
     asm = "\n".join(fn.inspect_asm().values())
     assert not re.search(r"vfmadd\w*ss", asm), "scalar multiply-adds in the micro-kernel"
     assert re.search(r"vfmadd\w*ps\s+.*%[yz]mm", asm), "no vector multiply-adds"
+    if name == "block_wide" and mk.wide_cpu():
+        assert re.search(r"vfmadd\w*ps\s+.*%zmm", asm), "block_wide not in 512-bit registers"
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_micro_kernels_give_the_same_bits(dtype):
+    """block3 and block_wide (the AVX2 and AVX-512 micro-kernels) sum every element in the
+    same order: equal bit for bit on whole and cut blocks, from 0 and going on from C (add),
+    so a result does not depend on the CPU's vector width."""
+    import numba
+    from nnjit.loops import microkernel as mk
+    u = np.uint64
+    rng = np.random.default_rng(3)
+    K, ld, R = 37, 45, 24         # add: whole blocks only (as _gemm_rows): 24 = 3, 8, 12 x k
+    A_ = rng.normal(size=R * K).astype(dtype)
+    B = rng.normal(size=K * 32).astype(dtype)
+    C0 = rng.normal(size=R * ld).astype(dtype)
+    for nr, nc, add in [(24, 32, False), (24, 32, True), (13, 32, False), (3, 7, False),
+                        (1, 32, False), (8, 31, False), (12, 5, False)]:
+        out = {}
+        wide = mk.MR_WIDE[numba.from_dtype(np.dtype(dtype))]
+        for mr, fn in ((3, mk.block3), (wide, mk.block_wide)):
+            C = C0.copy()
+            for r0 in range(0, nr, mr):     # as _gemm_rows calls them: mr rows at a time
+                fn(C, u(r0 * ld), u(ld), min(mr, nr - r0), nc, A_, u(r0 * K), u(K), B, u(0), u(K),
+                   add)
+            out[mr] = C
+        np.testing.assert_array_equal(out[3], out[wide])
+        want = (C0.reshape(R, ld)[:nr, :nc] if add else 0) + (
+            A_.reshape(R, K)[:nr].astype(np.float64) @ B.reshape(K, 32)[:, :nc])
+        assert_close(out[wide].reshape(R, ld)[:nr, :nc], want.astype(dtype), dtype)
+        np.testing.assert_array_equal(out[wide].reshape(R, ld)[nr:], C0.reshape(R, ld)[nr:])
 
 
 def test_micro_kernel_source_is_generated():
-    """The written-out body of nnjit.loops.microkernel.block is exactly what source() generates."""
+    """The written-out kernels of nnjit.loops.microkernel are exactly what source() generates."""
     import inspect
     from nnjit.loops import microkernel as mk
     text = inspect.getsource(mk)

@@ -6,7 +6,7 @@ and :mod:`nnjit.cuda` (GPU), so the three forms read in three columns. Files by 
 ================  =========================================================================
 ``reference``     the plain per-unit kernels under their public names (the readable version)
 ``blocked``       register- and cache-blocked variants, the fused online update
-``gemm``          packing and the GEMM path for large batches (``microkernel``: its 3 x 32 block)
+``gemm``          packing and the GEMM path for large batches (``microkernel``: its register blocks)
 ``sparse``        a sparse (CSR) first layer
 ``network``       loading a batch, feed-forward of the network, backpropagation of a batch
 ``epoch``         the compiled epoch every fit runs

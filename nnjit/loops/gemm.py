@@ -1,8 +1,9 @@
 """The loop form's GEMM path: the three products of a large batch (config.GEMM_MIN_BATCH
 samples or more) organised as high-performance matrix multiplication is (BLIS's loops around
 one micro-kernel): one operand packed into contiguous panels of
-NR = 32 columns (zero-padded), and nnjit.loops.microkernel.block summing a 3 x 32 block of outputs
-in registers over a block of kc terms k while its panel (kc x 32) stays in L1. Each product
+NR = 32 columns (zero-padded), and nnjit.loops.microkernel.block summing an mr x 32 block of
+outputs in registers (AVX-512: 12 x 32 float32, 8 x 32 float64; otherwise 3 x 32) over a
+block of kc terms k while its panel (kc x 32) stays in L1. Each product
 is C[r, c] = sum_k A[r, k] B[k, c] with A's rows contiguous in k:
   feed-forward    z[m, j]   = sum_i a_prev[m, i] W[j, i]   A = a_prev, B = W^T packed
   error recursion d_prev[m, j] = sum_k delta[m, k] W[k, j]  A = delta,  B = W packed
@@ -21,7 +22,7 @@ from numba import prange
 
 from ..jit import jit
 from .blocked import corr_rows_range, dot_rows_range
-from .microkernel import MR, NR, block
+from .microkernel import NR, block, rows
 from .rows import apply_f, check_act, check_rule, mul_fprime, rule_at, rule_row
 from .views import OPTS
 
@@ -94,29 +95,27 @@ def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, n, K, kc):
     """C[r, c] = sum_k A[r, k] B[k, c] for rows r_lo <= r < r_hi and c < n; C, A flat with
     row strides ldc, lda; B (K x n) packed in panels of NR columns in P (_pack_rows). Blocks
     of kc terms k (the first block writes C, later ones go on from it), panels of NR columns,
-    and micro-kernel calls of MR rows, in that loop order: a panel's kc x NR block is reused
+    and micro-kernel calls of mr rows (microkernel.rows), in that loop order: a panel's kc x NR block is reused
     by every row block of the range while it is in L1. A block cut by the edge of C (fewer
     rows or columns) sums all K terms in its first call."""
     nt = (n + NR - 1) // NR
+    mr = rows(C)
     u = np.uint64
     nkb = (K + kc - 1) // kc
     kc = (K + nkb - 1) // nkb          # equal blocks: K = 784 is 4 x 196, not 3 x 256 + 16
     for k0 in range(0, K, kc):
         for t in range(nt):
             nc = min(NR, n - NR * t)
-            for r0 in range(r_lo, r_hi, MR):
-                nr = min(MR, r_hi - r0)
+            for r0 in range(r_lo, r_hi, mr):
+                nr = min(mr, r_hi - r0)
                 kk = min(kc, K - k0)
-                if nr < MR or nc < NR:
+                if nr < mr or nc < NR:
                     if k0 > 0:
                         continue
                     kk = K
                 pb = u(t * K * NR + k0 * NR)
-                a0 = u(r0 * lda + k0)
-                a1 = a0 + u(lda) if nr > 1 else a0
-                a2 = a0 + u(2 * lda) if nr > 2 else a0
-                block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, a0, a1, a2, P, pb, u(kk),
-                       k0 > 0)
+                block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0), u(lda), P,
+                      pb, u(kk), k0 > 0)
 
 
 @jit(parallel=True, **OPTS)
