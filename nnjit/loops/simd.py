@@ -135,19 +135,3 @@ def dot_model(w, x):
         total = total + w[k] * x[k]
     return total
 
-
-@intrinsic
-def prefer_wide_vectors(typingctx):
-    """Called first in a function: LLVM may vectorise it with 512-bit registers. LLVM's
-    tuning for AVX-512 CPUs prefers 256-bit vectors (wide ones lowered the clock of older
-    Xeons), and Numba cannot change that per function; this sets the two function attributes
-    clang sets for AVX-512 code ("prefer-vector-width" for the vectorisers,
-    "min-legal-vector-width" so the code generator keeps 512-bit operations whole, also in
-    callers that inline this function). No effect on a CPU without AVX-512 and none on the
-    results: elementwise operations give the same bits at any width."""
-    def codegen(context, builder, sig, args):
-        # llvmlite's attribute set checks names against a list without string attributes
-        for a in ('"prefer-vector-width"="512"', '"min-legal-vector-width"="512"'):
-            set.add(builder.function.attributes, a)
-        return context.get_dummy_value()
-    return types.none(), codegen
