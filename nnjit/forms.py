@@ -43,9 +43,13 @@ ZERO, HALF, ONE, TWO = 0.0, 0.5, 1.0, 2.0
 SQRT1_2, INV_SQRT_2PI, NAN = CONSTANTS["SQRT1_2"], CONSTANTS["INV_SQRT_2PI"], CONSTANTS["NAN"]
 
 #: constants whose value depends on the dtype: TINY, the smallest normal number (below it a
-#: float is denormal, and arithmetic on denormals costs ~100 cycles an operation on x86)
-DTYPE_CONSTANTS = {"TINY": lambda dtype: dtype.type(np.finfo(dtype).tiny)}
+#: float is denormal, and arithmetic on denormals costs ~100 cycles an operation on x86);
+#: SQ_MIN = 1024 sqrt(TINY), below which a gradient's square times a decay's complement
+#: (1 - beta2 >= 1e-6) would be denormal (float32 1.1e-16, float64 1.5e-151)
+DTYPE_CONSTANTS = {"TINY": lambda dtype: dtype.type(np.finfo(dtype).tiny),
+                   "SQ_MIN": lambda dtype: dtype.type(1024 * np.sqrt(np.finfo(dtype).tiny))}
 TINY = np.float64(np.finfo(np.float64).tiny)
+SQ_MIN = np.float64(1024 * np.sqrt(TINY))
 
 
 def _dtype_constants(dtype):

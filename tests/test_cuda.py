@@ -476,3 +476,15 @@ def test_rule_state_never_denormal_on_cuda(rule):
     want = run_vec("update", args, 3)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("rule", [__import__("nnjit").rules.CODES[n] for n in ("adam", "rmsprop")])
+def test_second_moment_skips_denormal_squares_on_cuda(rule):
+    """The second moment's cut at SQ_MIN runs in the CUDA form as in the others."""
+    from test_kernels import tiny_gradient_case
+    args = tiny_gradient_case(np.float32, rule)
+    from nnjit import cuda as nc
+    got = run_cuda(lambda *a: nc.update(*a), args, 3)
+    want = run_vec("update", args, 3)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)

@@ -238,6 +238,35 @@ def test_rule_state_never_denormal(dtype, rule):
         assert (state[:2] == 0).all() and state[6] != 0   # 0.5 tiny x 0.5 flushed, 1e6 tiny kept
 
 
+def tiny_gradient_case(dtype, rule):
+    """Gradients around SQ_MIN = 1024 sqrt(TINY) for a rule with a second moment, its state
+    at 0, and beta2 = rho = 0.5."""
+    T = np.dtype(dtype).type
+    cut = T(1024 * np.sqrt(np.finfo(dtype).tiny))
+    grad = np.array([0.5, -0.99, 1.01, -2.0, 0.0, 3e8], T) * cut
+    theta = np.linspace(-1, 1, grad.size).astype(dtype)
+    c = R.Coefs(*(float(x) for x in (0.01, 0.0, 0.5, 0.5, 1e-8, 0.5, 0.01, 1.0, 1.0, 0.0)))
+    return [theta, np.zeros_like(theta), np.zeros_like(theta), grad, rule, c]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", [R.CODES["adam"], R.CODES["rmsprop"]])
+def test_second_moment_skips_denormal_squares(dtype, rule):
+    """A gradient below SQ_MIN adds nothing to the second moment (its square, times 1 - beta2,
+    would be denormal: ~100 cycles an operation); from SQ_MIN up the moment is the rule's, and
+    every form computes the same bits."""
+    outs = both("update", lambda: [np.array(a, copy=True) if isinstance(a, np.ndarray) else a
+                                   for a in tiny_gradient_case(dtype, rule)], 3)
+    (lo, _), (ve, _) = outs
+    for x, y in zip(lo, ve):
+        np.testing.assert_array_equal(x, y)
+    g = tiny_gradient_case(dtype, rule)[3].astype(np.float64)
+    q = lo[2]
+    assert (q[[0, 1, 4]] == 0).all()
+    np.testing.assert_allclose(q[[2, 3, 5]], 0.5 * g[[2, 3, 5]] ** 2, rtol=1e-6)
+    assert not ((q != 0) & (q < np.finfo(dtype).tiny)).any()
+
+
 def test_rmsprop_without_momentum_keeps_no_buffer():
     """RMSprop with momentum 0 is w - eta g / (sqrt(s) + eps): its buffer v is not touched."""
     theta, grad = data("float64", (11,), (11,))
