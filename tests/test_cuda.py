@@ -466,23 +466,16 @@ def test_copy_and_save_move_weights_between_backends(tmp_path):
     np.testing.assert_array_equal(cpu.predict(X), net.predict(X))
 
 
-@pytest.mark.parametrize("rule", [r.code for r in __import__("nnjit").rules.RULES])
-def test_rule_state_never_denormal_on_cuda(rule):
-    """The rules' flush of denormal state runs in the CUDA form as in the others."""
-    from test_kernels import denormal_state_case
-    args = denormal_state_case(np.float32, rule)
-    from nnjit import cuda as nc
-    got = run_cuda(lambda *a: nc.update(*a), args, 3)
-    want = run_vec("update", args, 3)
-    for g, w in zip(got, want):
-        np.testing.assert_array_equal(g, w)
+_R = __import__("nnjit").rules
 
 
-@pytest.mark.parametrize("rule", [__import__("nnjit").rules.CODES[n] for n in ("adam", "rmsprop")])
-def test_second_moment_skips_denormal_squares_on_cuda(rule):
-    """The second moment's cut at SQ_MIN runs in the CUDA form as in the others."""
-    from test_kernels import tiny_gradient_case
-    args = tiny_gradient_case(np.float32, rule)
+@pytest.mark.parametrize("case,rule", [("denormal_state_case", r.code) for r in _R.RULES]
+                         + [("tiny_gradient_case", _R.CODES[n]) for n in ("adam", "rmsprop")])
+def test_rules_keep_clear_of_denormals_on_cuda(case, rule):
+    """The rules' flush of denormal state, and the second moment's cut at SQ_MIN, run in the
+    CUDA form as in the others (the cases of test_kernels)."""
+    import test_kernels
+    args = getattr(test_kernels, case)(np.float32, rule)
     from nnjit import cuda as nc
     got = run_cuda(lambda *a: nc.update(*a), args, 3)
     want = run_vec("update", args, 3)
