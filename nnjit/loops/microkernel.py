@@ -56,7 +56,6 @@ def source():
 
 def _kernel(mr):
     """The text of block{mr}: an mr x NR block of scalar sums for the SLP vectoriser."""
-    rows = ", ".join(f"a{r}" for r in range(mr))
     L = ["@jit(fastmath=_FLAGS, nogil=True, error_model=\"numpy\", _nrt=False)",
          f"def block{mr}(C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):",
          f'    """C[c0 + r ldc + c] (+)= sum_k A[a0 + r lda + k] B[b0 + NR k + c] for r < nr <= {mr},',

@@ -134,4 +134,3 @@ def dot_model(w, x):
     for k in range(i, n):
         total = total + w[k] * x[k]
     return total
-
