@@ -314,9 +314,8 @@ def _vector_block(typingctx, C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):
         nv = NR // lanes
         i32, i64 = ir.IntType(32), ir.IntType(64)
         flags = ("contract",)
-        data = [builder.ptrtoint(context.make_array(t)(context, builder, v).data, i64)
-                for t, v in ((sig.args[0], C_), (sig.args[5], A_), (sig.args[8], B_))]
-        pc, pa, pb = data
+        pc, pa, pb = (builder.ptrtoint(context.make_array(t)(context, builder, v).data, i64)
+                      for t, v in ((sig.args[0], C_), (sig.args[5], A_), (sig.args[8], B_)))
 
         def const(v):
             return ir.Constant(i64, v)
@@ -324,7 +323,10 @@ def _vector_block(typingctx, C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):
         def ptr(base, i, ty):
             return builder.inttoptr(builder.add(base, builder.mul(i, const(size))), ty.as_pointer())
 
-        nr64 = builder.sext(nr_, i64) if nr_.type.width < 64 else nr_
+        def wide(v):
+            return builder.sext(v, i64) if v.type.width < 64 else v
+
+        nr64, nc64 = wide(nr_), wide(nc_)
         rows = [builder.add(a0_, builder.mul(builder.select(
             builder.icmp_signed(">", nr64, const(r)), const(r), const(0)), lda_))
             for r in range(mr)]
@@ -350,8 +352,7 @@ def _vector_block(typingctx, C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):
                     p = builder.fmul(xv, y[h], flags=flags)
                     builder.store(builder.fadd(builder.load(acc[r][h]), p, flags=flags), acc[r][h])
         whole = builder.and_(builder.icmp_signed("==", nr64, const(mr)),
-                             builder.icmp_signed("==", builder.sext(nc_, i64) if nc_.type.width < 64
-                                                 else nc_, const(NR)))
+                             builder.icmp_signed("==", nc64, const(NR)))
         with builder.if_else(whole) as (then, otherwise):
             with then:
                 for r in range(mr):
@@ -365,9 +366,8 @@ def _vector_block(typingctx, C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):
                         slot = builder.gep(buf, [const(r * NR + h * lanes)])
                         builder.store(builder.load(acc[r][h]),
                                       builder.bitcast(slot, vty.as_pointer()), align=size)
-                ncu = builder.sext(nc_, i64) if nc_.type.width < 64 else nc_
                 with cgutils.for_range(builder, nr64) as rl:
-                    with cgutils.for_range(builder, ncu) as cl:
+                    with cgutils.for_range(builder, nc64) as cl:
                         v = builder.load(builder.gep(buf, [builder.add(
                             builder.mul(rl.index, const(NR)), cl.index)]))
                         off = builder.add(builder.add(c0_, builder.mul(rl.index, ldc_)), cl.index)
