@@ -110,7 +110,7 @@ def timed(fn):
 @functools.lru_cache(maxsize=None)
 def _device(dtype):
     """The tables' definitions (nnjit.activations, nnjit.rules) as device functions for one
-    dtype: f(z, act), fprime(z, a, act), softmax_row(a, z), cost(a, z, y, m, act, loss),
+    dtype: f(z, act), fprime(z, a, act), flush(x), softmax_row(a, z), cost(a, z, y, m, act, loss),
     output_error(delta, a, z, y, m, act, loss, w), max_error(a, y, m) and
     rule_step(rule, w, v, q, g, c) -> (w, v, q). Each dispatch is generated from its table;
     its last branch raises (a device cannot report it: the launchers check every code on the
@@ -138,6 +138,7 @@ def _device(dtype):
     k.rule_step = dev(switch("rule_step" + sfx, ("rule", "w", "v", "q", "g", "c"), "rule",
                              [(r.code, [f"return STEP_{r.code}(w, v, q, g, c)"]) for r in R.RULES],
                              ["raise ValueError('unknown update rule code')"], ns, _HERE))
+    k.flush = compiled(A.flush)
     k.softmax_row = compiled(A.softmax_row)
     k.cost = compiled(A.cost)
     k.output_error = compiled(A.output_error, fprime=k.fprime)
@@ -168,7 +169,7 @@ def simple_kernels(dtype):
     """The simple kernels for one dtype: each is a loop body of nnjit.loops, indexed by thread."""
     dtype = np.dtype(dtype)
     d = _device(dtype)
-    f, fprime, rule_step = d.f, d.fprime, d.rule_step
+    f, fprime, rule_step, flush = d.f, d.fprime, d.rule_step, d.flush
     softmax_row, cost, output_error_row, max_error = d.softmax_row, d.cost, d.output_error, d.max_error
     ZERO = dtype.type(0.0)
     k = _Kernels()
@@ -189,7 +190,7 @@ def simple_kernels(dtype):
                 s += W[j, i] * a_prev[m, i]
             z[m, j] = s
             if act != SOFTMAX:
-                a[m, j] = f(s, act)
+                a[m, j] = flush(f(s, act))
     k.forward_layer = forward_layer
 
     @cuda.jit
@@ -249,7 +250,7 @@ def simple_kernels(dtype):
             s = ZERO
             for kk in range(n_out):
                 s += W[kk, j] * delta[m, kk]
-            delta_prev[m, j] = s * fprime(z_prev[m, j], a_prev[m, j], act_prev)
+            delta_prev[m, j] = flush(s * fprime(z_prev[m, j], a_prev[m, j], act_prev))
     k.backward_layer = backward_layer
 
     @cuda.jit
@@ -321,7 +322,7 @@ def tiled_kernels(dtype, tile):
     time, so each global element is read once per block instead of once per thread."""
     dtype = np.dtype(dtype)
     d = _device(dtype)
-    f, fprime, rule_step = d.f, d.fprime, d.rule_step
+    f, fprime, rule_step, flush = d.f, d.fprime, d.rule_step, d.flush
     T = numba.from_dtype(dtype)
     ZERO = dtype.type(0.0)
     ONE = dtype.type(1.0)
@@ -353,7 +354,7 @@ def tiled_kernels(dtype, tile):
             zz = s + b[j]
             z[m, j] = zz
             if act != SOFTMAX:
-                a[m, j] = f(zz, act)
+                a[m, j] = flush(f(zz, act))
     k.forward_layer = forward_layer
 
     @cuda.jit
@@ -377,7 +378,7 @@ def tiled_kernels(dtype, tile):
             cuda.syncthreads()
         m, j = m0 + ty, j0 + tx
         if m < M and j < n_in:
-            delta_prev[m, j] = s * fprime(z_prev[m, j], a_prev[m, j], act_prev)
+            delta_prev[m, j] = flush(s * fprime(z_prev[m, j], a_prev[m, j], act_prev))
     k.backward_layer = backward_layer
 
     @cuda.jit

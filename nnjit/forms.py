@@ -47,9 +47,11 @@ SQRT1_2, INV_SQRT_2PI, NAN = CONSTANTS["SQRT1_2"], CONSTANTS["INV_SQRT_2PI"], CO
 #: SQ_MIN = 1024 sqrt(TINY), below which a gradient's square times a decay's complement
 #: (1 - beta2 >= 1e-6) would be denormal (float32 1.1e-16, float64 1.5e-151)
 DTYPE_CONSTANTS = {"TINY": lambda dtype: dtype.type(np.finfo(dtype).tiny),
-                   "SQ_MIN": lambda dtype: dtype.type(1024 * np.sqrt(np.finfo(dtype).tiny))}
+                   "SQ_MIN": lambda dtype: dtype.type(1024 * np.sqrt(np.finfo(dtype).tiny)),
+                   "ROOT_TINY": lambda dtype: dtype.type(np.sqrt(np.finfo(dtype).tiny))}
 TINY = np.float64(np.finfo(np.float64).tiny)
 SQ_MIN = np.float64(1024 * np.sqrt(TINY))
+ROOT_TINY = np.sqrt(TINY)
 
 
 def _dtype_constants(dtype):

@@ -28,13 +28,18 @@ def _fn(kind, code, dtype):
     return _F[key]
 
 
+def flush(x):
+    """x with every element below sqrt(TINY) in magnitude set to 0 (nnjit.activations.flush)."""
+    return specialise(A.flush, "vectorised", x.dtype)(x)
+
+
 def f(z, act):
-    """a = f(z) for an array z (softmax: row by row, the max subtracted)."""
+    """a = flush(f(z)) for an array z (softmax: row by row, the max subtracted)."""
     if act == A.SOFTMAX:
         e = np.exp(z - z.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        return flush(e / e.sum(axis=1, keepdims=True))
     with np.errstate(over="ignore"):        # e^-z = inf gives sigmoid 0, correctly
-        return _fn("f", act, z.dtype)(z)
+        return flush(_fn("f", act, z.dtype)(z))
 
 
 def fprime(z, a, act):
@@ -43,7 +48,7 @@ def fprime(z, a, act):
 
 
 def forward_layer(z, a, a_prev, W, b, act):
-    """z = W a_prev + b ; a = f(z).  a_prev (M, N_{l-1}); W (N_l, N_{l-1}); z, a (M, N_l)."""
+    """z = W a_prev + b ; a = flush(f(z)).  a_prev (M, N_{l-1}); W (N_l, N_{l-1}); z, a (M, N_l)."""
     if isinstance(a_prev, np.ndarray):
         np.matmul(a_prev, W.T, out=z)
     else:                       # a scipy.sparse a_prev: the first layer of CSR input
@@ -53,9 +58,10 @@ def forward_layer(z, a, a_prev, W, b, act):
 
 
 def backward_layer(delta_prev, delta, W, z_prev, a_prev, act_prev):
-    """delta^(l) = f'(z^(l)) * (W^(l+1)^T delta^(l+1)).  delta (M, N_{l+1}); W (N_{l+1}, N_l)."""
+    """delta^(l) = flush(f'(z^(l)) * (W^(l+1)^T delta^(l+1))).  delta (M, N_{l+1}); W (N_{l+1}, N_l)."""
     np.matmul(delta, W, out=delta_prev)
     delta_prev *= fprime(z_prev, a_prev, act_prev)
+    delta_prev[...] = flush(delta_prev)
 
 
 def step_coefs(rule, h, t, alpha_n):
@@ -115,6 +121,7 @@ def output_error(delta, a, z, y, sw, act, loss):
     S = weight_sum(sw)
     w = (sw.astype(np.float64) * delta.shape[0] / S) if S > 0 else np.zeros(delta.shape[0])
     delta *= w.astype(delta.dtype)[:, None]
+    delta[...] = flush(delta)
 
 
 def _check_pair(act, loss):

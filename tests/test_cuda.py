@@ -481,3 +481,21 @@ def test_rules_keep_clear_of_denormals_on_cuda(case, rule):
     want = run_vec("update", args, 3)
     for g, w in zip(got, want):
         np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("kernel", ["forward_layer", "backward_layer", "output_error"])
+def test_tiny_activations_and_errors_are_flushed_on_cuda(version, kernel):
+    """The flush of activations and errors below sqrt(TINY) (nnjit.activations.flush) runs in
+    the CUDA form as in the others: the same zeros, nothing left in (0, sqrt(TINY)) (the cases
+    of test_kernels)."""
+    import test_kernels
+    cases, root = test_kernels.flush_cases(np.float32)
+    args, n = cases[kernel]
+    fn = nc.output_error if kernel == "output_error" else launcher(kernel, version)
+    got = run_cuda(fn, args, n)
+    want = run_vec(kernel, args, n)
+    for g, w in zip(got, want):
+        assert not ((g != 0) & (np.abs(g) < root)).any(), g
+        np.testing.assert_array_equal(g == 0, w == 0)
+        assert_close(g, w, np.float32)

@@ -10,8 +10,8 @@ zero check in the loop to stop the vectoriser; no reassoc, so softmax sums its r
 ======================  ==============================================================
 ``f(z, act)``           a = f(z), one element
 ``fprime(z, a, act)``   f'(z), one element
-``apply_f(a, z, act)``  a_j = f(z_j) for one sample's row (softmax: the whole row)
-``mul_fprime(d, z, a, act)``  d_j <- f'(z_j) d_j for one sample's row (elementwise f only)
+``apply_f(a, z, act)``  a_j = flush(f(z_j)) for one sample's row (softmax: the whole row)
+``mul_fprime(d, z, a, act)``  d_j <- flush(f'(z_j) d_j) for one sample's row (elementwise f only)
 ``cost``, ``output_error``, ``max_error``  a sample's C_m, δ^L and max |a - y| (rows m of 2-D arrays)
 ``step_coefs(rule, h, t, alpha_n)``  the Coefs of update t (float64)
 ``rule_row(rule, w, v, q, g, scale, an, c)``  the rule on a row, gradient scale g_i + an w_i
@@ -58,6 +58,9 @@ def _activations(dtype):
     sfx = f"__{dtype.name}"
     els = A.ELEMENTWISE
 
+    def FLUSH(target, value):       # target = flush(value), the table's flush written out
+        return ["_x = " + value] + expand(A.flush, ["_x"], target, "_fl")
+
     def make(name, params, cases, extra=()):
         return jit(**_ROW_OPTS)(switch(name + sfx, params, params[-1], list(cases) + list(extra),
                                        _UNKNOWN_ACT, ns, _HERE))
@@ -70,12 +73,13 @@ def _activations(dtype):
              + [f"return _r{a.code}"]) for a in els]),
         "apply_f": make("apply_f", ("a", "z", "act"), [
             (x.code, ["for j in range(z.shape[0]):"]
-             + _indent(expand(x.f, ["z[j]"], "a[j]", f"_f{x.code}"))) for x in els],
+             + _indent(expand(x.f, ["z[j]"], "_a", f"_f{x.code}") + FLUSH("a[j]", "_a")))
+            for x in els],
             [(A.SOFTMAX, ["SOFTMAX_ROW(a, z)"])]),
         "mul_fprime": make("mul_fprime", ("d", "z", "a", "act"), [
             (x.code, ["for j in range(z.shape[0]):"]
              + _indent(expand(x.fprime, ["z[j]", "a[j]"], f"_d{x.code}", f"_f{x.code}")
-                       + [f"d[j] *= _d{x.code}"])) for x in els]),
+                       + FLUSH("d[j]", f"d[j] * _d{x.code}"))) for x in els]),
     }
     made["cost"] = _compiled(A.cost, dtype, _ROW_OPTS)
     made["output_error"] = _compiled(A.output_error, dtype, _ROW_OPTS, fprime=made["fprime"])
