@@ -43,6 +43,11 @@ TILE_CORRECTIONS = (4, 0)
 #: results do not depend on them (every sum runs k = 0..K-1 in order).
 GEMM_MIN_BATCH = 64
 GEMM_BLOCKS = (48, 256, 24)
+#: ... and from GEMM_WIDE[0] samples for a network whose widest layer has at least GEMM_WIDE[1]
+#: weights (batch 32, 2-core Sapphire Rapids, µs a sample tiled / GEMM: 784-1024-1024-10
+#: 110 / 71-76, 784-512-512-10 38 / 32; below the line 784-256-10 9.3 / 9.9, 784-128-10
+#: 5.4 / 5.6-6.3, 784-256-256-10 15.3 / 14.9).
+GEMM_WIDE = (32, 2**18)
 
 
 #: The blocks of every kernel the loop form's epoch can run, as it takes them: forward

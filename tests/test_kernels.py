@@ -461,6 +461,28 @@ def test_epoch_mode():
     assert loops.epoch_mode(shape, bufs, 4, 4, loops.NO_TILES, 1) == E.TILED
 
 
+def test_gemm_from_a_smaller_batch_for_wide_networks(monkeypatch):
+    """The GEMM path from tile.gemm_batch samples, and from GEMM_WIDE[0] for a network whose
+    widest layer has GEMM_WIDE[1] weights or more; never where tile.gemm_batch is 0; the
+    engine gives such a fit its scratch."""
+    monkeypatch.setattr(config, "GEMM_WIDE", (8, 20))
+    tile = config.tiles()._replace(gemm_batch=64)
+    wide, _ = make_shape([5, 4, 3], [TANH, A.SOFTMAX])           # 4 x 5 = 20 weights
+    narrow, _ = make_shape([5, 3, 3], [TANH, A.SOFTMAX])         # 15
+    assert loops.gemm_from(wide.sizes, tile) == 8
+    assert loops.gemm_from(narrow.sizes, tile) == 64
+    assert loops.gemm_from(wide.sizes, loops.NO_TILES) == 0
+    assert loops.gemm_from(wide.sizes, tile._replace(gemm_batch=4)) == 4
+    for shape, want in ((wide, E.GEMM), (narrow, E.TILED)):
+        bufs = make_batch(shape, 8, "float32", loops.gemm_scratch(shape.sizes, 8))
+        assert loops.epoch_mode(shape, bufs, 8, 4, tile, 1) == want
+    from nnjit import MLP
+    monkeypatch.setattr(config, "GEMM_MIN_BATCH", 64)
+    net = MLP([5, 4, 3], seed=0, dtype="float32")
+    assert net.engine._buffers(8, train=True).p.shape[0] == loops.gemm_scratch(wide.sizes, 8)
+    assert net.engine._buffers(7, train=True).p.shape[0] == 0
+
+
 # ---------------------------------------------------------------- the fast kernels
 # train_epoch runs these; shapes cover full 4 x 4 blocks and every remainder (9 = 4+4+1
 # samples, 7 = 4+3 units, 6 = 4+2 units).
@@ -660,18 +682,23 @@ GEMM_BLOCKS = [(3, 5, 3), (6, 256, 48), (48, 16, 6)]
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", GEMM_SHAPES)
 @pytest.mark.parametrize("mc,kc,ju", GEMM_BLOCKS)
-def test_gemm_forward(dtype, M_, n_in, n_out, mc, kc, ju):
+@pytest.mark.parametrize("act", [TANH, A.SOFTMAX])
+def test_gemm_forward(dtype, M_, n_in, n_out, mc, kc, ju, act):
+    """Against the vectorised form; and the same bits with other blocks, which cut a batch
+    into other chunks of samples and groups of panels (panel_groups: few chunks, more groups;
+    softmax rows are never cut)."""
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
     P, = poisoned((loops.gemm_need(n_out, n_in, M_, False),), dtype=dtype)  # exactly enough
-    loops.forward_layer_gemm(z, a, a_prev, W, b, TANH, P, mc, kc)
+    loops.forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc)
     z2, a2 = np.empty_like(z), np.empty_like(a)
-    vectorised.forward_layer(z2, a2, a_prev, W, b, TANH)
+    vectorised.forward_layer(z2, a2, a_prev, W, b, act)
     assert_close(z, z2, dtype)
     assert_close(a, a2, dtype)
     z3, a3 = poisoned((M_, n_out), (M_, n_out), dtype=dtype)   # blocks do not change a sum
-    loops.forward_layer_gemm(z3, a3, a_prev, W, b, TANH, P, 3, 1000)
+    loops.forward_layer_gemm(z3, a3, a_prev, W, b, act, P, 3, 1000)
     np.testing.assert_array_equal(z, z3)
+    np.testing.assert_array_equal(a, a3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -23,7 +23,7 @@ beside theta.
 """
 from .blocked import (backward_layer_tiled, corrections_update_tiled, forward_layer_tiled,
                       forward_layer_units, update_forward_next)
-from .epoch import NO_TILES, Tiles, blocks, epoch_mode, train_epoch
+from .epoch import NO_TILES, Tiles, blocks, epoch_mode, gemm_from, train_epoch
 from .fastmath import exp_row
 from .gemm import (backward_layer_gemm, corrections_update_gemm, forward_layer_gemm,
                    gemm_need, gemm_scratch)
@@ -35,7 +35,7 @@ from .sparse import CSR, empty_csr, make_csr
 
 __all__ = ["forward_layer", "backward_layer", "corrections", "corrections_update", "update",
            "output_error", "sample_loss", "weight_sum", "penalty", "load_batch", "forward",
-           "backprop", "step_coefs", "train_epoch", "epoch_mode", "blocks", "Tiles", "NO_TILES",
+           "backprop", "step_coefs", "train_epoch", "epoch_mode", "gemm_from", "blocks", "Tiles", "NO_TILES",
            "forward_layer_tiled", "backward_layer_tiled", "corrections_update_tiled",
            "forward_layer_units", "update_forward_next", "forward_layer_gemm",
            "backward_layer_gemm", "corrections_update_gemm", "gemm_need", "gemm_scratch",

@@ -197,13 +197,27 @@ def _twin(mode, first):
     return _EPOCH[key]
 
 
+def gemm_from(sizes, tile):
+    """The smallest batch that runs the GEMM path for a network of these sizes:
+    tile.gemm_batch (0: never), or config.GEMM_WIDE[0] if smaller and the widest layer has
+    GEMM_WIDE[1] weights or more (there the packed panels pay off sooner)."""
+    from .. import config
+    sizes = [int(x) for x in sizes]
+    widest = max(o * i for i, o in zip(sizes[:-1], sizes[1:]))
+    small, weights = config.GEMM_WIDE
+    if tile.gemm_batch > 0 and 0 < small < tile.gemm_batch and widest >= weights:
+        return int(small)
+    return int(tile.gemm_batch)
+
+
 def epoch_mode(shape, bufs, batch_size, par_min, tile, par_work=None):
     """Which kernels a fit runs (_MODE); par_work None: as if a layer were wide."""
     if batch_size == 1 or batch_size < par_min:
         sizes = [int(x) for x in shape.sizes]
         widest = max(o * i for i, o in zip(sizes[:-1], sizes[1:]))
         return ONLINE if par_work is not None and widest * batch_size < par_work else ONLINE_WIDE
-    if 0 < tile.gemm_batch <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
+    g = gemm_from(shape.sizes, tile)
+    if 0 < g <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
         return GEMM
     return TILED
 

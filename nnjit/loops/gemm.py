@@ -20,6 +20,7 @@ keeps its panels: to 10 units from 1024 (K = 10) it runs as fast as the tiled lo
 import numpy as np
 from numba import prange
 
+from ..activations import SOFTMAX
 from ..jit import jit
 from .blocked import corr_rows_range, dot_rows_range
 from .microkernel import NR, block, rows
@@ -91,20 +92,20 @@ def _transpose_rows(D, off, X, m_lo, m_hi):
 
 
 @jit(**OPTS)
-def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, n, K, kc):
-    """C[r, c] = sum_k A[r, k] B[k, c] for rows r_lo <= r < r_hi and c < n; C, A flat with
+def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, t_lo, t_hi, n, K, kc):
+    """C[r, c] = sum_k A[r, k] B[k, c] for rows r_lo <= r < r_hi and the columns c < n of
+    panels t_lo <= t < t_hi; C, A flat with
     row strides ldc, lda; B (K x n) packed in panels of NR columns in P (_pack_rows). Blocks
     of kc terms k (the first block writes C, later ones go on from it), panels of NR columns,
     and micro-kernel calls of mr rows (microkernel.rows), in that loop order: a panel's kc x NR block is reused
     by every row block of the range while it is in L1. A block cut by the edge of C (fewer
     rows or columns) sums all K terms in its first call."""
-    nt = (n + NR - 1) // NR
     mr = rows(C)
     u = np.uint64
     nkb = (K + kc - 1) // kc
     kc = (K + nkb - 1) // nkb          # equal blocks: K = 784 is 4 x 196, not 3 x 256 + 16
     for k0 in range(0, K, kc):
-        for t in range(nt):
+        for t in range(t_lo, t_hi):
             nc = min(NR, n - NR * t)
             for r0 in range(r_lo, r_hi, mr):
                 nr = min(mr, r_hi - r0)
@@ -116,6 +117,25 @@ def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, n, K, kc):
                 pb = u(t * K * NR + k0 * NR)
                 block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0), u(lda), P,
                       pb, u(kk), k0 > 0)
+
+
+#: parallel steps the feed-forward and the error recursion aim for (at least, while a batch
+#: has fewer chunks of mc samples than this and a layer more than one panel)
+GEMM_STEPS = 4
+
+
+@jit(**OPTS)
+def panel_groups(nch, npn):
+    """Groups of panels (of NR units) each chunk of samples is cut into, so that a small batch
+    still makes GEMM_STEPS parallel steps: at batch 32 one chunk of 48 samples was one step,
+    and one of two cores ran the whole product."""
+    return max(1, min(npn, (GEMM_STEPS + nch - 1) // nch))
+
+
+@jit(**OPTS)
+def _panels(g, ng, npn):
+    """Panels t_lo <= t < t_hi of group g of ng (npn panels in all)."""
+    return g * npn // ng, (g + 1) * npn // ng
 
 
 @jit(parallel=True, **OPTS)
@@ -136,18 +156,23 @@ def forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
         for t in prange((n_out + NR - 1) // NR):
             _pack_panel_t(P, W, np.int64(t))     # prange indices are unsigned: one specialisation
     zf, af = z.reshape(z.size), a_prev.reshape(a_prev.size)
-    for ch in prange((M + mc - 1) // mc):   # one parallel loop for both: each is a gufunc
-        m_lo = ch * mc                      # Numba compiles (seconds)
+    nch, npn = (M + mc - 1) // mc, (n_out + NR - 1) // NR
+    ng = 1 if narrow or act == SOFTMAX else panel_groups(nch, npn)   # softmax: whole rows
+    for st in prange(nch * ng):             # one parallel loop for both: each is a gufunc
+        ch = np.int64(st) // ng             # Numba compiles (seconds); st is unsigned
+        m_lo = ch * mc
         m_hi = min(M, m_lo + mc)
+        t_lo, t_hi = _panels(np.int64(st) - ch * ng, ng, npn)
+        c_lo, c_hi = t_lo * NR, min(n_out, t_hi * NR)
         if narrow:
             dot_rows_range(z, a_prev, W, b, m_lo, m_hi - m_lo, int(0), n_out)
         else:
-            _gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, n_out, n_in, kc)
+            _gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, t_lo, t_hi, n_out, n_in, kc)
             for m in range(m_lo, m_hi):
-                for j in range(n_out):
+                for j in range(c_lo, c_hi):
                     z[m, j] += b[j]
         for m in range(m_lo, m_hi):
-            apply_f(a[m], z[m], act)
+            apply_f(a[m, c_lo:c_hi], z[m, c_lo:c_hi], act)
 
 
 @jit(parallel=True, **OPTS)
@@ -156,8 +181,8 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
 
     delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l);
     P scratch of at least N_{l+1} ceil(N_l / NR) NR elements. Parallel loops: packing W
-    (PACK_ROWS rows k a step), then chunks of mc samples m (a step owns their rows of
-    delta_prev)."""
+    (PACK_ROWS rows k a step), then chunks of mc samples m, cut into groups of panels as the
+    feed-forward's (a step owns its block of delta_prev)."""
     check_act(act_prev)
     M, n_out = delta.shape
     n_in = W.shape[1]
@@ -165,12 +190,18 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
         k0 = kb * PACK_ROWS
         _pack_rows(P, W, k0, min(n_out, k0 + PACK_ROWS))
     df, dpf = delta.reshape(delta.size), delta_prev.reshape(delta_prev.size)
-    for ch in prange((M + mc - 1) // mc):
+    nch, npn = (M + mc - 1) // mc, (n_in + NR - 1) // NR
+    ng = panel_groups(nch, npn)
+    for st in prange(nch * ng):
+        ch = np.int64(st) // ng
         m_lo = ch * mc
         m_hi = min(M, m_lo + mc)
-        _gemm_rows(dpf, n_in, df, n_out, P, m_lo, m_hi, n_in, n_out, kc)
+        t_lo, t_hi = _panels(np.int64(st) - ch * ng, ng, npn)
+        c_lo, c_hi = t_lo * NR, min(n_in, t_hi * NR)
+        _gemm_rows(dpf, n_in, df, n_out, P, m_lo, m_hi, t_lo, t_hi, n_in, n_out, kc)
         for m in range(m_lo, m_hi):
-            mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
+            mul_fprime(delta_prev[m, c_lo:c_hi], z_prev[m, c_lo:c_hi], a_prev[m, c_lo:c_hi],
+                       act_prev)
 
 
 @jit(**OPTS)
@@ -243,7 +274,7 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
             i0 = int(0)
             corr_rows_range(dW, db, delta, a_prev, j_lo, j_hi - j_lo, i0, n_in, i0 == 0)
         else:
-            _gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, n_in, M, kc)
+            _gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, int(0), nt, n_in, M, kc)
             for j in range(j_lo, j_hi):
                 db[j] = _sum8(D, j * M, M)        # db_j = sum_m delta_mj
         for j in range(j_lo, j_hi):
