@@ -590,6 +590,26 @@ def test_busy_machine_gets_fewer_threads_per_epoch(monkeypatch):
         numba.set_num_threads(before)
 
 
+def test_own_threads_going_idle_are_not_other_tasks(monkeypatch):
+    """The run queue and this process's threads are read at different instants: a worker
+    thread of the last epoch still spinning when the run queue was read and asleep when the
+    process's threads were read is not another task (it had made every other epoch run on one
+    thread); a task seen once and gone at the next readings costs no threads; one that stays
+    is counted."""
+    from nnjit import threads as ns
+    queue_read = []                     # a worker spins until the run queue is read, then sleeps
+    monkeypatch.setattr(ns, "_mine_running", lambda: 2 if queue_read else 3)
+    monkeypatch.setattr(ns, "_run_queue", lambda: queue_read.append(1) or 3)
+    assert ns._others_running() == 0
+    monkeypatch.setattr(ns, "_mine_running", lambda: 2)
+    queue = iter([4, 2, 2])                          # another task, for one reading
+    monkeypatch.setattr(ns, "_run_queue", lambda: next(queue))
+    assert ns._others_running() == 0
+    reads = []
+    monkeypatch.setattr(ns, "_run_queue", lambda: reads.append(1) or 5)   # three others stay
+    assert ns._others_running() == 3 and len(reads) == 3
+
+
 def test_others_running_reads_the_run_queue():
     from nnjit import threads as ns
     if not os.path.exists("/proc/loadavg"):
