@@ -70,7 +70,7 @@ class CPUEngine:
         """Batch buffers; the loop form's GEMM scratch only where its epoch runs."""
         shape = self.shape if shape is None else shape
         n_pack = 0
-        if train and self.loops and 0 < self.k.gemm_from(shape.sizes, config.tiles()) <= cap:
+        if train and self.loops and 0 < self.k.gemm_from(shape.sizes, config.tiles(), self.dtype) <= cap:
             n_pack = self.k.gemm_scratch(shape.sizes, cap)
         return make_batch(shape, cap, self.dtype, n_pack)
 

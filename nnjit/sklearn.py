@@ -44,7 +44,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.metrics import accuracy_score, r2_score
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import LabelBinarizer
-from sklearn.utils import check_random_state, column_or_1d, shuffle
+from sklearn.utils import check_random_state, column_or_1d
 from sklearn.utils._param_validation import Interval, Options, StrOptions
 try:                        # scikit-learn's own shim for SciPy's iprint deprecation
     from sklearn.utils.fixes import _get_additional_lbfgs_options_dict
@@ -164,6 +164,16 @@ class _Record:
                          "val_score": est.validation_scores_ if early_stopping else [],
                          "val_epoch": []}
         self.best_epoch_ = self.best_loss_ = self.best_score_ = None
+
+
+def _shuffled(idx, rs):
+    """sklearn.utils.shuffle(idx, random_state=rs) for a RandomState rs, the same draws
+    (resample without replacement: rs.shuffle of arange(n), then idx in that order) without
+    its validation of the arguments, 0.2 ms an epoch (a tenth of an epoch of scikit-learn's
+    defaults on digits). test_sklearn's weight-for-weight tests hold the two to one order."""
+    perm = np.arange(idx.shape[0])
+    rs.shuffle(perm)
+    return idx[perm]
 
 
 class _BaseMLP(BaseEstimator):
@@ -493,7 +503,7 @@ class _BaseMLP(BaseEstimator):
 
         def epoch(rule, h, loss):
             if self.shuffle:        # scikit-learn's order: its generator, its shuffle of the last
-                sample_idx[0] = shuffle(sample_idx[0], random_state=self._random_state)
+                sample_idx[0] = _shuffled(sample_idx[0], self._random_state)
             return engine.train_epoch(sample_idx[0].astype(np.int64), batch_size, rule, h, loss)
 
         rec = _Record(self, early_stopping)

@@ -462,25 +462,35 @@ def test_epoch_mode():
 
 
 def test_gemm_from_a_smaller_batch_for_wide_networks(monkeypatch):
-    """The GEMM path from tile.gemm_batch samples, and from GEMM_WIDE[0] for a network whose
-    widest layer has GEMM_WIDE[1] weights or more; never where tile.gemm_batch is 0; the
-    engine gives such a fit its scratch."""
+    """float32: the GEMM path from tile.gemm_batch samples, and from GEMM_WIDE[0] for a
+    network whose widest layer has GEMM_WIDE[1] weights or more; float64 only from
+    GEMM_FLOAT64[0] samples and with a widest layer of GEMM_FLOAT64[1]; never where
+    tile.gemm_batch is 0; the engine gives such a fit its scratch, and no other."""
     monkeypatch.setattr(config, "GEMM_WIDE", (8, 20))
+    monkeypatch.setattr(config, "GEMM_FLOAT64", (100, 20))
     tile = config.tiles()._replace(gemm_batch=64)
     wide, _ = make_shape([5, 4, 3], [TANH, A.SOFTMAX])           # 4 x 5 = 20 weights
     narrow, _ = make_shape([5, 3, 3], [TANH, A.SOFTMAX])         # 15
-    assert loops.gemm_from(wide.sizes, tile) == 8
-    assert loops.gemm_from(narrow.sizes, tile) == 64
-    assert loops.gemm_from(wide.sizes, loops.NO_TILES) == 0
-    assert loops.gemm_from(wide.sizes, tile._replace(gemm_batch=4)) == 4
-    for shape, want in ((wide, E.GEMM), (narrow, E.TILED)):
-        bufs = make_batch(shape, 8, "float32", loops.gemm_scratch(shape.sizes, 8))
-        assert loops.epoch_mode(shape, bufs, 8, 4, tile, 1) == want
+    f32, f64 = "float32", "float64"
+    assert loops.gemm_from(wide.sizes, tile, f32) == 8
+    assert loops.gemm_from(narrow.sizes, tile, f32) == 64
+    assert loops.gemm_from(wide.sizes, loops.NO_TILES, f32) == 0
+    assert loops.gemm_from(wide.sizes, loops.NO_TILES, f64) == 0
+    assert loops.gemm_from(wide.sizes, tile._replace(gemm_batch=4), f32) == 4
+    assert loops.gemm_from(wide.sizes, tile, f64) == 100
+    assert loops.gemm_from(wide.sizes, tile._replace(gemm_batch=200), f64) == 200
+    assert loops.gemm_from(narrow.sizes, tile, f64) == 0
+    for shape, dt, M, want in ((wide, f32, 8, E.GEMM), (narrow, f32, 8, E.TILED),
+                               (wide, f64, 99, E.TILED), (wide, f64, 100, E.GEMM),
+                               (narrow, f64, 1000, E.TILED)):
+        bufs = make_batch(shape, M, dt, loops.gemm_scratch(shape.sizes, M))
+        assert loops.epoch_mode(shape, bufs, M, 4, tile, 1) == want, (shape.sizes, dt, M)
     from nnjit import MLP
     monkeypatch.setattr(config, "GEMM_MIN_BATCH", 64)
-    net = MLP([5, 4, 3], seed=0, dtype="float32")
-    assert net.engine._buffers(8, train=True).p.shape[0] == loops.gemm_scratch(wide.sizes, 8)
-    assert net.engine._buffers(7, train=True).p.shape[0] == 0
+    for dt, M, used in ((f32, 8, True), (f32, 7, False), (f64, 64, False), (f64, 100, True)):
+        net = MLP([5, 4, 3], seed=0, dtype=dt)
+        n = net.engine._buffers(M, train=True).p.shape[0]
+        assert n == (loops.gemm_scratch(wide.sizes, M) if used else 0), (dt, M)
 
 
 # ---------------------------------------------------------------- the fast kernels
@@ -779,10 +789,11 @@ def test_gemm_narrow_layers_equal_the_tiled_kernels(M_, n_in, n_out):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch_size", [7, 25])
 @pytest.mark.parametrize("rule", [R.CODES["sgd"], R.CODES["adam"], R.CODES["rmsprop"]])
-def test_train_epoch_gemm(dtype, batch_size, rule):
+def test_train_epoch_gemm(dtype, batch_size, rule, monkeypatch):
     """The compiled epoch's GEMM twin (every layer by packed panels: two wider than a panel,
     an output layer of 3 units, a last batch of 50 - 49 or 50 - 25 samples) equals the
-    vectorised one."""
+    vectorised one (float64 too: the GEMM path from 3 samples whatever the width)."""
+    monkeypatch.setattr(config, "GEMM_FLOAT64", (3, 0))
     shape, P = make_shape([37, 35, 33, 3], [TANH, A.SIGMOID, A.SOFTMAX])
     rng = np.random.default_rng(1)
     n = 50

@@ -248,7 +248,7 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
     tile = config.tiles()
     fmc, fnc, bmc, bnc, cju, cic = loops.blocks(tile, n_out, n_in)
     P = np.zeros(int(loops.gemm_need(n_out, n_in, M, True)), dt)
-    gemm = 0 < loops.gemm_from([n_in, n_out], tile) <= M   # as loops.epoch_mode chooses
+    gemm = 0 < loops.gemm_from([n_in, n_out], tile, dt) <= M   # as loops.epoch_mode chooses
     fl = 2.0 * M * n_in * n_out / 1e9
 
     def rate(f):
