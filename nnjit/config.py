@@ -86,7 +86,9 @@ CUDA_THREADS = 128
 
 #: A layer's fused correction + update runs in parallel once N_l * N_{l-1} * batch reaches
 #: this, even for a batch too small for the per-sample kernels.
-PARALLEL_MIN_WORK = 4096
+PARALLEL_MIN_WORK = 2**16     # online, µs a sample, 4096 / 65536 (a region costs ~5 µs with
+# work in it): 784-512-512-10 272-289 / 243-266 (its 512 x 10 output layer had been parallel),
+# 784-1024-1024-10 508-534 / 499-515, 784-128-10 and 784-256-10 the same within the noise
 
 #: Out-of-core data (numpy.memmap, zarr, Dask arrays) is read this many bytes of X at a
 #: time (rounded to whole mini-batches), so fit/forward hold O(chunk) memory, not O(data).
