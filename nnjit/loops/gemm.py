@@ -125,17 +125,23 @@ GEMM_STEPS = 4
 
 
 @jit(**OPTS)
-def panel_groups(nch, npn):
-    """Groups of panels (of NR units) each chunk of samples is cut into, so that a small batch
-    still makes GEMM_STEPS parallel steps: at batch 32 one chunk of 48 samples was one step,
-    and one of two cores ran the whole product."""
-    return max(1, min(npn, (GEMM_STEPS + nch - 1) // nch))
+def panel_groups(nch, n):
+    """Groups of panels (NR of the n columns each) each of nch chunks of samples is cut into,
+    so that a small batch still makes GEMM_STEPS parallel steps: at batch 32 one chunk of 48
+    samples was one step, and one of two cores ran the whole product."""
+    return max(1, min((n + NR - 1) // NR, (GEMM_STEPS + nch - 1) // nch))
 
 
 @jit(**OPTS)
-def _panels(g, ng, npn):
-    """Panels t_lo <= t < t_hi of group g of ng (npn panels in all)."""
-    return g * npn // ng, (g + 1) * npn // ng
+def _step(st, ng, mc, M, n):
+    """Parallel step st of the feed-forward or recursion: samples m_lo <= m < m_hi (chunk
+    st // ng of mc), panels t_lo <= t < t_hi (group st % ng of ng), their columns c_lo <= c <
+    c_hi of the n of C. st int64 (prange's unsigned index converted: one specialisation)."""
+    ch = st // ng
+    m_lo = ch * mc
+    npn = (n + NR - 1) // NR
+    t_lo, t_hi = (st - ch * ng) * npn // ng, (st - ch * ng + 1) * npn // ng
+    return m_lo, min(M, m_lo + mc), t_lo, t_hi, t_lo * NR, min(n, t_hi * NR)
 
 
 @jit(parallel=True, **OPTS)
@@ -156,14 +162,10 @@ def forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
         for t in prange((n_out + NR - 1) // NR):
             _pack_panel_t(P, W, np.int64(t))     # prange indices are unsigned: one specialisation
     zf, af = z.reshape(z.size), a_prev.reshape(a_prev.size)
-    nch, npn = (M + mc - 1) // mc, (n_out + NR - 1) // NR
-    ng = 1 if narrow or act == SOFTMAX else panel_groups(nch, npn)   # softmax: whole rows
-    for st in prange(nch * ng):             # one parallel loop for both: each is a gufunc
-        ch = np.int64(st) // ng             # Numba compiles (seconds); st is unsigned
-        m_lo = ch * mc
-        m_hi = min(M, m_lo + mc)
-        t_lo, t_hi = _panels(np.int64(st) - ch * ng, ng, npn)
-        c_lo, c_hi = t_lo * NR, min(n_out, t_hi * NR)
+    nch = (M + mc - 1) // mc
+    ng = 1 if narrow or act == SOFTMAX else panel_groups(nch, n_out)   # softmax: whole rows
+    for st in prange(nch * ng):     # one parallel loop for both: each a gufunc to compile
+        m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, mc, M, n_out)
         if narrow:
             dot_rows_range(z, a_prev, W, b, m_lo, m_hi - m_lo, int(0), n_out)
         else:
@@ -190,14 +192,10 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
         k0 = kb * PACK_ROWS
         _pack_rows(P, W, k0, min(n_out, k0 + PACK_ROWS))
     df, dpf = delta.reshape(delta.size), delta_prev.reshape(delta_prev.size)
-    nch, npn = (M + mc - 1) // mc, (n_in + NR - 1) // NR
-    ng = panel_groups(nch, npn)
+    nch = (M + mc - 1) // mc
+    ng = panel_groups(nch, n_in)
     for st in prange(nch * ng):
-        ch = np.int64(st) // ng
-        m_lo = ch * mc
-        m_hi = min(M, m_lo + mc)
-        t_lo, t_hi = _panels(np.int64(st) - ch * ng, ng, npn)
-        c_lo, c_hi = t_lo * NR, min(n_in, t_hi * NR)
+        m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, mc, M, n_in)
         _gemm_rows(dpf, n_in, df, n_out, P, m_lo, m_hi, t_lo, t_hi, n_in, n_out, kc)
         for m in range(m_lo, m_hi):
             mul_fprime(delta_prev[m, c_lo:c_hi], z_prev[m, c_lo:c_hi], a_prev[m, c_lo:c_hi],
