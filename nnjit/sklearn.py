@@ -170,7 +170,8 @@ def _shuffled(idx, rs):
     """sklearn.utils.shuffle(idx, random_state=rs) for a RandomState rs, the same draws
     (resample without replacement: rs.shuffle of arange(n), then idx in that order) without
     its validation of the arguments, 0.2 ms an epoch (a tenth of an epoch of scikit-learn's
-    defaults on digits). test_sklearn's weight-for-weight tests hold the two to one order."""
+    defaults on digits). test_sklearn_dropin's weight-for-weight tests hold the two to one
+    order."""
     perm = np.arange(idx.shape[0])
     rs.shuffle(perm)
     return idx[perm]

@@ -197,16 +197,21 @@ def _twin(mode, first):
     return _EPOCH[key]
 
 
+def _widest(sizes):
+    """The most weights of any layer, N_l N_{l-1}."""
+    sizes = [int(x) for x in sizes]
+    return max(o * i for i, o in zip(sizes[:-1], sizes[1:]))
+
+
 def gemm_from(sizes, tile, dtype):
     """The smallest batch that runs the GEMM path for a network of these sizes (0: none):
     float32 from tile.gemm_batch (0: never), or from config.GEMM_WIDE[0] if smaller and the
     widest layer has GEMM_WIDE[1] weights or more (there the packed panels pay off sooner);
     float64 from config.GEMM_FLOAT64[0], and only with a widest layer of GEMM_FLOAT64[1]."""
     from .. import config
-    sizes = [int(x) for x in sizes]
-    widest = max(o * i for i, o in zip(sizes[:-1], sizes[1:]))
     if tile.gemm_batch <= 0:
         return 0
+    widest = _widest(sizes)
     if np.dtype(dtype) == np.float64:
         batch, weights = config.GEMM_FLOAT64
         return max(int(batch), int(tile.gemm_batch)) if widest >= weights else 0
@@ -219,9 +224,8 @@ def gemm_from(sizes, tile, dtype):
 def epoch_mode(shape, bufs, batch_size, par_min, tile, par_work=None):
     """Which kernels a fit runs (_MODE); par_work None: as if a layer were wide."""
     if batch_size == 1 or batch_size < par_min:
-        sizes = [int(x) for x in shape.sizes]
-        widest = max(o * i for i, o in zip(sizes[:-1], sizes[1:]))
-        return ONLINE if par_work is not None and widest * batch_size < par_work else ONLINE_WIDE
+        return (ONLINE if par_work is not None and _widest(shape.sizes) * batch_size < par_work
+                else ONLINE_WIDE)
     g = gemm_from(shape.sizes, tile, bufs.a.dtype)
     if 0 < g <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
         return GEMM
