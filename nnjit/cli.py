@@ -33,9 +33,9 @@ from . import activations as A
 from . import rules as R
 
 #: Seconds the first run spends compiling the loops kernels on the project's 2-core machine
-#: (35 s for `nnjit train` with a fresh NUMBA_CACHE_DIR, see the README); quoted in the compile
-#: notice.
-COMPILE_SECONDS = 35
+#: (`nnjit train` with a fresh NUMBA_CACHE_DIR in a fresh venv: 8 s, two processes compiling,
+#: see the README; more on a busy host); quoted in the compile notice.
+COMPILE_SECONDS = 10
 
 #: Integer targets are class labels when they take at most this many distinct values ...
 MAX_CLASSES = 50

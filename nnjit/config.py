@@ -3,6 +3,7 @@
 Numba's on-disk cache freezes module globals into compiled code, so kernels never read
 these values themselves: the wrappers read them and pass them to kernels as plain values.
 """
+import os as _os
 from collections import namedtuple
 
 #: fastmath flags for the loop kernels. ``reassoc`` lets LLVM vectorise the sums
@@ -116,3 +117,9 @@ MODEL_FILE_MAX_LABEL = 1024
 #: tasks (at most numba.get_num_threads()), so a busy machine slows training gracefully
 #: (nnjit/threads.EpochThreads). False: always numba.get_num_threads().
 ADAPTIVE_THREADS = True
+#: A first fit on an empty kernel cache starts one second process that compiles part of its
+#: kernels into the cache beside it (nnjit.jit.compile_beside): on 2 cores a first fit's
+#: compile in about half the time. Off (False, or NNJIT_COMPILE_WORKER=0 in the environment):
+#: every kernel compiles in the process that needs it. Never used without a disk cache or
+#: with one CPU.
+COMPILE_WORKER = _os.environ.get("NNJIT_COMPILE_WORKER", "1") != "0"

@@ -34,17 +34,31 @@ each closed here by construction, not by ordering:
    is keyed by the whole package (its sources, nnjit's, Numba's and llvmlite's versions):
    the cache lives in a folder of its own, ``nnjit-<version>-<hash>``.
 
+5. **Compiling beside the first process.** Not a failure of Numba's cache but its use: a
+   first fit on an empty cache compiles its epoch and every kernel the epoch calls, one after
+   another (seconds each). :func:`compile_beside` starts one second process that compiles
+   some of those kernels into the cache at the same time, taking them from the other end of
+   the list (the first process compiles the epoch's callees in the order it calls them); each
+   process skips a kernel the other is compiling (1.-4. hold: the same package, the same
+   locks), and the first loads what the second saved. :func:`_worker` is that process.
+
 Where the folder is: ``$NUMBA_CACHE_DIR/nnjit-…`` if that is set, else ``__pycache__`` beside
 the package if it is writable, else the user's cache folder (``~/.cache/nnjit``). Where none
 is writable, :data:`CACHE` is False, kernels compile in memory in every process and one
 warning says to set ``NUMBA_CACHE_DIR``.
 """
+import atexit
 import contextlib
 import hashlib
+import importlib
 import itertools
+import json
 import os
 import secrets
+import subprocess
+import sys
 import tempfile
+import threading
 import time
 import warnings
 
@@ -191,6 +205,10 @@ class KernelCache(caching.FunctionCache):
         key = self._index_key(sig, data.codegen)
         self._cache_file.save(key, (key, self._impl.reduce(data)))
 
+    def has(self, sig, codegen):
+        """Whether the index holds an entry for sig (see cached)."""
+        return self._index_key(sig, codegen) in self._cache_file._load_index()
+
     @property
     def lock_path(self):
         return os.path.join(self._cache_path, self._impl.filename_base + ".lock")
@@ -269,6 +287,7 @@ def jit(fn=None, *, cache=True, slp=False, **options):
         if cache and CACHE:
             kernel_cache = KernelCache(dispatcher.py_func)
             dispatcher._cache = kernel_cache        # Numba's dispatcher has no public setter
+            dispatcher.nnjit_cache = kernel_cache   # nnjit's own handle on it
             _locked_compile(dispatcher, kernel_cache)
         return dispatcher
     return decorate if fn is None else decorate(fn)
@@ -293,3 +312,130 @@ def slp_compile(dispatcher):
                 config.SLP_VECTORIZE = old
     dispatcher.compile = compile
     return dispatcher
+
+
+# ---------------------------------------------------------------- 5. compiling beside the first process
+def _held_elsewhere(path):
+    """Whether another process holds the lock on path now (a look, not a wait)."""
+    try:
+        import fcntl
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except (ImportError, OSError):
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def cached(dispatcher, sig):
+    """Whether nnjit's disk cache holds dispatcher's entry for the argument types sig (a tuple
+    of Numba types, as Numba's typing passes them), for this machine and package build."""
+    cache = getattr(dispatcher, "nnjit_cache", None)
+    return cache is not None and cache.has(tuple(sig), dispatcher.targetctx.codegen())
+
+
+def _fingerprint(tasks):
+    """What the tasks' compiled code depends on besides the package and the machine (both in
+    the cache's key): each kernel's options (fastmath, error model, ...: a process may have
+    changed nnjit.config before its kernels were made) and Numba's code generation settings.
+    The second process compiles only if its fingerprint is the first one's."""
+    from numba.core import config
+    names = ("OPT", "CPU_NAME", "CPU_FEATURES", "LOOP_VECTORIZE", "SLP_VECTORIZE", "BOUNDSCHECK",
+             "DEBUGINFO_DEFAULT")
+    def plain(v):       # a set's order varies from process to process (hash randomisation)
+        if isinstance(v, (set, frozenset)):
+            return sorted(map(repr, v))
+        return sorted((repr(k), plain(x)) for k, x in v.items()) if isinstance(v, dict) else repr(v)
+    return repr(([plain(d.targetoptions) for d, _ in tasks],
+                 [str(getattr(config, n, None)) for n in names], CACHE_DIR))
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+try:                            # the locks that keep two processes off one kernel
+    import fcntl  # noqa: F401
+    _FLOCK = True
+except ImportError:             # pragma: no cover - Windows: one process compiles
+    _FLOCK = False
+
+_BESIDE = {"asked": set(), "proc": None, "pid": None, "lock": threading.Lock()}
+
+
+def compile_beside(plan, *args):
+    """Start a process that compiles the kernels ``plan(*args)`` lists (a module-level function
+    given as "module:name", returning (dispatcher, argument types) pairs in the order the
+    second process should take them; args plain JSON values) into the disk cache, unless
+    every one is cached already. Returns whether it started one.
+
+    At most one such process per process at a time, and none where it cannot help: no disk
+    cache, one CPU, no inter-process locks (Windows), config.COMPILE_WORKER off, or inside
+    such a process. The first process goes on compiling what it needs in its own order and
+    loads what the second saved; if the second fails or never starts, the first compiles
+    everything itself, as before."""
+    from . import config
+    if not (CACHE and config.COMPILE_WORKER and _cpus() >= 2 and sys.executable and _FLOCK):
+        return False
+    with _BESIDE["lock"]:
+        key = (plan, *args)
+        if key in _BESIDE["asked"]:
+            return False
+        _BESIDE["asked"].add(key)
+        proc = _BESIDE["proc"]
+        if proc is not None and _BESIDE["pid"] == os.getpid() and proc.poll() is None:
+            return False            # one at a time: two would only share the same two cores
+        tasks = _plan(plan, args)
+        if all(cached(d, sig) for d, sig in tasks):
+            return False
+        env = dict(os.environ, NNJIT_COMPILE_WORKER="0",        # no process starts a third
+                   PYTHONPATH=os.pathsep.join(                  # this very package
+                       [os.path.dirname(_PKG_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(
+                           os.pathsep))
+        job = json.dumps({"plan": plan, "args": list(args), "fingerprint": _fingerprint(tasks)})
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", "from nnjit.jit import _worker; _worker()", job],
+                env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, cwd=tempfile.gettempdir())
+        except OSError:
+            return False
+        _BESIDE["proc"], _BESIDE["pid"] = proc, os.getpid()
+        return True
+
+
+def _plan(plan, args):
+    module, name = plan.split(":")
+    return getattr(importlib.import_module(module), name)(*args)
+
+
+@atexit.register
+def _stop_beside():
+    """A process that exits takes its compiling helper with it (what that one had saved stays)."""
+    proc = _BESIDE["proc"]
+    if proc is not None and _BESIDE["pid"] == os.getpid() and proc.poll() is None:
+        proc.terminate()
+
+
+def _worker():
+    """The second process of compile_beside (its job, JSON, in argv[1]): compiles each kernel
+    of the plan that is neither cached nor being compiled by another process, in the plan's
+    order, then exits. Nothing if this process's compile options differ from the first's."""
+    import signal
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # a temporary file is cleaned up
+    job = json.loads(sys.argv[1])
+    tasks = _plan(job["plan"], job["args"])
+    if job["fingerprint"] != _fingerprint(tasks):
+        return
+    for dispatcher, sig in tasks:
+        if cached(dispatcher, sig) or _held_elsewhere(dispatcher.nnjit_cache.lock_path):
+            continue
+        dispatcher.compile(tuple(sig))

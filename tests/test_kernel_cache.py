@@ -284,3 +284,97 @@ def test_a_data_file_is_used_only_for_the_key_it_was_saved_for(tmp_path):
     data[0].write_bytes(b)
     data[1].write_bytes(a)
     assert _run(code % "float64", env) == f64 and _run(code % "float32", env) == f32
+
+
+# ---------------------------------------------------------------- 5. compiling beside
+BESIDE = """
+from numba import types
+from nnjit.jit import jit
+
+@jit
+def double(x):
+    return x * 2.0
+
+@jit
+def inc(x):
+    return x + 1.0
+
+def plan():
+    return [(inc, (types.float64,)), (double, (types.float64,))]
+"""
+
+
+def _two_cpus():
+    from nnjit import jit
+    if jit._cpus() < 2:
+        pytest.skip("compile_beside needs two CPUs")
+
+
+def test_a_second_process_compiles_the_plan_into_the_cache(tmp_path):
+    """compile_beside starts one process (once per plan and process) that compiles the plan's
+    kernels into the cache; this process then loads them (cache hits, nothing compiled). With
+    every kernel cached it starts none, nor with config.COMPILE_WORKER off."""
+    _two_cpus()
+    (tmp_path / "beside.py").write_text(BESIDE)
+    env = _env(tmp_path / "cache", tmp_path, NNJIT_COMPILE_WORKER="1")
+    out = _run("""
+        import beside
+        from nnjit import config, jit
+        print(jit.compile_beside("beside:plan"), jit.compile_beside("beside:plan"))
+        print(jit._BESIDE["proc"].wait(300))
+        print(all(jit.cached(d, s) for d, s in beside.plan()))
+        print(beside.double(2.0), beside.inc(2.0))
+        for f in (beside.double, beside.inc):
+            print(sum(f.stats.cache_hits.values()), sum(f.stats.cache_misses.values()))
+        jit._BESIDE["asked"].clear()
+        print(jit.compile_beside("beside:plan"))         # all cached
+        config.COMPILE_WORKER = False
+        print(jit.compile_beside("beside:other"))        # off (never looks at the plan)
+    """, env)
+    assert out.split() == ["True", "False", "0", "True", "4.0", "3.0", "1", "0", "1", "0",
+                           "False", "False"]
+
+
+def test_the_second_process_skips_a_kernel_being_compiled_and_a_different_setup(tmp_path):
+    """The second process compiles nothing when its compile options differ from the first
+    process's (its kernels would be linked into the first's code), and skips a kernel whose
+    lock another process holds (that one is compiling it) without waiting for it."""
+    (tmp_path / "beside.py").write_text(BESIDE)
+    env = _env(tmp_path / "cache", tmp_path)
+    out = _run("""
+        import json, subprocess, sys
+        import beside
+        from nnjit import jit
+
+        def worker(fingerprint):
+            job = json.dumps({"plan": "beside:plan", "args": [], "fingerprint": fingerprint})
+            subprocess.run([sys.executable, "-c", "from nnjit.jit import _worker; _worker()",
+                            job], check=True, timeout=300)
+            print(*[jit.cached(d, s) for d, s in beside.plan()])
+
+        worker("another setup")
+        tasks = beside.plan()
+        with jit._file_lock(beside.double.nnjit_cache.lock_path):   # this process compiling it
+            worker(jit._fingerprint(tasks))
+        worker(jit._fingerprint(tasks))
+    """, env)
+    assert out.split() == ["False", "False", "True", "False", "True", "True"]
+
+
+def test_a_first_fit_with_a_second_process_compiling_beside_it(tmp_path):
+    """A first fit (batch 32, float32) on an empty cache starts the second process; its result
+    equals this process's (kernels compiled here), and afterwards every kernel of the twin's
+    plan is in the cache, the prediction's forward included, which this fit never called:
+    the second process compiled it (its compile options matched the first's)."""
+    _two_cpus()
+    env = _env(tmp_path / "cache", NNJIT_COMPILE_WORKER="1")
+    code = TRAIN.format(dtype="float32", batch=32)
+    out = _run(code + textwrap.dedent("""
+        from nnjit import jit
+        from nnjit.loops import epoch, network
+        print(jit._BESIDE["proc"].wait(600))
+        plan = epoch.compile_plan(epoch.TILED, epoch.DENSE, "float32")
+        print(all(jit.cached(d, s) for d, s in plan), plan[-1][0] is network.forward,
+              len(network.forward.overloads))
+    """), env, timeout=900).split()
+    assert out == [_here(code).strip(), "0", "True", "True", "0"]

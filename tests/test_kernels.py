@@ -893,12 +893,17 @@ def test_micro_kernel_source_is_generated():
 
 
 def test_a_fit_compiles_each_kernel_once(tmp_path):
-    """A first fit (batch 32), a prediction and a fit by the GEMM path (batch 64), float32,
-    in a fresh process with an empty Numba cache: every nnjit kernel has one signature. A
+    """A first fit (batch 32), a prediction, a fit by the GEMM path (batch 64), an online fit
+    with a wide layer and a sparse fit, float32, in a fresh process with an empty Numba cache
+    and no second process compiling beside it: every nnjit kernel has one signature. A
     literal argument (a constant 4 or 1 passed on) or an unsigned prange index where a
     signed one is passed elsewhere makes Numba compile a second specialisation: seconds more
     on a first fit. (With a warm cache the callers' machine code is loaded and such a
-    duplicate does not show: hence the empty one.)"""
+    duplicate does not show: hence the empty one.)
+
+    And each twin's compile plan (nnjit.loops.epoch.compile_plan: what a second process
+    compiles beside a first fit) names the argument types that fit compiled its kernels
+    with: a wrong type there would make that process compile a specialisation nobody loads."""
     import os
     import subprocess
     import sys
@@ -913,12 +918,25 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
         MLP([6, 5, 3], dtype="float32").fit(X, y, epochs=1, batch_size=32).predict(X)
         X, y = np.tile(X, (2, 1)), np.tile(y, 2)      # the GEMM path: wide and narrow layers
         MLP([6, 40, 3], dtype="float32").fit(X, y, epochs=1, batch_size=64)
+        Xw = rng.normal(size=(4, 300)).astype(np.float32)    # online, 300 x 256 in parallel
+        MLP([300, 256, 3], dtype="float32").fit(Xw, y[:4], epochs=1, batch_size=1)
+        import scipy.sparse as sp, warnings
+        from nnjit.sklearn import MLPClassifier
+        warnings.simplefilter("ignore")
+        Xs = sp.random(80, 30, density=0.2, format="csr", random_state=0, dtype=np.float32)
+        MLPClassifier((5,), batch_size=32, max_iter=1, dtype="float32").fit(Xs, y)
+        from nnjit.loops import epoch
+        for mode, first in epoch._EPOCH:
+            for d, sig in epoch.compile_plan(mode, first, "float32"):
+                assert tuple(sig) in d.overloads, (mode, first, d.py_func.__qualname__, sig,
+                                                   list(d.overloads))
+        assert len(epoch._EPOCH) == 4, list(epoch._EPOCH)
         twice = {d.py_func.__qualname__: [str(s) for s in d.signatures] for d in gc.get_objects()
                  if isinstance(d, CPUDispatcher) and (d.py_func.__module__ or "").startswith("nnjit")
                  and len(d.signatures) > 1}
         print(twice)
         """
-    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), NNJIT_COMPILE_WORKER="0")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900,
                          env=env)
     assert out.returncode == 0, out.stderr[-2000:]

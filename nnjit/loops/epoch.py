@@ -21,7 +21,7 @@ The epoch returns the sums each caller reports its loss from (see :func:`train_e
 import numpy as np
 
 from ..config import Tiles
-from ..jit import jit
+from ..jit import compile_beside, jit
 from .blocked import (backward_layer_tiled, backward_layer_tiled_serial, corrections_update_tiled,
                       corrections_update_tiled_serial, forward_layer_tiled,
                       forward_layer_tiled_serial, forward_layer_units, update_forward_next,
@@ -76,9 +76,9 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
         if ahead:      # (l0 and mb are 1)
             apply_f(rows(bufs.a, shape, l0, mb)[0], rows(bufs.z, shape, l0, mb)[0], acts[0])
             l0 = 2
-        if _FIRST == SPARSE:
+        if _FIRST == SPARSE:      # (l0 is 1: no sample is ahead in a sparse fit)
             WT, b1 = params_t(theta, shape)
-            sparse_forward(rows(bufs.z, shape, 1, mb), rows(bufs.a, shape, 1, mb), WT, b1,
+            sparse_forward(rows(bufs.z, shape, l0, mb), rows(bufs.a, shape, l0, mb), WT, b1,
                            csr.indptr, csr.indices, csr.data, order, start, acts[0])
             l0 = 2
         for l in range(l0, L + 1):                       # feed-forward
@@ -251,8 +251,61 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, ba
     + alpha/2 fifth) / n (each batch's mean loss, weighted by its size)."""
     mode = epoch_mode(shape, bufs, batch_size, par_min, tile, par_work)
     first = SPARSE if csr.indptr.shape[0] else DENSE
-    return _twin(mode, first)(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order,
-                              batch_size, rule, h, loss, par_min, par_work, tile)
+    twin = _twin(mode, first)
+    if not twin.overloads:      # not yet compiled or loaded in this process
+        compile_beside("nnjit.loops.epoch:compile_plan", mode, first, bufs.a.dtype.name)
+    return twin(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, batch_size, rule,
+                h, loss, par_min, par_work, tile)
+
+
+def compile_plan(mode, first, dtype):
+    """What a second process compiles into the cache beside a first fit of twin (mode, first)
+    in dtype (nnjit.jit.compile_beside): the parallel kernels that twin calls, each with the
+    argument types the twin calls it with, in the reverse of the order the twin first calls
+    them (the first process compiles them in that order while it compiles the twin; the two
+    meet in the middle), then the prediction's forward. The types must be the twin's exactly,
+    or the second process compiles a specialisation nobody loads:
+    test_compile_plan_is_what_a_fit_compiles holds them to a real fit's."""
+    from numba import typeof, types
+
+    from ..layout import make_batch, make_shape
+    from ..rules import zero_coefs
+    from .network import forward
+    dt = np.dtype(dtype)
+    A1, A2 = typeof(np.zeros(1, dt)), typeof(np.zeros((1, 1), dt))
+    I1, F1 = typeof(np.zeros(1, np.int64)), typeof(np.zeros(1))
+    i, f, c = types.int64, types.float64, typeof(zero_coefs())
+    fwd, bwd = (A2, A2, A2, A2, A1, i, i, i), (A2, A2, A2, A2, A2, i, i, i)
+    corr, ahead = (A2, A1, A2, A1, A2, A1, A2, A1, A2, A2, i, c), (A2, A1, A2, A1, A2, A1, A1,
+                                                                   A1, A1, A1, i, c)
+    calls = []
+    if first == SPARSE:
+        calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
+    if mode == GEMM:
+        calls += [(forward_layer_gemm, fwd[:6] + (A1, i, i)),
+                  (backward_layer_gemm, bwd[:6] + (A1, i, i)),
+                  (corrections_update_gemm, corr + (A1, i, i))]
+    elif mode == TILED:
+        calls += [(forward_layer_tiled, fwd), (backward_layer_tiled, bwd),
+                  (corrections_update_tiled, corr + (i, i))]
+    else:
+        if mode == ONLINE_WIDE:
+            calls.append((forward_layer_units, fwd[:6]))
+        calls += [(forward_layer_tiled_serial, fwd), (backward_layer_tiled_serial, bwd)]
+        if first == DENSE:
+            if mode == ONLINE_WIDE:
+                calls.append((update_forward_next, ahead))
+            calls.append((update_forward_next_serial, ahead))
+        if mode == ONLINE_WIDE:
+            calls.append((corrections_update_tiled, corr + (i, i)))
+        calls.append((corrections_update_tiled_serial, corr + (i, i)))
+    if first == SPARSE:
+        calls += [(sparse_corrections, (A2, A1, I1, i, A2, I1, I1, A1, I1, i)),
+                  (dense_rule, (A2, A2, A2, A2, I1, i, A1, F1, f, f, i, c))]
+    shape, _ = make_shape([1, 1], [0])
+    predict = (forward, (A1, typeof(shape), typeof(make_batch(shape, 1, dt)), i, types.boolean,
+                         i, i))
+    return calls[::-1] + [predict]
 
 
 def zero_inputs(dtype):
