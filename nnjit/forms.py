@@ -109,10 +109,10 @@ def primitives(form):
             p = dict(exp=exp, tanh=tanh, sqrt=sqrt, log=log, log1p=log1p, where=where, erf=erf)
         elif form == "loops":
             from numba.extending import register_jitable
-            from .loops.fastmath import exp as fast_exp
+            from .loops.fastmath import exp as fast_exp, tanh as fast_tanh
             # typed at each call site, not a dispatcher of its own: one per dtype would be a
             # second compile in a float32 fit (its coefficients are float64)
-            p = dict(exp=fast_exp, tanh=math.tanh, sqrt=math.sqrt, log=math.log,
+            p = dict(exp=fast_exp, tanh=fast_tanh, sqrt=math.sqrt, log=math.log,
                      log1p=math.log1p, erf=math.erf, where=register_jitable(_scalar_where))
         elif form == "cuda":
             from numba import cuda

@@ -24,7 +24,7 @@ beside theta.
 from .blocked import (backward_layer_tiled, corrections_update_tiled, forward_layer_tiled,
                       forward_layer_units, update_forward_next)
 from .epoch import NO_TILES, Tiles, blocks, epoch_mode, gemm_from, train_epoch
-from .fastmath import exp_row
+from .fastmath import exp_row, tanh_row
 from .gemm import (backward_layer_gemm, corrections_update_gemm, forward_layer_gemm,
                    gemm_need, gemm_scratch)
 from .network import backprop, forward, load_batch
@@ -39,4 +39,4 @@ __all__ = ["forward_layer", "backward_layer", "corrections", "corrections_update
            "forward_layer_tiled", "backward_layer_tiled", "corrections_update_tiled",
            "forward_layer_units", "update_forward_next", "forward_layer_gemm",
            "backward_layer_gemm", "corrections_update_gemm", "gemm_need", "gemm_scratch",
-           "apply_f", "mul_fprime", "exp_row", "CSR", "empty_csr", "make_csr"]
+           "apply_f", "mul_fprime", "exp_row", "tanh_row", "CSR", "empty_csr", "make_csr"]
