@@ -509,7 +509,7 @@ def test_gemm_from_a_smaller_batch_for_wide_networks(monkeypatch):
 def test_blocked_forward(dtype, M_, n_in, n_out, kernel):
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
-    extra = (4, n_out) if kernel.endswith("serial") else ()
+    extra = (4, n_out, True) if kernel.endswith("serial") else ()
     getattr(blocked, kernel)(z, a, a_prev, W, b, TANH, *extra)
     z2, a2 = np.empty_like(z), np.empty_like(a)
     vectorised.forward_layer(z2, a2, a_prev, W, b, TANH)
@@ -554,7 +554,7 @@ def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
         z_fused = np.full(n_out, np.nan, dtype)
         kernel(*p, delta, x, x_next, z_fused, sgd, c)
         for fwd, extra in ((blocked.forward_layer_units, ()),
-                           (blocked.forward_layer_tiled_serial, (4, n_out))):
+                           (blocked.forward_layer_tiled_serial, (4, n_out, True))):
             z, a = np.full((1, n_out), np.nan, dtype), np.empty((1, n_out), dtype)
             fwd(z, a, x_next[None], p[0], p[1], A.IDENTITY, *extra)
             np.testing.assert_array_equal(z[0], z_fused)
@@ -610,37 +610,44 @@ TILED_SHAPES = [(13, 11, 10), (9, 5, 7), (1, 6, 9), (8, 12, 8)]
 TILES = [(8, 4), (4, 8), (12, 1000), (4, 1000)]
 
 
+# serial: the parallel kernel without its region (a small layer's), and the serial twin
+PAR_SERIAL = [("{}", False), ("{}", True), ("{}_serial", True)]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("mc,nc", TILES)
-@pytest.mark.parametrize("kernel", ["forward_layer_tiled", "forward_layer_tiled_serial"])
-def test_tiled_forward(dtype, M_, n_in, n_out, mc, nc, kernel):
+@pytest.mark.parametrize("kernel,serial", [(k.format("forward_layer_tiled"), s)
+                                           for k, s in PAR_SERIAL])
+def test_tiled_forward(dtype, M_, n_in, n_out, mc, nc, kernel, serial):
     a_prev, W, b = data(dtype, (M_, n_in), (n_out, n_in), (n_out,))
     z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
-    getattr(blocked, kernel)(z, a, a_prev, W, b, TANH, mc, nc)
+    getattr(blocked, kernel)(z, a, a_prev, W, b, TANH, mc, nc, serial)
     z2, a2 = np.empty_like(z), np.empty_like(a)
     vectorised.forward_layer(z2, a2, a_prev, W, b, TANH)
     assert_close(z, z2, dtype)
     assert_close(a, a2, dtype)
     z3, a3 = poisoned((M_, n_out), (M_, n_out), dtype=dtype)   # same sums, same order
-    blocked.forward_layer_tiled(z3, a3, a_prev, W, b, TANH, 4, n_out)
+    blocked.forward_layer_tiled(z3, a3, a_prev, W, b, TANH, 4, n_out, False)
     np.testing.assert_array_equal(z, z3)
+    np.testing.assert_array_equal(a, a3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("mc,nc", [(3, 4), (8, 5), (1, 1000), (5, 1)])
-@pytest.mark.parametrize("kernel", ["backward_layer_tiled", "backward_layer_tiled_serial"])
-def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc, kernel):
+@pytest.mark.parametrize("kernel,serial", [(k.format("backward_layer_tiled"), s)
+                                           for k, s in PAR_SERIAL])
+def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc, kernel, serial):
     delta, W, z_prev = data(dtype, (M_, n_out), (n_out, n_in), (M_, n_in))
     a_prev = vectorised.f(z_prev, GELU).astype(dtype)
     d, = poisoned((M_, n_in), dtype=dtype)
-    getattr(blocked, kernel)(d, delta, W, z_prev, a_prev, GELU, mc, nc)
+    getattr(blocked, kernel)(d, delta, W, z_prev, a_prev, GELU, mc, nc, serial)
     d2 = np.empty_like(d)
     vectorised.backward_layer(d2, delta, W, z_prev, a_prev, GELU)
     assert_close(d, d2, dtype)
     d3, = poisoned((M_, n_in), dtype=dtype)
-    blocked.backward_layer_tiled(d3, delta, W, z_prev, a_prev, GELU, 4, n_in)
+    blocked.backward_layer_tiled(d3, delta, W, z_prev, a_prev, GELU, 4, n_in, False)
     np.testing.assert_array_equal(d, d3)
 
 
@@ -648,15 +655,16 @@ def test_tiled_backward(dtype, M_, n_in, n_out, mc, nc, kernel):
 @pytest.mark.parametrize("M_,n_in,n_out", TILED_SHAPES)
 @pytest.mark.parametrize("ju,ic", [(4, 4), (8, 3), (4, 1000)])
 @pytest.mark.parametrize("rule", RULES)
-@pytest.mark.parametrize("kernel", ["corrections_update_tiled", "corrections_update_tiled_serial"])
-def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule, kernel):
+@pytest.mark.parametrize("kernel,serial", [(k.format("corrections_update_tiled"), s)
+                                           for k, s in PAR_SERIAL])
+def test_tiled_corrections_update(dtype, M_, n_in, n_out, ju, ic, rule, kernel, serial):
     W, b, vW, vb, delta, a_prev = data(dtype, (n_out, n_in), (n_out,), (n_out, n_in), (n_out,),
                                        (M_, n_out), (M_, n_in))
     sW, sb = [np.abs(x) for x in data(dtype, (n_out, n_in), (n_out,), seed=4)]
     c = coefs(rule)
     outs = []
-    for fn, extra in ((getattr(blocked, kernel), (ju, ic)),
-                      (blocked.corrections_update_tiled, (4, n_in)),
+    for fn, extra in ((getattr(blocked, kernel), (ju, ic, serial)),
+                      (blocked.corrections_update_tiled, (4, n_in, False)),
                       (vectorised.corrections_update, ())):
         args = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()] + poisoned(
             (n_out, n_in), (n_out,), dtype=dtype)
@@ -771,7 +779,8 @@ def test_gemm_narrow_layers_equal_the_tiled_kernels(M_, n_in, n_out):
     outs = []
     for run in (lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, TANH, P, 6, 16),
                 lambda z, a: loops.forward_layer_gemm(z, a, a_prev, W, b, TANH, P, 3, 5),
-                lambda z, a: loops.forward_layer_tiled(z, a, a_prev, W, b, TANH, 4, n_out)):
+                lambda z, a: loops.forward_layer_tiled(z, a, a_prev, W, b, TANH, 4, n_out,
+                                                       False)):
         z, a = poisoned((M_, n_out), (M_, n_out), dtype=dtype)
         run(z, a)
         outs.append((z, a))
@@ -787,7 +796,7 @@ def test_gemm_narrow_layers_equal_the_tiled_kernels(M_, n_in, n_out):
         if gemm:
             loops.corrections_update_gemm(*args, delta, a_prev, rule, c, P, 24, 16)
         else:
-            loops.corrections_update_tiled(*args, delta, a_prev, rule, c, 4, n_in)
+            loops.corrections_update_tiled(*args, delta, a_prev, rule, c, 4, n_in, False)
         res.append(args[:4] + args[7:])
     for x, y in zip(*res):
         np.testing.assert_array_equal(x, y)

@@ -271,11 +271,12 @@ def product_rates(M, n_in, n_out, dtype="float32", repeats=5):
     else:
         out = {"path": "tiled",
                "forward": rate(lambda: loops.forward_layer_tiled(z, a, a_prev, W, b, A.SIGMOID,
-                                                                 fmc, fnc)),
+                                                                 fmc, fnc, False)),
                "recursion": rate(lambda: loops.backward_layer_tiled(d_prev, delta, W, a_prev,
-                                                                    a_prev, A.SIGMOID, bmc, bnc)),
+                                                                    a_prev, A.SIGMOID, bmc, bnc,
+                                                                    False)),
                "corrections": rate(lambda: loops.corrections_update_tiled(
-                   W, b, vW, vb, sW, sb, dW, db, delta, a_prev, R.RULE_SGD, c, cju, cic))}
+                   W, b, vW, vb, sW, sb, dW, db, delta, a_prev, R.RULE_SGD, c, cju, cic, False))}
     _settle()
     out.update(forward_matmul=rate(lambda: a_prev @ W.T), recursion_matmul=rate(lambda: delta @ W),
                corrections_matmul=rate(lambda: delta.T @ a_prev))

@@ -10,7 +10,10 @@ passes over it; block sizes come from nnjit.config (TILE_*) as plain values. Eve
 summed in one fixed order whatever the blocks and threads, so results do not depend on them.
 
 Each parallel kernel has a serial twin (``*_serial``) for batches too small to pay for a
-parallel region, compiled under a name of its own (see nnjit.loops.views.renamed).
+parallel region, compiled under a name of its own (see nnjit.loops.views.renamed). The tiled
+kernels also take ``serial``: a batch's layer too small for a region (N_l N_{l-1} mb below
+config.PARALLEL_MIN_WORK) runs the same chunks one after another in the parallel kernel
+itself, so a batch fit compiles no serial twin (seconds of a first fit).
 """
 import numpy as np
 from numba import prange
@@ -144,55 +147,79 @@ def backward_rows4_range(delta_prev, delta, W, m0, j_lo, j_hi):
 # from nnjit.config (TILE_*) as plain values; with mc = 4 (1 for the error recursion) and a
 # block as wide as the layer they are the blocked kernels' loops exactly.
 
+@jit(**OPTS)
+def forward_chunk(z, a, a_prev, W, b, act, m_lo, m_hi, nc):
+    """forward_layer_tiled's work for the samples m_lo..m_hi-1: blocks of nc units j, every
+    4-sample group summed against them (dot_rows_range), then a = f(z) row by row."""
+    n_out = W.shape[0]
+    for j_lo in range(0, n_out, nc):
+        j_hi = min(n_out, j_lo + nc)
+        for m0 in range(m_lo, m_hi, 4):
+            dot_rows_range(z, a_prev, W, b, m0, min(4, m_hi - m0), j_lo, j_hi)
+    for m in range(m_lo, m_hi):
+        apply_f(a[m], z[m], act)
+
+
 @jit(parallel=True, **OPTS)
-def forward_layer_tiled(z, a, a_prev, W, b, act, mc, nc):
+def forward_layer_tiled(z, a, a_prev, W, b, act, mc, nc, serial):
     """Feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j), cache-blocked.
 
     a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l). prange over chunks of mc
     samples m (mc a multiple of 4), each owning its rows of z and a; inside a chunk, blocks
     of nc units j (a multiple of 4): nc rows of W stay in cache while every 4-sample group
     of the chunk is summed against them (the 4 x 4 register block of dot_rows_range).
+    serial: the chunks one after another, no parallel region (it costs ~6 us, more than a
+    small layer's whole product: the caller decides, see nnjit.loops.train_epoch).
     """
     check_act(act)
     M = a_prev.shape[0]
-    n_out = W.shape[0]
-    for ch in prange((M + mc - 1) // mc):
-        m_lo = ch * mc
-        m_hi = min(M, m_lo + mc)
-        for j_lo in range(0, n_out, nc):
-            j_hi = min(n_out, j_lo + nc)
-            for m0 in range(m_lo, m_hi, 4):
-                dot_rows_range(z, a_prev, W, b, m0, min(4, m_hi - m0), j_lo, j_hi)
-        for m in range(m_lo, m_hi):
-            apply_f(a[m], z[m], act)
+    n = (M + mc - 1) // mc
+    if serial:
+        for ch in range(n):
+            forward_chunk(z, a, a_prev, W, b, act, ch * mc, min(M, ch * mc + mc), nc)
+    else:
+        for ch in prange(n):
+            forward_chunk(z, a, a_prev, W, b, act, ch * mc, min(M, ch * mc + mc), nc)
+
+
+@jit(**OPTS)
+def backward_chunk(delta_prev, delta, W, z_prev, a_prev, act_prev, m_lo, m_hi, nc):
+    """backward_layer_tiled's work for the samples m_lo..m_hi-1: blocks of nc units j, 4
+    samples a pass (backward_rows4_range), the rest one by one; then the rows times f'."""
+    n_in = W.shape[1]
+    for j_lo in range(0, n_in, nc):
+        j_hi = min(n_in, j_lo + nc)
+        m = m_lo
+        while m + 4 <= m_hi:
+            backward_rows4_range(delta_prev, delta, W, m, j_lo, j_hi)
+            m += 4
+        for mm in range(m, m_hi):
+            backward_row_range(delta_prev[mm], delta[mm], W, j_lo, j_hi)
+    for m in range(m_lo, m_hi):
+        mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
 
 
 @jit(parallel=True, **OPTS)
-def backward_layer_tiled(delta_prev, delta, W, z_prev, a_prev, act_prev, mc, nc):
+def backward_layer_tiled(delta_prev, delta, W, z_prev, a_prev, act_prev, mc, nc, serial):
     """Error recursion delta_j = f'(z_j) sum_k w_jk delta_k, cache-blocked.
 
     delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l).
     prange over chunks of mc samples m, each owning its rows of delta_prev; inside a chunk,
     blocks of nc units j: the columns W[:, j block] stay in cache for every sample of the
     chunk, and each load of w_jk serves 4 samples (backward_rows4_range). Sums over k as in
-    backward_row_range, whatever the blocks.
+    backward_row_range, whatever the blocks. serial: as in forward_layer_tiled.
     """
     check_act(act_prev)
     M = delta.shape[0]
-    n_in = W.shape[1]
-    for ch in prange((M + mc - 1) // mc):
-        m_lo = ch * mc
-        m_hi = min(M, m_lo + mc)
-        for j_lo in range(0, n_in, nc):
-            j_hi = min(n_in, j_lo + nc)
-            m = m_lo
-            while m + 4 <= m_hi:
-                backward_rows4_range(delta_prev, delta, W, m, j_lo, j_hi)
-                m += 4
-            for mm in range(m, m_hi):
-                backward_row_range(delta_prev[mm], delta[mm], W, j_lo, j_hi)
-        for m in range(m_lo, m_hi):
-            mul_fprime(delta_prev[m], z_prev[m], a_prev[m], act_prev)
+    n = (M + mc - 1) // mc
+    if serial:
+        for ch in range(n):
+            backward_chunk(delta_prev, delta, W, z_prev, a_prev, act_prev, ch * mc,
+                           min(M, ch * mc + mc), nc)
+    else:
+        for ch in prange(n):
+            backward_chunk(delta_prev, delta, W, z_prev, a_prev, act_prev, ch * mc,
+                           min(M, ch * mc + mc), nc)
 
 
 @jit(**OPTS)
@@ -237,8 +264,40 @@ def corr_rows_range(dW, db, delta, a_prev, j0, nj, i_lo, i_hi, bias):
                 db[j] += d
 
 
+@jit(**OPTS)
+def corrections_update_units(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c, j_lo, j_hi,
+                             ic):
+    """corrections_update_tiled's work for the units j_lo..j_hi-1 (it owns their rows)."""
+    M, n_in = a_prev.shape
+    zero = W.dtype.type(0.0)
+    s = 1.0 / M
+    an = c.alpha_n
+    if M == 1:
+        x = a_prev[0]
+        for j in range(j_lo, j_hi):
+            rule_row(rule, W[j], vW[j], sW[j], x, np.float64(delta[0, j]), an, c)
+            db[j] = delta[0, j]
+    else:
+        for j in range(j_lo, j_hi):
+            row = dW[j]
+            for i in range(n_in):
+                row[i] = zero
+            db[j] = zero
+        for i_lo in range(0, n_in, ic):
+            i_hi = min(n_in, i_lo + ic)
+            for j0 in range(j_lo, j_hi, 4):
+                corr_rows_range(dW, db, delta, a_prev, j0, min(4, j_hi - j0), i_lo, i_hi,
+                                i_lo == 0)
+        for j in range(j_lo, j_hi):
+            rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
+            db[j] *= W.dtype.type(s)
+    for j in range(j_lo, j_hi):
+        rule_at(rule, b, vb, sb, j, db[j], c)
+
+
 @jit(parallel=True, **OPTS)
-def corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c, ju, ic):
+def corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c, ju, ic,
+                             serial):
     """Corrections dw_ij = mean_m a_i delta_j + alpha_n w_ij fused with the update rule
     (nnjit.loops.rows.rule_row), cache-blocked.
 
@@ -247,38 +306,20 @@ def corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, 
     sW, dW; inside a block, column blocks of ic inputs i: a_prev[:, i block] stays in cache
     while every 4-unit group of the block adds its samples (corr_rows_range). Each row gets
     its update once all its sums are done. With one sample the correction goes straight into
-    the update; dW is scratch and its contents afterwards are unspecified.
+    the update; dW is scratch and its contents afterwards are unspecified. serial: as in
+    forward_layer_tiled.
     """
     check_rule(rule)
-    M, n_in = a_prev.shape
     n_out = delta.shape[1]
-    zero = W.dtype.type(0.0)
-    s = 1.0 / M
-    an = c.alpha_n
-    for jb in prange((n_out + ju - 1) // ju):
-        j_lo = jb * ju
-        j_hi = min(n_out, j_lo + ju)
-        if M == 1:
-            x = a_prev[0]
-            for j in range(j_lo, j_hi):
-                rule_row(rule, W[j], vW[j], sW[j], x, np.float64(delta[0, j]), an, c)
-                db[j] = delta[0, j]
-        else:
-            for j in range(j_lo, j_hi):
-                row = dW[j]
-                for i in range(n_in):
-                    row[i] = zero
-                db[j] = zero
-            for i_lo in range(0, n_in, ic):
-                i_hi = min(n_in, i_lo + ic)
-                for j0 in range(j_lo, j_hi, 4):
-                    corr_rows_range(dW, db, delta, a_prev, j0, min(4, j_hi - j0), i_lo, i_hi,
-                                     i_lo == 0)
-            for j in range(j_lo, j_hi):
-                rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
-                db[j] *= W.dtype.type(s)
-        for j in range(j_lo, j_hi):
-            rule_at(rule, b, vb, sb, j, db[j], c)
+    n = (n_out + ju - 1) // ju
+    if serial:
+        for jb in range(n):
+            corrections_update_units(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                     jb * ju, min(n_out, jb * ju + ju), ic)
+    else:
+        for jb in prange(n):
+            corrections_update_units(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
+                                     jb * ju, min(n_out, jb * ju + ju), ic)
 
 
 @jit(parallel=True, **OPTS)

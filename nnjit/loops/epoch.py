@@ -86,15 +86,16 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
             a_prev = rows(bufs.a, shape, l - 1, mb)
             z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
             mc, nc, _, _, _, _ = blocks(tile, W.shape[0], W.shape[1])
+            small = W.size * mb < par_work   # a parallel region costs more than its work
             if _MODE == GEMM:
                 forward_layer_gemm(z, a, a_prev, W, b, acts[l - 1], bufs.p, tile.gemm_mc,
                                    tile.gemm_kc)
             elif _MODE == TILED:
-                forward_layer_tiled(z, a, a_prev, W, b, acts[l - 1], mc, nc)
+                forward_layer_tiled(z, a, a_prev, W, b, acts[l - 1], mc, nc, small)
             elif _MODE == ONLINE_WIDE and W.size * mb >= par_work:
                 forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
             else:
-                forward_layer_tiled_serial(z, a, a_prev, W, b, acts[l - 1], mc, nc)
+                forward_layer_tiled_serial(z, a, a_prev, W, b, acts[l - 1], mc, nc, small)
         aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
         y = targets(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
@@ -141,22 +142,24 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
             sW, sb = params(sq, shape, l)
             dW, db = params(grad, shape, l)
             _, _, mc, nc, ju, ic = blocks(tile, W.shape[0], W.shape[1])
+            small = W.size * mb < par_work
             if l > 1:       # error recursion first: it needs W^(l) before the update
                 d_prev, z_prev = rows(bufs.delta, shape, l - 1, mb), rows(bufs.z, shape, l - 1, mb)
                 if _MODE == GEMM:
                     backward_layer_gemm(d_prev, delta, W, z_prev, a_prev, acts[l - 2], bufs.p,
                                         tile.gemm_mc, tile.gemm_kc)
                 elif _MODE == TILED:
-                    backward_layer_tiled(d_prev, delta, W, z_prev, a_prev, acts[l - 2], mc, nc)
+                    backward_layer_tiled(d_prev, delta, W, z_prev, a_prev, acts[l - 2], mc, nc,
+                                         small)
                 else:
                     backward_layer_tiled_serial(d_prev, delta, W, z_prev, a_prev, acts[l - 2],
-                                                mc, nc)
+                                                mc, nc, small)
             if _MODE == GEMM:
                 corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
                                         bufs.p, tile.gemm_ju, tile.gemm_kc)
             elif _MODE == TILED:
                 corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c,
-                                         ju, ic)
+                                         ju, ic, small)
             else:
                 ahead = _FIRST == DENSE and l == 1 and batch_size == 1 and start + 1 < n
                 if ahead:   # online: fuse the next sample's z^(1) into this update
@@ -167,12 +170,12 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
                     else:
                         update_forward_next_serial(W, b, vW, vb, sW, sb, delta[0], a_prev[0],
                                                    x_next, z_next, rule, c)
-                elif _MODE == ONLINE_WIDE and W.size * mb >= par_work:   # pays for a region
+                elif _MODE == ONLINE_WIDE and not small:   # pays for a region
                     corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule,
-                                             c, ju, ic)
+                                             c, ju, ic, small)
                 else:
                     corrections_update_tiled_serial(W, b, vW, vb, sW, sb, dW, db, delta,
-                                                    a_prev, rule, c, ju, ic)
+                                                    a_prev, rule, c, ju, ic, small)
     return total, pen, emax, batch_cost, batch_pen
 
 
@@ -275,7 +278,8 @@ def compile_plan(mode, first, dtype):
     A1, A2 = typeof(np.zeros(1, dt)), typeof(np.zeros((1, 1), dt))
     I1, F1 = typeof(np.zeros(1, np.int64)), typeof(np.zeros(1))
     i, f, c = types.int64, types.float64, typeof(zero_coefs())
-    fwd, bwd = (A2, A2, A2, A2, A1, i, i, i), (A2, A2, A2, A2, A2, i, i, i)
+    t = types.boolean
+    fwd, bwd = (A2, A2, A2, A2, A1, i, i, i, t), (A2, A2, A2, A2, A2, i, i, i, t)
     corr, ahead = (A2, A1, A2, A1, A2, A1, A2, A1, A2, A2, i, c), (A2, A1, A2, A1, A2, A1, A1,
                                                                    A1, A1, A1, i, c)
     calls = []
@@ -287,7 +291,7 @@ def compile_plan(mode, first, dtype):
                   (corrections_update_gemm, corr + (A1, i, i))]
     elif mode == TILED:
         calls += [(forward_layer_tiled, fwd), (backward_layer_tiled, bwd),
-                  (corrections_update_tiled, corr + (i, i))]
+                  (corrections_update_tiled, corr + (i, i, t))]
     else:
         if mode == ONLINE_WIDE:
             calls.append((forward_layer_units, fwd[:6]))
@@ -297,8 +301,8 @@ def compile_plan(mode, first, dtype):
                 calls.append((update_forward_next, ahead))
             calls.append((update_forward_next_serial, ahead))
         if mode == ONLINE_WIDE:
-            calls.append((corrections_update_tiled, corr + (i, i)))
-        calls.append((corrections_update_tiled_serial, corr + (i, i)))
+            calls.append((corrections_update_tiled, corr + (i, i, t)))
+        calls.append((corrections_update_tiled_serial, corr + (i, i, t)))
     if first == SPARSE:
         calls += [(sparse_corrections, (A2, A1, I1, i, A2, I1, I1, A1, I1, i)),
                   (dense_rule, (A2, A2, A2, A2, I1, i, A1, F1, f, f, i, c))]

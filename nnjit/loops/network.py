@@ -35,9 +35,10 @@ def load_batch(bufs, shape, X, Y, S, order, start, mb):
 @jit(**OPTS)
 def forward(theta, shape, bufs, mb, par, par_work, l0):
     """Feed-forward through layers l0..L for the mb samples already in layer l0-1 of bufs.
-    Always the parallel kernel split by samples: a region costs microseconds, and one kernel
-    instead of three (serial, by units) is seconds less to compile on a first predict. par
-    and par_work mean nothing here (the other forms' signature). (No default arguments:
+    Always the parallel kernel split by samples (one kernel instead of three, serial and by
+    units, is seconds less to compile on a first predict), run without its parallel region
+    for a layer whose N_l N_{l-1} mb is below par_work (a region costs ~6 us). par means
+    nothing here (the other forms' signature). (No default arguments:
     Numba's dispatcher takes a slow path, ~100 us, for omitted ones.)"""
     L = shape.sizes.shape[0] - 1
     for l in range(l0, L + 1):
@@ -45,7 +46,8 @@ def forward(theta, shape, bufs, mb, par, par_work, l0):
         a_prev = rows(bufs.a, shape, l - 1, mb)
         z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
         # int(4): a literal 4 would make Numba compile a second specialisation of the kernel
-        forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], int(4), W.shape[0])
+        forward_layer_tiled(z, a, a_prev, W, b, shape.acts[l - 1], int(4), W.shape[0],
+                            W.size * mb < par_work)
 
 
 # Backpropagation of a batch is written once, in nnjit.vectorised, in terms of the kernels'
