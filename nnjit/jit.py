@@ -69,6 +69,11 @@ from numba.core.compiler_lock import global_compiler_lock
 
 from . import threads  # noqa: F401  (the threading layer is chosen before any kernel)
 
+try:                            # the inter-process locks (3. and 5. below)
+    import fcntl
+except ImportError:             # pragma: no cover - Windows: none
+    fcntl = None
+
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
 #: seconds a process waits for another one compiling the same kernel before it compiles it
@@ -215,12 +220,11 @@ class KernelCache(caching.FunctionCache):
 
 
 @contextlib.contextmanager
-def _file_lock(path):
+def _file_lock(path, timeout=None):
     """Hold an exclusive lock on path (created if missing) across processes; yields whether
-    it is held (False after LOCK_TIMEOUT, or where the platform has no flock)."""
-    try:
-        import fcntl
-    except ImportError:         # pragma: no cover - Windows: no inter-process lock
+    it is held (False after timeout seconds, LOCK_TIMEOUT by default, or where the platform
+    has no flock)."""
+    if fcntl is None:           # pragma: no cover - Windows: no inter-process lock
         yield False
         return
     try:
@@ -229,7 +233,7 @@ def _file_lock(path):
         yield False
         return
     try:
-        deadline = time.monotonic() + LOCK_TIMEOUT
+        deadline = time.monotonic() + (LOCK_TIMEOUT if timeout is None else timeout)
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -317,19 +321,8 @@ def slp_compile(dispatcher):
 # ---------------------------------------------------------------- 5. compiling beside the first process
 def _held_elsewhere(path):
     """Whether another process holds the lock on path now (a look, not a wait)."""
-    try:
-        import fcntl
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except (ImportError, OSError):
-        return True
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
+    with _file_lock(path, timeout=0) as held:
+        return not held
 
 
 def cached(dispatcher, sig):
@@ -362,12 +355,6 @@ def _cpus():
         return os.cpu_count() or 1
 
 
-try:                            # the locks that keep two processes off one kernel
-    import fcntl  # noqa: F401
-    _FLOCK = True
-except ImportError:             # pragma: no cover - Windows: one process compiles
-    _FLOCK = False
-
 _BESIDE = {"asked": set(), "proc": None, "pid": None, "lock": threading.Lock()}
 
 
@@ -383,7 +370,7 @@ def compile_beside(plan, *args):
     loads what the second saved; if the second fails or never starts, the first compiles
     everything itself, as before."""
     from . import config
-    if not (CACHE and config.COMPILE_WORKER and _cpus() >= 2 and sys.executable and _FLOCK):
+    if not (CACHE and config.COMPILE_WORKER and _cpus() >= 2 and sys.executable and fcntl):
         return False
     with _BESIDE["lock"]:
         key = (plan, *args)
