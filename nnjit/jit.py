@@ -318,7 +318,7 @@ def slp_compile(dispatcher):
     return dispatcher
 
 
-# ---------------------------------------------------------------- 5. compiling beside the first process
+# ---------------------------------------------------------------- 5. compiling beside a fit
 def _held_elsewhere(path):
     """Whether another process holds the lock on path now (a look, not a wait)."""
     with _file_lock(path, timeout=0) as held:
@@ -340,10 +340,13 @@ def _fingerprint(tasks):
     from numba.core import config
     names = ("OPT", "CPU_NAME", "CPU_FEATURES", "LOOP_VECTORIZE", "SLP_VECTORIZE", "BOUNDSCHECK",
              "DEBUGINFO_DEFAULT")
+
     def plain(v):       # a set's order varies from process to process (hash randomisation)
         if isinstance(v, (set, frozenset)):
             return sorted(map(repr, v))
-        return sorted((repr(k), plain(x)) for k, x in v.items()) if isinstance(v, dict) else repr(v)
+        if isinstance(v, dict):
+            return sorted((repr(k), plain(x)) for k, x in v.items())
+        return repr(v)
     return repr(([plain(d.targetoptions) for d, _ in tasks],
                  [str(getattr(config, n, None)) for n in names], CACHE_DIR))
 
