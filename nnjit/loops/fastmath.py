@@ -26,20 +26,19 @@ from numba.extending import intrinsic, overload
 from ..jit import jit
 
 
-@intrinsic
-def _f32_bits(typingctx, x):
-    """The bits of a float32 as an int32 (a bit cast, no conversion)."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int32))
-    return types.int32(types.float32), codegen
+def _bitcast(src, dst):
+    """An intrinsic: the dst (a Numba type of src's width) with the bits of a src, no
+    conversion. The pairs below: float32 <-> int32, float64 <-> int64."""
+    @intrinsic
+    def cast(typingctx, x):
+        def codegen(context, builder, sig, args):
+            return builder.bitcast(args[0], context.get_value_type(dst))
+        return dst(src), codegen
+    return cast
 
 
-@intrinsic
-def _bits_f32(typingctx, x):
-    """The float32 whose bits are this int32."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float32))
-    return types.float32(types.int32), codegen
+_f32_bits, _bits_f32 = _bitcast(types.float32, types.int32), _bitcast(types.int32, types.float32)
+_f64_bits, _bits_f64 = _bitcast(types.float64, types.int64), _bitcast(types.int64, types.float64)
 
 
 # No reassoc: it would fold (k - magic) back into x log2e and lose the rounding to n, and
@@ -70,22 +69,6 @@ def _exp32(x):
         * _bits_f32((ni - n1 + np.int32(127)) << np.int32(23))
     e = T(0.0) if x < lo else e
     return T(np.inf) if x > hi else e
-
-
-@intrinsic
-def _f64_bits(typingctx, x):
-    """The bits of a float64 as an int64."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.int64))
-    return types.int64(types.float64), codegen
-
-
-@intrinsic
-def _bits_f64(typingctx, x):
-    """The float64 whose bits are this int64."""
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], context.get_value_type(types.float64))
-    return types.float64(types.int64), codegen
 
 
 def _exp64(x):
