@@ -55,14 +55,33 @@ GEMM_WIDE = (32, 2**18)
 #: 784-1024-1024-10 132 / 136; batch 1024: 784-128-10 7.8 / 8.1, 784-1024-1024-10 134-193 /
 #: 123-129 (scikit-learn's defaults, float64 batch 200 on digits: 0.33-0.35 / 0.40-0.50 s a fit).
 GEMM_FLOAT64 = (512, 2**18)
+#: The fused batch (nnjit.loops.fused: every layer of a batch in two parallel regions, the
+#: GEMM micro-kernel on panels packed on the way) for dense fits of a network of at most
+#: FUSED_MAX_WEIGHTS weights (all layers; 0: never) and FUSED_MAX_INPUTS inputs, at every
+#: batch size that is not online (PARALLEL_MIN_SAMPLES). Measured (2-core Sapphire Rapids,
+#: Adam, µs a sample, tiled or GEMM / fused, float64 | float32): 64-100-10 b200 1.21-1.25 /
+#: 0.95-0.96 | 0.82-1.02 / 0.62-0.64; 100-100-1 b200 1.15-1.20 / 0.95-1.01 | 0.88-0.92 /
+#: 0.60-0.64; 64-32-10 b32 1.29-1.32 / 1.18-1.26 | 1.16-1.26 / 0.87-0.90; 20-64-64-3 b64
+#: 1.77-1.89 / 1.15-1.17 | 1.91-1.92 / 0.88-0.92; 300-200-10 b128 4.96-5.06 / 4.33-4.65 |
+#: 2.81-2.91 / 2.16-2.23; 512-100-10 b200 3.99-4.27 / 4.21-4.27 | 2.53-2.66 / 2.26-2.50.
+#: Below the line, 784 inputs: 784-128-10 b32 10.8 / 14-15 | 5.3-5.8 / 9.1-9.8, 784-32-10
+#: b32 4.2 / 6.6 | 3.1-3.5 / 4.1 (a wide input at a small batch: packing a^(0) and 32-term
+#: corrections cost more than the tiled loops; 784-64-10 b256 about even).
+FUSED_MAX_WEIGHTS = 2**17
+FUSED_MAX_INPUTS = 512
+#: ... with FUSED_STEP register blocks of the micro-kernel (nnjit.loops.microkernel.rows) a
+#: parallel step: samples in the first region, units in the second (each panel of the
+#: weights or activations then serves that many blocks while it is in L1).
+FUSED_STEP = 2
 
 
 #: The blocks of every kernel the loop form's epoch can run, as it takes them: forward
 #: (fwd_mc samples, fwd_nc units), error recursion (bwd_mc, bwd_nc), corrections (corr_ju
 #: units, corr_ic inputs), cache-blocked from min_weights elements of W; the GEMM path from
-#: gemm_batch samples, with gemm_mc samples a step, gemm_kc terms a pass, gemm_ju units a step.
+#: gemm_batch samples, with gemm_mc samples a step, gemm_kc terms a pass, gemm_ju units a step;
+#: the fused batch with fused_rb register blocks a step (0: no fused batch).
 Tiles = namedtuple("Tiles", "fwd_mc fwd_nc bwd_mc bwd_nc corr_ju corr_ic min_weights "
-                            "gemm_batch gemm_mc gemm_kc gemm_ju")
+                            "gemm_batch gemm_mc gemm_kc gemm_ju fused_rb", defaults=(FUSED_STEP,))
 
 
 def tiles():
@@ -75,8 +94,11 @@ def tiles():
     if len(GEMM_BLOCKS) != 3 or min(GEMM_BLOCKS) < 1 or GEMM_BLOCKS[0] % 3:
         raise ValueError("nnjit.config.GEMM_BLOCKS must be 3 positive sizes, the first a "
                          f"multiple of 3; got {GEMM_BLOCKS!r}")
-    return Tiles(*(int(x) for x in (*TILE_FORWARD, *TILE_BACKWARD, *TILE_CORRECTIONS,
-                                     TILE_MIN_WEIGHTS, max(GEMM_MIN_BATCH, 0), *GEMM_BLOCKS)))
+    if FUSED_STEP < 1:
+        raise ValueError(f"nnjit.config.FUSED_STEP must be a positive count; got {FUSED_STEP!r}")
+    sizes = (*TILE_FORWARD, *TILE_BACKWARD, *TILE_CORRECTIONS, TILE_MIN_WEIGHTS,
+             max(GEMM_MIN_BATCH, 0), *GEMM_BLOCKS, FUSED_STEP)
+    return Tiles(*(int(x) for x in sizes))
 
 
 #: Rows per chunk when predicting or scoring, so memory stays O(chunk x width).

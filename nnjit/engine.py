@@ -67,11 +67,12 @@ class CPUEngine:
         self.step[0] = int(state["step"])
 
     def _buffers(self, cap, train=False, shape=None):
-        """Batch buffers; the loop form's GEMM scratch only where its epoch runs."""
+        """Batch buffers; the loop form's scratch (fused batch, GEMM path) only where its epoch
+        runs them."""
         shape = self.shape if shape is None else shape
         n_pack = 0
-        if train and self.loops and 0 < self.k.gemm_from(shape.sizes, config.tiles(), self.dtype) <= cap:
-            n_pack = self.k.gemm_scratch(shape.sizes, cap)
+        if train and self.loops:
+            n_pack = self.k.epoch_scratch(shape.sizes, cap, self.dtype, config.tiles())
         return make_batch(shape, cap, self.dtype, n_pack)
 
     # -- whole-data calls, chunked so memory stays O(chunk x width)

@@ -373,7 +373,7 @@ def test_a_first_fit_with_a_second_process_compiling_beside_it(tmp_path):
         from nnjit import jit
         from nnjit.loops import epoch, network
         print(jit._BESIDE["proc"].wait(600))
-        plan = epoch.compile_plan(epoch.TILED, epoch.DENSE, "float32")
+        plan = epoch.compile_plan(epoch.FUSED, epoch.DENSE, "float32")    # (8-7-3: fused)
         print(all(jit.cached(d, s) for d, s in plan), plan[-1][0] is network.forward,
               len(network.forward.overloads))
     """), env, timeout=900).split()

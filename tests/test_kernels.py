@@ -475,6 +475,7 @@ def test_gemm_from_a_smaller_batch_for_wide_networks(monkeypatch):
     tile.gemm_batch is 0; the engine gives such a fit its scratch, and no other."""
     monkeypatch.setattr(config, "GEMM_WIDE", (8, 20))
     monkeypatch.setattr(config, "GEMM_FLOAT64", (100, 20))
+    monkeypatch.setattr(config, "FUSED_MAX_WEIGHTS", 0)     # (these would run the fused batch)
     tile = config.tiles()._replace(gemm_batch=64)
     wide, _ = make_shape([5, 4, 3], [TANH, A.SOFTMAX])           # 4 x 5 = 20 weights
     narrow, _ = make_shape([5, 3, 3], [TANH, A.SOFTMAX])         # 15
@@ -840,6 +841,110 @@ def test_train_epoch_gemm(dtype, batch_size, rule, monkeypatch):
             assert_close(x, y, dtype)
 
 
+#: the fused batch's nets: layers wider than a panel (35, 33: cut panels) and a narrow output
+#: layer; a narrow hidden layer (3) between the input and a wide one, one sigmoid output
+FUSED_NETS = [([37, 35, 33, 3], [TANH, A.SIGMOID, A.SOFTMAX], A.CROSS_ENTROPY),
+              ([5, 3, 40, 1], [A.CODES["relu"], TANH, A.SIGMOID], A.CROSS_ENTROPY),
+              ([9, 34, 2], [GELU, A.CODES["identity"]], A.SQUARED_ERROR)]
+
+
+def _fused_epochs(net, dtype, batch_size, rule, mod, tile, par_work=0, epochs=2):
+    """Two epochs of mod's compiled epoch on 50 weighted samples in a fixed order (the loop
+    form's scratch NaN where no one writes, so padding that leaked into a result shows)."""
+    sizes, acts, loss = net
+    shape, P = make_shape(sizes, acts)
+    rng = np.random.default_rng(2)
+    n = 50
+    theta = (rng.normal(size=P) * 0.3).astype(dtype)
+    X = rng.normal(size=(n, sizes[0])).astype(dtype)
+    K = sizes[-1]
+    Y = (np.eye(K, dtype=dtype)[rng.integers(0, K, n)] if K > 1 and loss == A.CROSS_ENTROPY
+         else rng.integers(0, 2, (n, K)).astype(dtype) if loss == A.CROSS_ENTROPY
+         else rng.normal(size=(n, K)).astype(dtype))
+    S = rng.uniform(0.2, 2.0, n).astype(dtype)
+    order = rng.permutation(n).astype(np.int64)
+    h = hyper(rule, eta=0.05, alpha=0.1)
+    th, vel, sq, grad = theta.copy(), np.zeros(P, dtype), np.zeros(P, dtype), np.zeros(P, dtype)
+    step = np.zeros(1, np.int64)
+    bufs = make_batch(shape, batch_size, dtype)
+    if mod is loops:
+        bufs = bufs._replace(p=np.full(loops.epoch_scratch(shape.sizes, batch_size, dtype, tile),
+                                       np.nan, dtype))
+        assert loops.epoch_mode(shape, bufs, batch_size, 2, tile) == E.FUSED
+    for _ in range(epochs):
+        sums = mod.train_epoch(th, vel, sq, step, grad, shape, bufs, X, Y, S, NO_CSR[dtype],
+                               order, batch_size, rule, h, loss, 2, par_work, tile)
+    return (th, vel, sq, step) + tuple(sums)
+
+
+#: the fused batch with one register block a step and 16 terms a pass (K = 33..40 in passes)
+FUSED_TILE = config.Tiles(4, 0, 4, 0, 4, 0, 0, 0, 0, 16, 0, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("batch_size", [7, 25])
+@pytest.mark.parametrize("rule", [R.CODES["sgd"], R.CODES["adam"], R.CODES["rmsprop"]])
+@pytest.mark.parametrize("net", range(len(FUSED_NETS)))
+def test_train_epoch_fused(dtype, batch_size, rule, net):
+    """The compiled epoch's fused twin (nnjit.loops.fused: every layer of a batch in two
+    parallel regions, by packed panels) equals the vectorised epoch: parameters, optimizer
+    state, update count and every loss sum, after two epochs with a last batch of 50 - 49
+    or 50 - 25 samples, sample weights and the L2 penalty."""
+    outs = [_fused_epochs(FUSED_NETS[net], dtype, batch_size, rule, mod, FUSED_TILE)
+            for mod in (loops, vectorised)]
+    for x, y in zip(*outs):
+        if dtype == "float32" and rule != R.CODES["sgd"]:   # g / sqrt(v) magnifies the
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3)   # last bits of tiny g
+        else:
+            assert_close(x, y, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_batch_bits_do_not_depend_on_threads_or_passes(dtype):
+    """The fused batch gives the same bits on 1 or 2 threads, with or without its parallel
+    regions, and whatever the terms a pass of the micro-kernel (kc)."""
+    import numba
+    net, rule = FUSED_NETS[0], R.CODES["adam"]
+    ref = _fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE)
+    runs = [_fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE, par_work=10**9),
+            _fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE._replace(gemm_kc=1000))]
+    before = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        runs.append(_fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE))
+    finally:
+        numba.set_num_threads(before)
+    for run in runs:
+        for x, y in zip(ref, run):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_fused_batch_rejects_a_bad_loss_before_its_region():
+    """A loss code the output does not take raises ValueError from the fused batch (checked
+    before the parallel region, where an exception would not reach the caller as itself)."""
+    with pytest.raises(ValueError, match="loss"):
+        _fused_epochs((FUSED_NETS[0][0], FUSED_NETS[0][1], A.POISSON), "float64", 7,
+                      R.CODES["sgd"], loops, FUSED_TILE, epochs=1)
+
+
+def test_epoch_modes_of_small_and_wide_networks():
+    """Which batch a fit runs: the fused one for a small dense network at batch 8 or more
+    (scikit-learn's defaults on digits), not online, not for a sparse first layer, not for
+    784 inputs (config.FUSED_MAX_INPUTS), nor with FUSED_STEP's tile field 0 (NO_TILES)."""
+    tile = config.tiles()
+    shape, _ = make_shape([64, 100, 10], [A.CODES["relu"], A.SOFTMAX])
+    bufs = make_batch(shape, 200, "float64",
+                      loops.epoch_scratch(shape.sizes, 200, "float64", tile))
+    assert loops.epoch_mode(shape, bufs, 200, 8, tile, 2**16) == E.FUSED
+    assert loops.epoch_mode(shape, bufs, 200, 8, tile, 2**16, dense=False) != E.FUSED
+    assert loops.epoch_mode(shape, bufs, 1, 8, tile, 2**16) in (E.ONLINE, E.ONLINE_WIDE)
+    assert loops.epoch_mode(shape, bufs, 200, 8, E.NO_TILES, 2**16) == E.TILED
+    small = make_batch(shape, 200, "float64", 10)       # no room for its scratch
+    assert loops.epoch_mode(shape, small, 200, 8, tile, 2**16) == E.TILED
+    wide, _ = make_shape([784, 128, 10], [A.CODES["relu"], A.SOFTMAX])
+    assert loops.epoch_scratch(wide.sizes, 32, "float32", tile) == 0
+
+
 @pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
                     reason="reads x86 assembly")
 @pytest.mark.parametrize("name", ["block3", "block_wide"])
@@ -877,7 +982,7 @@ def test_micro_kernels_give_the_same_bits(dtype):
     from nnjit.loops import microkernel as mk
     u = np.uint64
     rng = np.random.default_rng(3)
-    K, ld, R = 37, 45, 24         # add: whole blocks only (as _gemm_rows): 24 = 3, 8, 12 x k
+    K, ld, R = 37, 45, 24         # add: whole blocks only (as gemm_rows): 24 = 3, 8, 12 x k
     A_ = rng.normal(size=R * K).astype(dtype)
     B = rng.normal(size=K * 32).astype(dtype)
     C0 = rng.normal(size=R * ld).astype(dtype)
@@ -887,7 +992,7 @@ def test_micro_kernels_give_the_same_bits(dtype):
         wide = mk.MR_WIDE[numba.from_dtype(np.dtype(dtype))]
         for mr, fn in ((3, mk.block3), (wide, mk.block_wide)):
             C = C0.copy()
-            for r0 in range(0, nr, mr):     # as _gemm_rows calls them: mr rows at a time
+            for r0 in range(0, nr, mr):     # as gemm_rows calls them: mr rows at a time
                 fn(C, u(r0 * ld), u(ld), min(mr, nr - r0), nc, A_, u(r0 * K), u(K), B, u(0), u(K),
                    add)
             out[mr] = C
@@ -909,17 +1014,19 @@ def test_micro_kernel_source_is_generated():
 
 
 def test_a_fit_compiles_each_kernel_once(tmp_path):
-    """A first fit (batch 32), a prediction, a fit by the GEMM path (batch 64), an online fit
-    with a wide layer and a sparse fit, float32, in a fresh process with an empty Numba cache
-    and no second process compiling beside it: every nnjit kernel has one signature. A
+    """A first fit (batch 32, the fused batch), a prediction, a fit by the GEMM path (batch
+    64), one by the tiled kernels, an online fit with a wide layer and a sparse fit, float32,
+    in a fresh process with an empty Numba cache and no second process compiling beside it:
+    every nnjit kernel has one signature. A
     literal argument (a constant 4 or 1 passed on) or an unsigned prange index where a
     signed one is passed elsewhere makes Numba compile a second specialisation: seconds more
     on a first fit. (With a warm cache the callers' machine code is loaded and such a
     duplicate does not show: hence the empty one.)
 
-    And each twin's compile plan (nnjit.loops.epoch.compile_plan: what a second process
-    compiles beside a first fit) names the argument types that fit compiled its kernels
-    with: a wrong type there would make that process compile a specialisation nobody loads."""
+    And each twin's compile plans (nnjit.loops.epoch.compile_plan: what a second process
+    compiles beside a first fit, and what the fitting process compiles before the fused twin)
+    name the argument types that fit compiled its kernels with: a wrong type there would
+    make a process compile a specialisation nobody loads."""
     import os
     import subprocess
     import sys
@@ -932,8 +1039,11 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
         X = rng.normal(size=(40, 6)).astype(np.float32)
         y = rng.integers(0, 3, 40)
         MLP([6, 5, 3], dtype="float32").fit(X, y, epochs=1, batch_size=32).predict(X)
-        X, y = np.tile(X, (2, 1)), np.tile(y, 2)      # the GEMM path: wide and narrow layers
+        X, y = np.tile(X, (2, 1)), np.tile(y, 2)      # the fused batch
         MLP([6, 40, 3], dtype="float32").fit(X, y, epochs=1, batch_size=64)
+        Xg = rng.normal(size=(80, 600)).astype(np.float32)   # the GEMM path (600 inputs:
+        MLP([600, 40, 3], dtype="float32").fit(Xg, y, epochs=1, batch_size=64)  # not fused)
+        MLP([600, 5, 3], dtype="float32").fit(Xg, y, epochs=1, batch_size=32)   # tiled
         Xw = rng.normal(size=(4, 300)).astype(np.float32)    # online, 300 x 256 in parallel
         MLP([300, 256, 3], dtype="float32").fit(Xw, y[:4], epochs=1, batch_size=1)
         import scipy.sparse as sp, warnings
@@ -943,10 +1053,11 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
         MLPClassifier((5,), batch_size=32, max_iter=1, dtype="float32").fit(Xs, y)
         from nnjit.loops import epoch
         for mode, first in epoch._EPOCH:
-            for d, sig in epoch.compile_plan(mode, first, "float32"):
+            for d, sig in (epoch.compile_plan(mode, first, "float32")
+                           + epoch.compile_plan(mode, first, "float32", own=True)):
                 assert tuple(sig) in d.overloads, (mode, first, d.py_func.__qualname__, sig,
                                                    list(d.overloads))
-        assert len(epoch._EPOCH) == 4, list(epoch._EPOCH)
+        assert len(epoch._EPOCH) == 5, list(epoch._EPOCH)
         twice = {d.py_func.__qualname__: [str(s) for s in d.signatures] for d in gc.get_objects()
                  if isinstance(d, CPUDispatcher) and (d.py_func.__module__ or "").startswith("nnjit")
                  and len(d.signatures) > 1}

@@ -7,6 +7,7 @@ and :mod:`nnjit.cuda` (GPU), so the three forms read in three columns. Files by 
 ``reference``     the plain per-unit kernels under their public names (the readable version)
 ``blocked``       register- and cache-blocked variants, the fused online update
 ``gemm``          packing and the GEMM path for large batches (``microkernel``: its register blocks)
+``fused``         a small network's batch in two parallel regions (the GEMM micro-kernel)
 ``sparse``        a sparse (CSR) first layer
 ``network``       loading a batch, feed-forward of the network, backpropagation of a batch
 ``epoch``         the compiled epoch every fit runs
@@ -23,7 +24,7 @@ beside theta.
 """
 from .blocked import (backward_layer_tiled, corrections_update_tiled, forward_layer_tiled,
                       forward_layer_units, update_forward_next)
-from .epoch import NO_TILES, Tiles, blocks, epoch_mode, gemm_from, train_epoch
+from .epoch import NO_TILES, Tiles, blocks, epoch_mode, epoch_scratch, gemm_from, train_epoch
 from .fastmath import exp_row, tanh_row
 from .gemm import (backward_layer_gemm, corrections_update_gemm, forward_layer_gemm,
                    gemm_need, gemm_scratch)
@@ -35,7 +36,8 @@ from .sparse import CSR, empty_csr, make_csr
 
 __all__ = ["forward_layer", "backward_layer", "corrections", "corrections_update", "update",
            "output_error", "sample_loss", "weight_sum", "penalty", "load_batch", "forward",
-           "backprop", "step_coefs", "train_epoch", "epoch_mode", "gemm_from", "blocks", "Tiles", "NO_TILES",
+           "backprop", "step_coefs", "train_epoch", "epoch_mode", "epoch_scratch", "gemm_from",
+           "blocks", "Tiles", "NO_TILES",
            "forward_layer_tiled", "backward_layer_tiled", "corrections_update_tiled",
            "forward_layer_units", "update_forward_next", "forward_layer_gemm",
            "backward_layer_gemm", "corrections_update_gemm", "gemm_need", "gemm_scratch",

@@ -11,7 +11,9 @@ kernels its batch size and input run):
     ``ONLINE_WIDE``: the same, with a layer wide enough (N_l N_{l-1} batch_size >= par_work)
     in parallel (a network with no such layer does not compile the three parallel kernels);
     ``TILED``: the parallel cache-blocked kernels; ``GEMM`` (batch_size >= the GEMM batch
-    and scratch for every layer): the GEMM path for every layer.
+    and scratch for every layer): the GEMM path for every layer; ``FUSED`` (a dense first
+    layer, a small network (config.FUSED_*) and its scratch): every layer in two parallel
+    regions a batch (nnjit.loops.fused).
 ``_FIRST``, what the first layer reads: ``DENSE`` rows of X; ``SPARSE`` a CSR matrix,
     with W^(1) held transposed (nnjit.loops.sparse).
 
@@ -21,11 +23,12 @@ The epoch returns the sums each caller reports its loss from (see :func:`train_e
 import numpy as np
 
 from ..config import Tiles
-from ..jit import compile_beside, jit
+from ..jit import cached, compile_beside, jit
 from .blocked import (backward_layer_tiled, backward_layer_tiled_serial, corrections_update_tiled,
                       corrections_update_tiled_serial, forward_layer_tiled,
                       forward_layer_tiled_serial, forward_layer_units, update_forward_next,
                       update_forward_next_serial)
+from .fused import corrections_update_fused, forward_backward_fused, fused_scratch, pack_weights
 from .gemm import backward_layer_gemm, corrections_update_gemm, forward_layer_gemm, gemm_scratch
 from .network import load_batch
 from .reference import output_error, penalty_from, sample_loss, weight_sum
@@ -34,10 +37,10 @@ from .sparse import clear_rows, dense_rule, fixed_sum, sparse_corrections, spars
 from .views import OPTS, RC_OPTS, params, params_rc, params_t, params_t_rc, renamed, rows, \
     rows_rc, targets, targets_rc
 
-#: tiles that turn cache blocking and the GEMM path off
-NO_TILES = Tiles(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+#: tiles that turn cache blocking, the GEMM path and the fused batch off
+NO_TILES = Tiles(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 
-ONLINE, TILED, GEMM, ONLINE_WIDE = 0, 1, 2, 3
+ONLINE, TILED, GEMM, ONLINE_WIDE, FUSED = 0, 1, 2, 3, 4
 DENSE, SPARSE = 0, 1
 _MODE, _FIRST = TILED, DENSE
 
@@ -69,33 +72,45 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
     total = pen = batch_cost = batch_pen = 0.0
     emax = 0.0
     ahead = False          # online: is z^(1) of this sample already computed (fused)?
+    if _MODE == FUSED:     # (the caller may have set the weights since the last epoch)
+        pack_weights(theta, shape, bufs.p)
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
         load_batch(bufs, shape, X, Y, S, order, start, mb)
-        l0 = int(1)    # int(): a literal 1 passed on would compile another rows_rc
-        if ahead:      # (l0 and mb are 1)
-            apply_f(rows(bufs.a, shape, l0, mb)[0], rows(bufs.z, shape, l0, mb)[0], acts[0])
-            l0 = 2
-        if _FIRST == SPARSE:      # (l0 is 1: no sample is ahead in a sparse fit)
-            WT, b1 = params_t(theta, shape)
-            sparse_forward(rows(bufs.z, shape, l0, mb), rows(bufs.a, shape, l0, mb), WT, b1,
-                           csr.indptr, csr.indices, csr.data, order, start, acts[0])
-            l0 = 2
-        for l in range(l0, L + 1):                       # feed-forward
-            W, b = params(theta, shape, l)
-            a_prev = rows(bufs.a, shape, l - 1, mb)
-            z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
-            mc, nc, _, _, _, _ = blocks(tile, W.shape[0], W.shape[1])
-            small = W.size * mb < par_work   # a parallel region costs more than its work
-            if _MODE == GEMM:
-                forward_layer_gemm(z, a, a_prev, W, b, acts[l - 1], bufs.p, tile.gemm_mc,
-                                   tile.gemm_kc)
-            elif _MODE == TILED:
-                forward_layer_tiled(z, a, a_prev, W, b, acts[l - 1], mc, nc, small)
-            elif _MODE == ONLINE_WIDE and W.size * mb >= par_work:
-                forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
-            else:
-                forward_layer_tiled_serial(z, a, a_prev, W, b, acts[l - 1], mc, nc, small)
+        if _MODE == FUSED:
+            work = 0
+            for l in range(1, L + 1):
+                work += shape.sizes[l] * shape.sizes[l - 1]
+            serial = work * mb < par_work       # a parallel region costs more than its work
+            # terms a pass: kc float32 rows of a panel fit L1, as many bytes of float64 (0:
+            kc = tile.gemm_kc * 4 // bufs.p.itemsize if tile.gemm_kc > 0 else 1 << 30  # all)
+            Sb = weight_sum(bufs.s[:mb])
+            forward_backward_fused(theta, shape, bufs, mb, loss, Sb, tile.fused_rb, kc, serial)
+        else:
+            l0 = int(1)    # int(): a literal 1 passed on would compile another rows_rc
+            if ahead:      # (l0 and mb are 1)
+                apply_f(rows(bufs.a, shape, l0, mb)[0], rows(bufs.z, shape, l0, mb)[0], acts[0])
+                l0 = 2
+            if _FIRST == SPARSE:      # (l0 is 1: no sample is ahead in a sparse fit)
+                WT, b1 = params_t(theta, shape)
+                sparse_forward(rows(bufs.z, shape, l0, mb), rows(bufs.a, shape, l0, mb), WT, b1,
+                               csr.indptr, csr.indices, csr.data, order, start, acts[0])
+                l0 = 2
+            for l in range(l0, L + 1):                       # feed-forward
+                W, b = params(theta, shape, l)
+                a_prev = rows(bufs.a, shape, l - 1, mb)
+                z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
+                mc, nc, _, _, _, _ = blocks(tile, W.shape[0], W.shape[1])
+                small = W.size * mb < par_work   # a parallel region costs more than its work
+                if _MODE == GEMM:
+                    forward_layer_gemm(z, a, a_prev, W, b, acts[l - 1], bufs.p, tile.gemm_mc,
+                                       tile.gemm_kc)
+                elif _MODE == TILED:
+                    forward_layer_tiled(z, a, a_prev, W, b, acts[l - 1], mc, nc, small)
+                elif _MODE == ONLINE_WIDE and W.size * mb >= par_work:
+                    forward_layer_units(z, a, a_prev, W, b, acts[l - 1])
+                else:
+                    forward_layer_tiled_serial(z, a, a_prev, W, b, acts[l - 1], mc, nc, small)
         aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
         y = targets(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
@@ -118,6 +133,10 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
             batch_pen += p * mb / Sb
         step[0] += 1
         c = step_coefs(rule, h, step[0], alpha / Sb)
+        if _MODE == FUSED:
+            corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, rule, c, tile.fused_rb,
+                                     kc, serial)
+            continue
         output_error(rows(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
         for l in range(L, 0, -1):
             delta = rows(bufs.delta, shape, l, mb)
@@ -184,7 +203,8 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
 # and call the counted view helpers: a view per layer per batch costs nothing there, and
 # Numba's IR inlining of ~25 view calls added 3.5 s to each twin's first compile.
 _COUNTED = dict(params=params_rc, params_t=params_t_rc, rows=rows_rc, targets=targets_rc)
-_NAMES = {ONLINE: "online", ONLINE_WIDE: "online_wide", TILED: "batch", GEMM: "gemm"}
+_NAMES = {ONLINE: "online", ONLINE_WIDE: "online_wide", TILED: "batch", GEMM: "gemm",
+          FUSED: "fused"}
 _EPOCH = {}
 
 
@@ -224,11 +244,34 @@ def gemm_from(sizes, tile, dtype):
     return int(tile.gemm_batch)
 
 
-def epoch_mode(shape, bufs, batch_size, par_min, tile, par_work=None):
-    """Which kernels a fit runs (_MODE); par_work None: as if a layer were wide."""
+def fused_for(sizes):
+    """Does a dense batch fit of a network of these sizes run the fused batch (config.FUSED_*:
+    every layer's weights together, and the inputs)?"""
+    from .. import config
+    sizes = [int(x) for x in sizes]
+    weights = sum(o * i for i, o in zip(sizes[:-1], sizes[1:]))
+    return 0 < weights <= config.FUSED_MAX_WEIGHTS and sizes[0] <= config.FUSED_MAX_INPUTS
+
+
+def epoch_scratch(sizes, batch_size, dtype, tile):
+    """Scratch elements (Batch.p) a dense fit at this batch size needs: the fused batch's,
+    the GEMM path's, or none."""
+    if batch_size > 1 and tile.fused_rb > 0 and fused_for(sizes):
+        return fused_scratch(sizes, batch_size)
+    if 0 < gemm_from(sizes, tile, dtype) <= batch_size:
+        return gemm_scratch(sizes, batch_size)
+    return 0
+
+
+def epoch_mode(shape, bufs, batch_size, par_min, tile, par_work=None, dense=True):
+    """Which kernels a fit runs (_MODE); par_work None: as if a layer were wide; dense: the
+    first layer reads rows of X (not a CSR matrix)."""
     if batch_size == 1 or batch_size < par_min:
         return (ONLINE if par_work is not None and _widest(shape.sizes) * batch_size < par_work
                 else ONLINE_WIDE)
+    if (dense and tile.fused_rb > 0 and fused_for(shape.sizes)
+            and bufs.p.shape[0] >= fused_scratch(shape.sizes, batch_size)):
+        return FUSED
     g = gemm_from(shape.sizes, tile, bufs.a.dtype)
     if 0 < g <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
         return GEMM
@@ -252,27 +295,38 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, ba
     sum over batches of mb sum_m s_m C_m / sum_m s_m, the same of mb ||W||^2 / sum_m s_m):
     MLP.fit reports (first + alpha/2 second) / sum_m s_m, scikit-learn's estimators (fourth
     + alpha/2 fifth) / n (each batch's mean loss, weighted by its size)."""
-    mode = epoch_mode(shape, bufs, batch_size, par_min, tile, par_work)
     first = SPARSE if csr.indptr.shape[0] else DENSE
+    mode = epoch_mode(shape, bufs, batch_size, par_min, tile, par_work, first == DENSE)
     twin = _twin(mode, first)
     if not twin.overloads:      # not yet compiled or loaded in this process
-        compile_beside("nnjit.loops.epoch:compile_plan", mode, first, bufs.a.dtype.name)
+        if (compile_beside("nnjit.loops.epoch:compile_plan", mode, first, bufs.a.dtype.name)
+                and mode == FUSED):
+            # the second process compiles the first region (the longer compile), this one
+            # the rest, then its epoch (which waits for the first, then is finished)
+            for kernel, sig in compile_plan(mode, first, bufs.a.dtype.name, own=True):
+                if not cached(kernel, sig):
+                    kernel.compile(tuple(sig))
     return twin(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, batch_size, rule,
                 h, loss, par_min, par_work, tile)
 
 
-def compile_plan(mode, first, dtype):
+def compile_plan(mode, first, dtype, own=False):
     """What a second process compiles into the cache beside a first fit of twin (mode, first)
     in dtype (nnjit.jit.compile_beside): the parallel kernels that twin calls, each with the
     argument types the twin calls it with, in the reverse of the order the twin first calls
     them (the first process compiles them in that order while it compiles the twin; the two
     meet in the middle), then the prediction's forward. The types must be the twin's exactly,
     or the second process compiles a specialisation nobody loads:
-    test_compile_plan_is_what_a_fit_compiles holds them to a real fit's."""
+    test_a_fit_compiles_each_kernel_once holds them to a real fit's.
+
+    own: instead, what the fitting process compiles before its twin while the second one
+    compiles the fused batch's first region (the longer compile: the twin waits for it, so
+    whatever else the twin calls is compiled first): the second region and the epoch's
+    serial helpers. Empty for the other twins."""
     from numba import typeof, types
 
     from ..layout import make_batch, make_shape
-    from ..rules import zero_coefs
+    from ..rules import Hyper, zero_coefs
     from .network import forward
     dt = np.dtype(dtype)
     A1, A2 = typeof(np.zeros(1, dt)), typeof(np.zeros((1, 1), dt))
@@ -282,10 +336,22 @@ def compile_plan(mode, first, dtype):
     fwd, bwd = (A2, A2, A2, A2, A1, i, i, i, t), (A2, A2, A2, A2, A2, i, i, i, t)
     corr, ahead = (A2, A1, A2, A1, A2, A1, A2, A1, A2, A2, i, c), (A2, A1, A2, A1, A2, A1, A1,
                                                                    A1, A1, A1, i, c)
+    shape, _ = make_shape([1, 1], [0])
+    St, Bt = typeof(shape), typeof(make_batch(shape, 1, dt))
+    if own:
+        if mode != FUSED:
+            return []
+        Ht = typeof(Hyper(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0))
+        return [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, c, i, i, t)),
+                (sample_loss, (A1, A2, A2, A2, i, i)), (penalty_from, (A1, St, i)),
+                (step_coefs, (i, Ht, i, f))]
     calls = []
     if first == SPARSE:
         calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
-    if mode == GEMM:
+    if mode == FUSED:       # (the first region first: it takes the longer compile)
+        calls += [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, c, i, i, t)),
+                  (forward_backward_fused, (A1, St, Bt, i, i, f, i, i, t))]
+    elif mode == GEMM:
         calls += [(forward_layer_gemm, fwd[:6] + (A1, i, i)),
                   (backward_layer_gemm, bwd[:6] + (A1, i, i)),
                   (corrections_update_gemm, corr + (A1, i, i))]
@@ -306,9 +372,7 @@ def compile_plan(mode, first, dtype):
     if first == SPARSE:
         calls += [(sparse_corrections, (A2, A1, I1, i, A2, I1, I1, A1, I1, i)),
                   (dense_rule, (A2, A2, A2, A2, I1, i, A1, F1, f, f, i, c))]
-    shape, _ = make_shape([1, 1], [0])
-    predict = (forward, (A1, typeof(shape), typeof(make_batch(shape, 1, dt)), i, types.boolean,
-                         i, i))
+    predict = (forward, (A1, St, Bt, i, types.boolean, i, i))
     return calls[::-1] + [predict]
 
 

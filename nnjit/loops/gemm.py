@@ -92,7 +92,7 @@ def _transpose_rows(D, off, X, m_lo, m_hi):
 
 
 @jit(**OPTS)
-def _gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, t_lo, t_hi, n, K, kc):
+def gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, t_lo, t_hi, n, K, kc):
     """C[r, c] = sum_k A[r, k] B[k, c] for rows r_lo <= r < r_hi and the columns c < n of
     panels t_lo <= t < t_hi; C, A flat with
     row strides ldc, lda; B (K x n) packed in panels of NR columns in P (_pack_rows). Blocks
@@ -169,7 +169,7 @@ def forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
         if narrow:
             dot_rows_range(z, a_prev, W, b, m_lo, m_hi - m_lo, int(0), n_out)
         else:
-            _gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, t_lo, t_hi, n_out, n_in, kc)
+            gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, t_lo, t_hi, n_out, n_in, kc)
             for m in range(m_lo, m_hi):
                 for j in range(c_lo, c_hi):
                     z[m, j] += b[j]
@@ -196,14 +196,14 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
     ng = panel_groups(nch, n_in)
     for st in prange(nch * ng):
         m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, mc, M, n_in)
-        _gemm_rows(dpf, n_in, df, n_out, P, m_lo, m_hi, t_lo, t_hi, n_in, n_out, kc)
+        gemm_rows(dpf, n_in, df, n_out, P, m_lo, m_hi, t_lo, t_hi, n_in, n_out, kc)
         for m in range(m_lo, m_hi):
             mul_fprime(delta_prev[m, c_lo:c_hi], z_prev[m, c_lo:c_hi], a_prev[m, c_lo:c_hi],
                        act_prev)
 
 
 @jit(**OPTS)
-def _sum8(x, o, n):
+def sum8(x, o, n):
     """x[o] + ... + x[o + n - 1] in eight interleaved partial sums (m = r mod 8), added in a
     fixed order: the same bits whatever the blocks and threads, and eight independent
     additions in flight (one running sum waited on each addition's latency: ~1 ns an
@@ -272,9 +272,9 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
             i0 = int(0)
             corr_rows_range(dW, db, delta, a_prev, j_lo, j_hi - j_lo, i0, n_in, i0 == 0)
         else:
-            _gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, int(0), nt, n_in, M, kc)
+            gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, int(0), nt, n_in, M, kc)
             for j in range(j_lo, j_hi):
-                db[j] = _sum8(D, j * M, M)        # db_j = sum_m delta_mj
+                db[j] = sum8(D, j * M, M)        # db_j = sum_m delta_mj
         for j in range(j_lo, j_hi):
             rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
             db[j] *= W.dtype.type(s)

@@ -289,7 +289,7 @@ def wide_cpu():
 #: rows of the AVX-512 kernel by dtype: 12 x 32 float32 sums are 24 of its 32 registers
 #: (measured, one core: 8 rows 135-138 GFLOP/s, 12 rows 142-153, 16 rows 126); float64 8
 #: rows (32 registers of sums, a few spilled: 45-49 GFLOP/s; 12 rows 36, 6 rows 42)
-MR_WIDE = {types.float32: 12, types.float64: 8}
+MR_WIDE = {types.float32: 12, types.float64: 6}
 
 
 @intrinsic

@@ -1,0 +1,269 @@
+"""The loop form's batch for small networks: every layer of a batch in two parallel regions.
+
+The tiled and GEMM paths run each layer's product as a parallel kernel of its own: five
+regions a batch for two layers, each with its start, its wait for the slowest thread and its
+sums in loops tuned for large products. For a network whose weights all fit in a core's
+cache (scikit-learn's defaults: 64-100-10 or 100-100-1 at batch 200) that cost more than the
+products. Here a batch is:
+
+1. ``forward_backward_fused``, prange over steps of samples m (a step owns their rows): the
+   feed-forward z_j = sum_i w_ij a_i + b_j, a_j = f(z_j) of every layer, the output error
+   delta^L, then the error recursion delta_j = f'(z_j) sum_k w_jk delta_k down to layer 1;
+   on the way each step writes its rows of a^(l-1) and its columns of delta^(l) into the
+   panels region 2 reads (the costs and max |a - y| are the epoch's, serially: O(M K), and
+   in the region they made its first compile 1 s longer);
+2. ``corrections_update_fused``, prange over steps of units j of every layer (a step owns
+   their rows of W, v, q, dW and their biases): dw_ij = mean_m a_i delta_j + alpha_n w_ij,
+   db_j = mean_m delta_j, the update rule, and the updated rows packed again for the next
+   batch's region 1.
+
+The products are the GEMM path's (nnjit.loops.gemm.gemm_rows: the micro-kernel's mr x 32
+blocks of sums in registers, each summed k = 0..K-1 in order, kc terms a pass) on panels
+packed while their numbers were being made, so no region packs; a step is ``rb`` blocks of
+mr rows, so a panel serves rb blocks while it is in L1. A narrow layer (fewer than 32 units:
+an output layer of 10) runs its feed-forward in the tiled kernels' loops (dot_rows_range:
+a panel would be mostly padding). Every element is summed in one order whatever the
+threads, so results do not depend on them (they do differ, by rounding, from the tiled
+path's, whose sums vectorise along k).
+
+The scratch ``P`` (nnjit.layout.Batch.p; :func:`fused_scratch` elements) holds, for each layer
+l: FW, the panels of W^T (K = N_{l-1} rows of 32 units j); BW (l >= 2), the panels of W (K =
+N_l rows of 32 inputs j); then for each layer AP, the panels of a^(l-1) (K = M rows of 32
+inputs i) and DT, delta^(l) transposed (N_l, M).
+:func:`pack_weights` fills FW and BW from theta at the start of an epoch.
+"""
+import numpy as np
+from numba import prange
+
+from ..activations import CROSS_ENTROPY, EXP, POISSON, SIGMOID, SOFTMAX, SQUARED_ERROR
+from ..jit import jit
+from .blocked import dot_rows_range
+from .gemm import gemm_rows, sum8
+from .microkernel import NR
+from .microkernel import rows as block_rows
+from .rows import apply_f, check_act, check_rule, mul_fprime, output_error, rule_at, rule_row
+from .views import OPTS, params, rows, targets
+
+
+@jit(**OPTS)
+def fused_offsets(sizes, M, l):
+    """Where layer l's pieces of the scratch start (see the module docstring): (FW, BW, AP,
+    DT, end) for a batch of M samples; l = sizes' length gives the end of it all."""
+    L = sizes.shape[0] - 1
+    o = 0
+    fw = bw = 0
+    for k in range(1, L + 1):            # the weights' panels, kept from batch to batch
+        if k == l:
+            fw = o
+        o += (sizes[k] + NR - 1) // NR * NR * sizes[k - 1]
+        if k == l:
+            bw = o
+        if k >= 2:
+            o += (sizes[k - 1] + NR - 1) // NR * NR * sizes[k]
+    ap = dt = o
+    for k in range(1, L + 1):            # the batch's panels
+        if k == l:
+            ap = o
+        o += (sizes[k - 1] + NR - 1) // NR * NR * M
+        if k == l:
+            dt = o
+        o += sizes[k] * M
+    return fw, bw, ap, dt, o
+
+
+def fused_scratch(sizes, M):
+    """Scratch elements the fused batch needs for a network of these sizes at batch M
+    (fused_offsets run as Python: a first fit asks before anything is compiled)."""
+    sizes = np.asarray(sizes, np.int64)
+    return int(fused_offsets.py_func(sizes, int(M), sizes.shape[0])[4])
+
+
+@jit(**OPTS)
+def _pack_row(P, fw, bw, W, j, first, second):
+    """Row j of W (N_l, N_{l-1}) into its place in FW (column j of panel j // NR; first) and,
+    for a layer l >= 2 (second), in BW (row j of every panel)."""
+    u = np.uint64
+    n_out, n_in = u(W.shape[0]), u(W.shape[1])
+    nr, jj = u(NR), u(j)
+    w = W[j]
+    if first:
+        o = u(fw) + jj // nr * n_in * nr + jj % nr
+        for i in range(n_in):
+            P[o + i * nr] = w[i]
+    if second:
+        o = u(bw) + jj * nr
+        for i in range(n_in):
+            P[o + i // nr * n_out * nr + i % nr] = w[i]
+
+
+@jit(**OPTS)
+def pack_weights(theta, shape, P):
+    """FW and BW of every layer from theta (each epoch's start: the caller may have changed
+    the weights since the last batch packed them)."""
+    L = shape.sizes.shape[0] - 1
+    for l in range(1, L + 1):
+        W, _ = params(theta, shape, l)
+        fw, bw, _, _, _ = fused_offsets(shape.sizes, int(0), l)
+        for j in range(W.shape[0]):      # (a narrow layer's FW: unused)
+            _pack_row(P, fw, bw, W, j, W.shape[0] >= NR, l >= 2)
+
+
+@jit(**OPTS)
+def _samples(theta, shape, bufs, mb, loss, S, m_lo, mc, kc):
+    """forward_backward_fused's step: the samples m_lo .. m_lo + mc - 1 (those below mb)
+    through every layer and back (see the module docstring)."""
+    u = np.uint64
+    P = bufs.p
+    sizes = shape.sizes
+    L = sizes.shape[0] - 1
+    M = mb
+    m_hi = min(mb, m_lo + mc)
+    cap = bufs.a.shape[0] // shape.a_off[-1]
+    for l in range(1, L + 1):                           # feed-forward
+        n_in, n_out = sizes[l - 1], sizes[l]
+        fw, _, ap, _, _ = fused_offsets(sizes, M, l)
+        a_prev = rows(bufs.a, shape, l - 1, mb)
+        ao = shape.a_off[l - 1] * cap
+        for m in range(m_lo, m_hi):                     # a^(l-1) into AP for the corrections
+            for t in range((n_in + NR - 1) // NR):      # (unsigned offsets: no wraparound
+                o, x = u(ap + t * M * NR + m * NR), u(ao + m * n_in + NR * t)   # check)
+                for i in range(u(min(NR, n_in - NR * t))):
+                    P[o + i] = bufs.a[x + i]
+        _, b = params(theta, shape, l)
+        z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
+        if n_out < NR:      # a narrow layer (an output layer of 10): the tiled loops (a
+            W, _ = params(theta, shape, l)     # panel would be mostly padding)
+            for m0 in range(m_lo, m_hi, 4):
+                dot_rows_range(z, a_prev, W, b, m0, min(4, m_hi - m0), int(0), n_out)
+        else:               # z rows = a^(l-1) rows x W^T (FW's panels)
+            zf = bufs.z[shape.a_off[l] * cap:shape.a_off[l] * cap + mb * n_out]
+            af = bufs.a[shape.a_off[l - 1] * cap:shape.a_off[l - 1] * cap + mb * n_in]
+            nt = (n_out + NR - 1) // NR
+            gemm_rows(zf, n_out, af, n_in, P[fw:fw + nt * NR * n_in], m_lo, m_hi, int(0), nt,
+                      n_out, n_in, kc)
+            for m in range(m_lo, m_hi):
+                for j in range(n_out):
+                    z[m, j] += b[j]
+        for m in range(m_lo, m_hi):
+            apply_f(a[m], z[m], shape.acts[l - 1])
+    aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
+    y = targets(bufs, shape, mb)
+    delta = rows(bufs.delta, shape, L, mb)
+    act = shape.acts[L - 1]
+    for m in range(m_lo, m_hi):                         # delta^L
+        w = delta.dtype.type(bufs.s[m] * M / S if S > 0 else 0.0)
+        output_error(delta, aL, zL, y, m, act, loss, w)
+    for l in range(L, 0, -1):                           # error recursion
+        n_in, n_out = sizes[l - 1], sizes[l]
+        _, bw, _, dt, _ = fused_offsets(sizes, M, l)
+        do = shape.a_off[l] * cap
+        for j in range(n_out):                          # delta^(l) into DT for the corrections
+            o = u(dt + j * M)
+            for m in range(u(m_lo), u(m_hi)):
+                P[o + m] = bufs.delta[u(do + j) + m * u(n_out)]
+        if l == 1:
+            break
+        d_prev = rows(bufs.delta, shape, l - 1, mb)
+        df = bufs.delta[shape.a_off[l] * cap:shape.a_off[l] * cap + mb * n_out]
+        pf = bufs.delta[shape.a_off[l - 1] * cap:shape.a_off[l - 1] * cap + mb * n_in]
+        nt = (n_in + NR - 1) // NR       # delta^(l-1) rows = delta^(l) rows x W (BW's panels)
+        gemm_rows(pf, n_in, df, n_out, P[bw:bw + nt * NR * n_out], m_lo, m_hi, int(0), nt, n_in,
+                  n_out, kc)
+        z_prev, a_prev = rows(bufs.z, shape, l - 1, mb), rows(bufs.a, shape, l - 1, mb)
+        for m in range(m_lo, m_hi):
+            mul_fprime(d_prev[m], z_prev[m], a_prev[m], shape.acts[l - 2])
+
+
+@jit(**OPTS)
+def check_loss(act, loss):
+    """Raise for a loss code, or a loss with an output it does not take, before the region
+    (nnjit.activations.cost raises the same inside it, where an exception does not reach
+    the caller as itself)."""
+    if not (loss == SQUARED_ERROR or (loss == CROSS_ENTROPY and (act == SOFTMAX or act == SIGMOID))
+            or (loss == POISSON and act == EXP)):
+        raise ValueError("unknown loss code, or a loss with an output it does not take")
+
+
+@jit(parallel=True, **OPTS)
+def forward_backward_fused(theta, shape, bufs, mb, loss, S, rb, kc, serial):
+    """Region 1 of a fused batch: feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j) of
+    every layer, delta^L = dC/dz^L times the weight factor s_m M / S (see
+    nnjit.loops.reference.output_error), and the error recursion
+    delta_j = f'(z_j) sum_k w_jk delta_k for l = L .. 2.
+
+    theta (P,) the parameters; shape, bufs: the layout and the batch (samples 0..mb-1 loaded
+    in layer 0, weights s, targets y; bufs.p holding FW and BW); loss: the loss code; S =
+    sum_m s_m. prange over steps of rb mr samples (mr = microkernel.rows), a step owning
+    their rows of z, a, delta and their columns of AP and DT; kc terms a pass of the
+    micro-kernel. serial: the steps one after another, no region (it costs more than a tiny
+    network's batch: the caller decides).
+    """
+    for l in range(shape.acts.shape[0]):
+        check_act(shape.acts[l])
+    check_loss(shape.acts[shape.acts.shape[0] - 1], loss)
+    mc = rb * block_rows(bufs.p)
+    n = (mb + mc - 1) // mc
+    if serial:
+        for q in range(n):
+            _samples(theta, shape, bufs, mb, loss, S, q * mc, mc, kc)
+    else:
+        for q in prange(n):
+            _samples(theta, shape, bufs, mb, loss, S, np.int64(q) * mc, mc, kc)
+
+
+@jit(**OPTS)
+def _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, q, ju, kc):
+    """corrections_update_fused's step q: block q of ju units, counted through the layers
+    from l = 1 (see the module docstring)."""
+    P = bufs.p
+    sizes = shape.sizes
+    L = sizes.shape[0] - 1
+    M = mb
+    l = 1
+    while l < L and q >= (sizes[l] + ju - 1) // ju:
+        q -= (sizes[l] + ju - 1) // ju
+        l += 1
+    n_in, n_out = sizes[l - 1], sizes[l]
+    j_lo = q * ju
+    j_hi = min(n_out, j_lo + ju)
+    fw, bw, ap, dt, _ = fused_offsets(sizes, M, l)
+    W, b = params(theta, shape, l)
+    vW, vb = params(vel, shape, l)
+    sW, sb = params(sq, shape, l)
+    dW, db = params(grad, shape, l)
+    nt = (n_in + NR - 1) // NR      # dW rows = delta^T rows x a^(l-1) (AP's panels)
+    wo = shape.w_off[l - 1]
+    gemm_rows(grad[wo:wo + n_out * n_in], n_in, P[dt:dt + n_out * M], M, P[ap:ap + nt * NR * M],
+              j_lo, j_hi, int(0), nt, n_in, M, kc)
+    for j in range(j_lo, j_hi):
+        db[j] = sum8(P, dt + j * M, M)                    # db_j = sum_m delta_mj
+    s = 1.0 / M
+    for j in range(j_lo, j_hi):
+        rule_row(rule, W[j], vW[j], sW[j], dW[j], s, c.alpha_n, c)
+        db[j] *= W.dtype.type(s)
+        rule_at(rule, b, vb, sb, j, db[j], c)
+        _pack_row(P, fw, bw, W, j, n_out >= NR, l >= 2)
+
+
+@jit(parallel=True, **OPTS)
+def corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, rule, c, rb, kc, serial):
+    """Region 2 of a fused batch: corrections dw_ij = mean_m a_i delta_j + alpha_n w_ij,
+    db_j = mean_m delta_j, fused with the update rule (nnjit.loops.rows.rule_row) of every
+    layer, the updated rows packed into FW and BW for the next batch.
+
+    theta, vel, sq, grad (P,): parameters, optimizer state, scratch (grad's contents
+    afterwards unspecified); bufs.p holding the batch's AP and DT (region 1); rule, c: the
+    update rule's code and this step's Coefs. prange over steps of rb mr units j of layer 1,
+    then of layer 2, ..., a step owning their rows; kc, serial: as in forward_backward_fused.
+    """
+    check_rule(rule)
+    ju = rb * block_rows(bufs.p)
+    n = 0
+    for l in range(1, shape.sizes.shape[0]):
+        n += (shape.sizes[l] + ju - 1) // ju
+    if serial:
+        for q in range(n):
+            _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, q, ju, kc)
+    else:
+        for q in prange(n):
+            _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, np.int64(q), ju, kc)
