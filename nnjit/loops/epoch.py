@@ -28,7 +28,8 @@ from .blocked import (backward_layer_tiled, backward_layer_tiled_serial, correct
                       corrections_update_tiled_serial, forward_layer_tiled,
                       forward_layer_tiled_serial, forward_layer_units, update_forward_next,
                       update_forward_next_serial)
-from .fused import corrections_update_fused, forward_backward_fused, fused_scratch, pack_weights
+from .fused import (corrections_update_fused, forward_backward_fused, fused_offsets,
+                    fused_scratch, pack_weights)
 from .gemm import backward_layer_gemm, corrections_update_gemm, forward_layer_gemm, gemm_scratch
 from .network import load_batch
 from .reference import output_error, penalty_from, sample_loss, weight_sum
@@ -114,28 +115,34 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
         aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
         y = targets(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
-        emax = max(emax, sample_loss(costs, aL, zL, y, acts[L - 1], loss))
+        Sb = weight_sum(sw)
+        if _MODE != FUSED or Sb <= 0.0:     # (the fused batch's second region computes them)
+            emax = max(emax, sample_loss(costs, aL, zL, y, acts[L - 1], loss))
+        ahead = False
+        p = 0.0
+        if Sb > 0.0:       # (only zero-weight samples: nothing to learn from this batch)
+            if alpha > 0.0:
+                if _FIRST == SPARSE:      # ||W^(1)||^2 kept row by row by dense_rule
+                    p = penalty_from(theta, shape, int(2)) + fixed_sum(csr.rowsq)
+                else:
+                    p = penalty_from(theta, shape, int(1))
+            step[0] += 1
+            c = step_coefs(rule, h, step[0], alpha / Sb)
+            if _MODE == FUSED:
+                corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c,
+                                         tile.fused_rb, kc, serial)
+                err = fused_offsets(shape.sizes, mb, L)[4]
+                for m in range(mb):
+                    emax = max(emax, bufs.p[err + m])
         bc = 0.0
         for m in range(mb):
             bc += sw[m] * costs[m]
         total += bc
-        Sb = weight_sum(sw)
-        ahead = False
-        if Sb <= 0.0:      # only zero-weight samples: nothing to learn from this batch
-            continue
-        batch_cost += bc * mb / Sb
-        if alpha > 0.0:
-            if _FIRST == SPARSE:      # ||W^(1)||^2 kept row by row by dense_rule
-                p = penalty_from(theta, shape, int(2)) + fixed_sum(csr.rowsq)
-            else:
-                p = penalty_from(theta, shape, int(1))
+        if Sb > 0.0:
+            batch_cost += bc * mb / Sb
             pen += p
             batch_pen += p * mb / Sb
-        step[0] += 1
-        c = step_coefs(rule, h, step[0], alpha / Sb)
-        if _MODE == FUSED:
-            corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, rule, c, tile.fused_rb,
-                                     kc, serial)
+        if Sb <= 0.0 or _MODE == FUSED:
             continue
         output_error(rows(bufs.delta, shape, L, mb), aL, zL, y, sw, acts[L - 1], loss)
         for l in range(L, 0, -1):
@@ -342,14 +349,14 @@ def compile_plan(mode, first, dtype, own=False):
         if mode != FUSED:
             return []
         Ht = typeof(Hyper(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0))
-        return [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, c, i, i, t)),
+        return [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, i, c, i, i, t)),
                 (sample_loss, (A1, A2, A2, A2, i, i)), (penalty_from, (A1, St, i)),
                 (step_coefs, (i, Ht, i, f))]
     calls = []
     if first == SPARSE:
         calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
     if mode == FUSED:       # (the first region first: it takes the longer compile)
-        calls += [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, c, i, i, t)),
+        calls += [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, i, c, i, i, t)),
                   (forward_backward_fused, (A1, St, Bt, i, i, f, i, i, t))]
     elif mode == GEMM:
         calls += [(forward_layer_gemm, fwd[:6] + (A1, i, i)),

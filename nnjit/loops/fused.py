@@ -10,12 +10,12 @@ products. Here a batch is:
    feed-forward z_j = sum_i w_ij a_i + b_j, a_j = f(z_j) of every layer, the output error
    delta^L, then the error recursion delta_j = f'(z_j) sum_k w_jk delta_k down to layer 1;
    on the way each step writes its rows of a^(l-1) and its columns of delta^(l) into the
-   panels region 2 reads (the costs and max |a - y| are the epoch's, serially: O(M K), and
-   in the region they made its first compile 1 s longer);
+   panels region 2 reads;
 2. ``corrections_update_fused``, prange over steps of units j of every layer (a step owns
    their rows of W, v, q, dW and their biases): dw_ij = mean_m a_i delta_j + alpha_n w_ij,
    db_j = mean_m delta_j, the update rule, and the updated rows packed again for the next
-   batch's region 1.
+   batch's region 1; besides, each step computes an n-th of the samples' costs C_m and
+   max |a - y| (region 1's compile is a first fit's longest: they are here instead).
 
 The products are the GEMM path's (nnjit.loops.gemm.gemm_rows: the micro-kernel's mr x 32
 blocks of sums in registers, each summed k = 0..K-1 in order, kc terms a pass) on panels
@@ -28,8 +28,8 @@ path's, whose sums vectorise along k).
 
 The scratch ``P`` (nnjit.layout.Batch.p; :func:`fused_scratch` elements) holds, for each layer
 l: FW, the panels of W^T (K = N_{l-1} rows of 32 units j); BW (l >= 2), the panels of W (K =
-N_l rows of 32 inputs j); then for each layer AP, the panels of a^(l-1) (K = M rows of 32
-inputs i) and DT, delta^(l) transposed (N_l, M).
+N_l rows of 32 inputs j); then the batch's max |a - y| per sample; then for each layer AP,
+the panels of a^(l-1) (K = M rows of 32 inputs i) and DT, delta^(l) transposed (N_l, M).
 :func:`pack_weights` fills FW and BW from theta at the start of an epoch.
 """
 import numpy as np
@@ -41,14 +41,15 @@ from .blocked import dot_rows_range
 from .gemm import gemm_rows, sum8
 from .microkernel import NR
 from .microkernel import rows as block_rows
-from .rows import apply_f, check_act, check_rule, mul_fprime, output_error, rule_at, rule_row
+from .rows import apply_f, check_act, check_rule, cost, max_error, mul_fprime, output_error, \
+    rule_at, rule_row
 from .views import OPTS, params, rows, targets
 
 
 @jit(**OPTS)
 def fused_offsets(sizes, M, l):
     """Where layer l's pieces of the scratch start (see the module docstring): (FW, BW, AP,
-    DT, end) for a batch of M samples; l = sizes' length gives the end of it all."""
+    DT, errors, end) for a batch of M samples; l = sizes' length gives the end of it all."""
     L = sizes.shape[0] - 1
     o = 0
     fw = bw = 0
@@ -60,6 +61,8 @@ def fused_offsets(sizes, M, l):
             bw = o
         if k >= 2:
             o += (sizes[k - 1] + NR - 1) // NR * NR * sizes[k]
+    err = o
+    o += M
     ap = dt = o
     for k in range(1, L + 1):            # the batch's panels
         if k == l:
@@ -68,14 +71,14 @@ def fused_offsets(sizes, M, l):
         if k == l:
             dt = o
         o += sizes[k] * M
-    return fw, bw, ap, dt, o
+    return fw, bw, ap, dt, err, o
 
 
 def fused_scratch(sizes, M):
     """Scratch elements the fused batch needs for a network of these sizes at batch M
     (fused_offsets run as Python: a first fit asks before anything is compiled)."""
     sizes = np.asarray(sizes, np.int64)
-    return int(fused_offsets.py_func(sizes, int(M), sizes.shape[0])[4])
+    return int(fused_offsets.py_func(sizes, int(M), sizes.shape[0])[5])
 
 
 @jit(**OPTS)
@@ -103,7 +106,7 @@ def pack_weights(theta, shape, P):
     L = shape.sizes.shape[0] - 1
     for l in range(1, L + 1):
         W, _ = params(theta, shape, l)
-        fw, bw, _, _, _ = fused_offsets(shape.sizes, int(0), l)
+        fw, bw, _, _, _, _ = fused_offsets(shape.sizes, int(0), l)
         for j in range(W.shape[0]):      # (a narrow layer's FW: unused)
             _pack_row(P, fw, bw, W, j, W.shape[0] >= NR, l >= 2)
 
@@ -121,7 +124,7 @@ def _samples(theta, shape, bufs, mb, loss, S, m_lo, mc, kc):
     cap = bufs.a.shape[0] // shape.a_off[-1]
     for l in range(1, L + 1):                           # feed-forward
         n_in, n_out = sizes[l - 1], sizes[l]
-        fw, _, ap, _, _ = fused_offsets(sizes, M, l)
+        fw, _, ap, _, _, _ = fused_offsets(sizes, M, l)
         a_prev = rows(bufs.a, shape, l - 1, mb)
         ao = shape.a_off[l - 1] * cap
         for m in range(m_lo, m_hi):                     # a^(l-1) into AP for the corrections
@@ -155,7 +158,7 @@ def _samples(theta, shape, bufs, mb, loss, S, m_lo, mc, kc):
         output_error(delta, aL, zL, y, m, act, loss, w)
     for l in range(L, 0, -1):                           # error recursion
         n_in, n_out = sizes[l - 1], sizes[l]
-        _, bw, _, dt, _ = fused_offsets(sizes, M, l)
+        _, bw, _, dt, _, _ = fused_offsets(sizes, M, l)
         do = shape.a_off[l] * cap
         for j in range(n_out):                          # delta^(l) into DT for the corrections
             o = u(dt + j * M)
@@ -212,13 +215,21 @@ def forward_backward_fused(theta, shape, bufs, mb, loss, S, rb, kc, serial):
 
 
 @jit(**OPTS)
-def _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, q, ju, kc):
-    """corrections_update_fused's step q: block q of ju units, counted through the layers
-    from l = 1 (see the module docstring)."""
+def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, q, n, ju, kc):
+    """corrections_update_fused's step q of n: block q of ju units, counted through the
+    layers from l = 1 (see the module docstring), and the costs of the q-th n-th of the
+    samples."""
     P = bufs.p
     sizes = shape.sizes
     L = sizes.shape[0] - 1
     M = mb
+    aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
+    y = targets(bufs, shape, mb)
+    act = shape.acts[L - 1]
+    err = fused_offsets(sizes, M, L)[4]
+    for m in range(M * q // n, M * (q + 1) // n):          # C_m and max_k |a_k - y_k|
+        bufs.cost[m] = cost(aL, zL, y, m, act, loss)
+        P[err + m] = max_error(aL, y, m)
     l = 1
     while l < L and q >= (sizes[l] + ju - 1) // ju:
         q -= (sizes[l] + ju - 1) // ju
@@ -226,7 +237,7 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, q, ju, kc):
     n_in, n_out = sizes[l - 1], sizes[l]
     j_lo = q * ju
     j_hi = min(n_out, j_lo + ju)
-    fw, bw, ap, dt, _ = fused_offsets(sizes, M, l)
+    fw, bw, ap, dt, _, _ = fused_offsets(sizes, M, l)
     W, b = params(theta, shape, l)
     vW, vb = params(vel, shape, l)
     sW, sb = params(sq, shape, l)
@@ -246,24 +257,28 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, q, ju, kc):
 
 
 @jit(parallel=True, **OPTS)
-def corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, rule, c, rb, kc, serial):
+def corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, rb, kc,
+                             serial):
     """Region 2 of a fused batch: corrections dw_ij = mean_m a_i delta_j + alpha_n w_ij,
     db_j = mean_m delta_j, fused with the update rule (nnjit.loops.rows.rule_row) of every
-    layer, the updated rows packed into FW and BW for the next batch.
+    layer, the updated rows packed into FW and BW for the next batch; and each sample's
+    cost C_m into bufs.cost and max_k |a_k - y_k| into P's errors (O(M K) work, which took
+    ~5 % of a batch of scikit-learn's defaults serially).
 
     theta, vel, sq, grad (P,): parameters, optimizer state, scratch (grad's contents
-    afterwards unspecified); bufs.p holding the batch's AP and DT (region 1); rule, c: the
-    update rule's code and this step's Coefs. prange over steps of rb mr units j of layer 1,
-    then of layer 2, ..., a step owning their rows; kc, serial: as in forward_backward_fused.
+    afterwards unspecified); bufs.p holding the batch's AP and DT (region 1); loss: the loss
+    code; rule, c: the update rule's code and this step's Coefs. prange over steps of rb mr
+    units j of layer 1, then of layer 2, ..., a step owning their rows and an n-th of the
+    samples' costs; kc, serial: as in forward_backward_fused.
     """
     check_rule(rule)
     ju = rb * block_rows(bufs.p)
-    n = 0
-    for l in range(1, shape.sizes.shape[0]):
+    n = (shape.sizes[1] + ju - 1) // ju     # (not n = 0: a literal 0 passed on in the
+    for l in range(2, shape.sizes.shape[0]):    # serial loop compiled _units twice)
         n += (shape.sizes[l] + ju - 1) // ju
     if serial:
         for q in range(n):
-            _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, q, ju, kc)
+            _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, q, n, ju, kc)
     else:
         for q in prange(n):
-            _units(theta, vel, sq, grad, shape, bufs, mb, rule, c, np.int64(q), ju, kc)
+            _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, np.int64(q), n, ju, kc)
