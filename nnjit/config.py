@@ -49,12 +49,14 @@ GEMM_BLOCKS = (48, 256, 24)
 #: 110 / 71-76, 784-512-512-10 38 / 32; below the line 784-256-10 9.3 / 9.9, 784-128-10
 #: 5.4 / 5.6-6.3, 784-256-256-10 15.3 / 14.9).
 GEMM_WIDE = (32, 2**18)
-#: float64 (the 8 x 32 block fills all 32 vector registers): the GEMM path only from
-#: GEMM_FLOAT64[0] samples and a widest layer of GEMM_FLOAT64[1] weights. Batch 256, µs a sample
-#: tiled / GEMM: 100-100-2 1.39 / 1.78, 784-128-10 7.5 / 9.2, 784-512-512-10 44 / 54,
-#: 784-1024-1024-10 132 / 136; batch 1024: 784-128-10 7.8 / 8.1, 784-1024-1024-10 134-193 /
-#: 123-129 (scikit-learn's defaults, float64 batch 200 on digits: 0.33-0.35 / 0.40-0.50 s a fit).
-GEMM_FLOAT64 = (512, 2**18)
+#: float64: the GEMM path only from GEMM_FLOAT64[0] samples and a widest layer of
+#: GEMM_FLOAT64[1] weights. With the 6 x 32 float64 block (8 x 32 spilled), µs a sample
+#: tiled / GEMM, 2-core Sapphire Rapids, two runs: 784-512-512-10 batch 32 74-81 / 75-80,
+#: batch 64 58-61 / 45-46, batch 128 56-57 / 33-37, batch 256 51 / 34-36; 784-1024-1024-10
+#: batch 64 175-188 / 126-136, batch 256 188-193 / 95-116. (With 8 x 32 the tiled kernels
+#: had won up to batch 512: 784-512-512-10 batch 256 44 / 54.) Smaller networks take the
+#: fused batch or the tiled kernels.
+GEMM_FLOAT64 = (64, 2**18)
 #: The fused batch (nnjit.loops.fused: every layer of a batch in two parallel regions, the
 #: GEMM micro-kernel on panels packed on the way) for dense fits of a network of at most
 #: FUSED_MAX_WEIGHTS weights (all layers; 0: never) and FUSED_MAX_INPUTS inputs, at every

@@ -848,9 +848,10 @@ FUSED_NETS = [([37, 35, 33, 3], [TANH, A.SIGMOID, A.SOFTMAX], A.CROSS_ENTROPY),
               ([9, 34, 2], [GELU, A.CODES["identity"]], A.SQUARED_ERROR)]
 
 
-def _fused_epochs(net, dtype, batch_size, rule, mod, tile, par_work=0, epochs=2):
+def _fused_epochs(net, dtype, batch_size, rule, mod, tile, par_work=0, epochs=2, idle=False):
     """Two epochs of mod's compiled epoch on 50 weighted samples in a fixed order (the loop
-    form's scratch NaN where no one writes, so padding that leaked into a result shows)."""
+    form's scratch NaN where no one writes, so padding that leaked into a result shows);
+    idle: the first batch's samples weigh 0 (no update from it, its costs still counted)."""
     sizes, acts, loss = net
     shape, P = make_shape(sizes, acts)
     rng = np.random.default_rng(2)
@@ -863,6 +864,8 @@ def _fused_epochs(net, dtype, batch_size, rule, mod, tile, par_work=0, epochs=2)
          else rng.normal(size=(n, K)).astype(dtype))
     S = rng.uniform(0.2, 2.0, n).astype(dtype)
     order = rng.permutation(n).astype(np.int64)
+    if idle:
+        S[order[:batch_size]] = 0.0
     h = hyper(rule, eta=0.05, alpha=0.1)
     th, vel, sq, grad = theta.copy(), np.zeros(P, dtype), np.zeros(P, dtype), np.zeros(P, dtype)
     step = np.zeros(1, np.int64)
@@ -917,6 +920,20 @@ def test_fused_batch_bits_do_not_depend_on_threads_or_passes(dtype):
     for run in runs:
         for x, y in zip(ref, run):
             np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_fused_batch_with_a_batch_of_zero_weights(dtype):
+    """A batch whose samples all weigh 0 makes no update in the fused batch either (its costs
+    are still summed, its max |a - y| still counted): as the vectorised epoch."""
+    outs = [_fused_epochs(FUSED_NETS[1], dtype, 7, R.CODES["adam"], mod, FUSED_TILE, idle=True)
+            for mod in (loops, vectorised)]
+    assert outs[0][3][0] == 2 * 7       # updates: 8 batches an epoch, the idle one skipped
+    for x, y in zip(*outs):
+        if dtype == "float32":
+            np.testing.assert_allclose(x, y, rtol=1e-3, atol=1e-3)
+        else:
+            assert_close(x, y, dtype)
 
 
 def test_fused_batch_rejects_a_bad_loss_before_its_region():

@@ -345,19 +345,18 @@ def compile_plan(mode, first, dtype, own=False):
                                                                    A1, A1, A1, i, c)
     shape, _ = make_shape([1, 1], [0])
     St, Bt = typeof(shape), typeof(make_batch(shape, 1, dt))
+    region2 = (corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, i, c, i, i, t))
     if own:
         if mode != FUSED:
             return []
         Ht = typeof(Hyper(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0))
-        return [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, i, c, i, i, t)),
-                (sample_loss, (A1, A2, A2, A2, i, i)), (penalty_from, (A1, St, i)),
+        return [region2, (sample_loss, (A1, A2, A2, A2, i, i)), (penalty_from, (A1, St, i)),
                 (step_coefs, (i, Ht, i, f))]
     calls = []
     if first == SPARSE:
         calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
     if mode == FUSED:       # (the first region first: it takes the longer compile)
-        calls += [(corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, i, c, i, i, t)),
-                  (forward_backward_fused, (A1, St, Bt, i, i, f, i, i, t))]
+        calls += [region2, (forward_backward_fused, (A1, St, Bt, i, i, f, i, i, t))]
     elif mode == GEMM:
         calls += [(forward_layer_gemm, fwd[:6] + (A1, i, i)),
                   (backward_layer_gemm, bwd[:6] + (A1, i, i)),

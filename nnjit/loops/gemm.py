@@ -2,7 +2,7 @@
 samples or more) organised as high-performance matrix multiplication is (BLIS's loops around
 one micro-kernel): one operand packed into contiguous panels of
 NR = 32 columns (zero-padded), and nnjit.loops.microkernel.block summing an mr x 32 block of
-outputs in registers (AVX-512: 12 x 32 float32, 8 x 32 float64; otherwise 3 x 32) over a
+outputs in registers (AVX-512: 12 x 32 float32, 6 x 32 float64; otherwise 3 x 32) over a
 block of kc terms k while its panel (kc x 32) stays in L1. Each product
 is C[r, c] = sum_k A[r, k] B[k, c] with A's rows contiguous in k:
   feed-forward    z[m, j]   = sum_i a_prev[m, i] W[j, i]   A = a_prev, B = W^T packed

@@ -20,7 +20,7 @@ which stops the vectoriser. The function body below is written out by :func:`sou
 are too many to type); ``python -m nnjit.loops.microkernel`` rewrites it and a test checks it.
 
 On a CPU with AVX-512 (32 registers of 16 floats) the GEMM path runs ``block_wide`` instead:
-the same sums in the same order, 12 x 32 float32 (8 x 32 float64) written directly as 512-bit
+the same sums in the same order, 12 x 32 float32 (6 x 32 float64) written directly as 512-bit
 vector operations in LLVM IR (``_vector_block``), with the function attributes that let LLVM
 keep them 512 bits wide (its tuning for AVX-512 CPUs prefers 256). On the project's Sapphire
 Rapids, one core: block3 66 GFLOP/s float32, block_wide 142-153 (22 and 45-49 float64); its
@@ -287,8 +287,11 @@ def wide_cpu():
 
 
 #: rows of the AVX-512 kernel by dtype: 12 x 32 float32 sums are 24 of its 32 registers
-#: (measured, one core: 8 rows 135-138 GFLOP/s, 12 rows 142-153, 16 rows 126); float64 8
-#: rows (32 registers of sums, a few spilled: 45-49 GFLOP/s; 12 rows 36, 6 rows 42)
+#: (measured, one core: 8 rows 135-138 GFLOP/s, 12 rows 142-153, 16 rows 126); float64 6 x 32
+#: sums are 24 too (8 rows, 32 registers of sums, spilled: inside the fused batch's and the
+#: GEMM path's loops 6 rows 33-42 GMAC/s, 8 rows 23-31; with a 64-128-term panel in L1 both
+#: 84-96 GFLOP/s; earlier, at a 256-term kc whose float64 panel overflowed L1: 8 rows 45-49,
+#: 6 rows 42)
 MR_WIDE = {types.float32: 12, types.float64: 6}
 
 
@@ -381,7 +384,7 @@ def _vector_block(typingctx, C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):
 
 @jit(fastmath=_FLAGS, nogil=True, error_model="numpy", _nrt=False)
 def block_wide(C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):
-    """block3's sums for a block of r < nr <= MR_WIDE[dtype] rows (12 float32, 8 float64) x
+    """block3's sums for a block of r < nr <= MR_WIDE[dtype] rows (12 float32, 6 float64) x
     32, written as 512-bit vectors: the AVX-512 micro-kernel. (The same kernel written like
     block3, 8 x 32, compiled in 5.7 s against block3's 1.8: SLP packing 256 scalar sums.)"""
     _vector_block(C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add)
