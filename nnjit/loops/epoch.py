@@ -75,16 +75,16 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
     ahead = False          # online: is z^(1) of this sample already computed (fused)?
     if _MODE == FUSED:     # (the caller may have set the weights since the last epoch)
         pack_weights(theta, shape, bufs.p)
+        work = 0           # weights x samples of a batch, over the samples
+        for l in range(1, L + 1):
+            work += shape.sizes[l] * shape.sizes[l - 1]
+        # terms a pass: kc float32 rows of a panel fit L1, as many bytes of float64 (0: all)
+        kc = tile.gemm_kc * 4 // bufs.p.itemsize if tile.gemm_kc > 0 else 1 << 30
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
         load_batch(bufs, shape, X, Y, S, order, start, mb)
         if _MODE == FUSED:
-            work = 0
-            for l in range(1, L + 1):
-                work += shape.sizes[l] * shape.sizes[l - 1]
             serial = work * mb < par_work       # a parallel region costs more than its work
-            # terms a pass: kc float32 rows of a panel fit L1, as many bytes of float64 (0:
-            kc = tile.gemm_kc * 4 // bufs.p.itemsize if tile.gemm_kc > 0 else 1 << 30  # all)
             Sb = weight_sum(bufs.s[:mb])
             forward_backward_fused(theta, shape, bufs, mb, loss, Sb, tile.fused_rb, kc, serial)
         else:
@@ -115,7 +115,8 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
         aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
         y = targets(bufs, shape, mb)
         costs, sw = bufs.cost[:mb], bufs.s[:mb]
-        Sb = weight_sum(sw)
+        if _MODE != FUSED:      # (the fused batch's region 1 needed it already)
+            Sb = weight_sum(sw)
         if _MODE != FUSED or Sb <= 0.0:     # (the fused batch's second region computes them)
             emax = max(emax, sample_loss(costs, aL, zL, y, acts[L - 1], loss))
         ahead = False
