@@ -35,14 +35,13 @@ the panels of a^(l-1) (K = M rows of 32 inputs i) and DT, delta^(l) transposed (
 import numpy as np
 from numba import prange
 
-from ..activations import CROSS_ENTROPY, EXP, POISSON, SIGMOID, SOFTMAX, SQUARED_ERROR
 from ..jit import jit
 from .blocked import dot_rows_range
 from .gemm import gemm_rows, sum8
 from .microkernel import NR
 from .microkernel import rows as block_rows
-from .rows import apply_f, check_act, check_rule, cost, max_error, mul_fprime, output_error, \
-    rule_at, rule_row
+from .rows import apply_f, check_act, check_loss, check_rule, cost, max_error, mul_fprime, \
+    output_error, rule_at, rule_row
 from .views import OPTS, params, rows, targets
 
 
@@ -175,16 +174,6 @@ def _samples(theta, shape, bufs, mb, loss, S, m_lo, mc, kc):
         z_prev, a_prev = rows(bufs.z, shape, l - 1, mb), rows(bufs.a, shape, l - 1, mb)
         for m in range(m_lo, m_hi):
             mul_fprime(d_prev[m], z_prev[m], a_prev[m], shape.acts[l - 2])
-
-
-@jit(**OPTS)
-def check_loss(act, loss):
-    """Raise for a loss code, or a loss with an output it does not take, before the region
-    (nnjit.activations.cost raises the same inside it, where an exception does not reach
-    the caller as itself)."""
-    if not (loss == SQUARED_ERROR or (loss == CROSS_ENTROPY and (act == SOFTMAX or act == SIGMOID))
-            or (loss == POISSON and act == EXP)):
-        raise ValueError("unknown loss code, or a loss with an output it does not take")
 
 
 @jit(parallel=True, **OPTS)

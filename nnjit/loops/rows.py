@@ -17,6 +17,7 @@ zero check in the loop to stop the vectoriser; no reassoc, so softmax sums its r
 ``rule_row(rule, w, v, q, g, scale, an, c)``  the rule on a row, gradient scale g_i + an w_i
 ``rule_at(rule, w, v, q, j, d, c)``  the rule on element j with gradient d
 ``check_act(act)``, ``check_rule(rule)``  raise for a code not in its table
+``check_loss(act, loss)``  raise for a loss code, or an output act its entry does not take
 ======================  ==============================================================
 """
 import sys
@@ -114,6 +115,12 @@ max_error = _per_dtype(_act, "max_error", ("a", "y", "m"), 0, _ROW_OPTS)
 check_act = jit(**_ROW_OPTS)(switch(
     "check_act", ("act",), "act", [(a.code, ["return"]) for a in A.ACTIVATIONS], _UNKNOWN_ACT,
     {}, _HERE))
+_UNKNOWN_LOSS = ["raise ValueError('unknown loss code, or a loss with an output it does not "
+                 "take')"]
+check_loss = jit(**_ROW_OPTS)(switch(
+    "check_loss", ("act", "loss"), "loss",
+    [(x.code, ["if " + " or ".join(f"act == {A.CODES[o]}" for o in x.outputs) + ":", "    return"]
+      + _UNKNOWN_LOSS) for x in A.LOSS_TABLE], _UNKNOWN_LOSS, {}, _HERE))
 
 
 # ---------------------------------------------------------------- update rules
