@@ -992,9 +992,10 @@ def test_gemm_micro_kernel_vectorised(name):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_micro_kernels_give_the_same_bits(dtype):
-    """block3 and block_wide (the AVX2 and AVX-512 micro-kernels) sum every element in the
-    same order: equal bit for bit on whole and cut blocks, from 0 and going on from C (add),
-    so a result does not depend on the CPU's vector width."""
+    """block3, block_wide and block_wide_cut (the AVX2 and AVX-512 micro-kernels, the last
+    for panels cut by the edge of C: 1 to 4 vectors of sums) sum every element in the same
+    order: equal bit for bit on whole and cut blocks, from 0 and going on from C (add), so a
+    result does not depend on the CPU's vector width."""
     import numba
     from nnjit.loops import microkernel as mk
     u = np.uint64
@@ -1004,20 +1005,27 @@ def test_micro_kernels_give_the_same_bits(dtype):
     B = rng.normal(size=K * 32).astype(dtype)
     C0 = rng.normal(size=R * ld).astype(dtype)
     for nr, nc, add in [(24, 32, False), (24, 32, True), (13, 32, False), (3, 7, False),
-                        (1, 32, False), (8, 31, False), (12, 5, False)]:
+                        (1, 32, False), (8, 31, False), (12, 5, False), (7, 8, False),
+                        (6, 9, False), (5, 16, False), (13, 17, False), (6, 24, False),
+                        (11, 25, False)]:     # block_wide: 1, 2, 3 or 4 vectors of sums
         out = {}
         wide = mk.MR_WIDE[numba.from_dtype(np.dtype(dtype))]
-        for mr, fn in ((3, mk.block3), (wide, mk.block_wide)):
+        for name, mr, fn in (("3", 3, mk.block3), ("wide", wide, mk.block_wide),
+                             ("cut", wide, mk.block_wide_cut)):
+            if name == "cut" and nc == 32:
+                continue
             C = C0.copy()
             for r0 in range(0, nr, mr):     # as gemm_rows calls them: mr rows at a time
                 fn(C, u(r0 * ld), u(ld), min(mr, nr - r0), nc, A_, u(r0 * K), u(K), B, u(0), u(K),
                    add)
-            out[mr] = C
-        np.testing.assert_array_equal(out[3], out[wide])
+            out[name] = C
+        np.testing.assert_array_equal(out["3"], out["wide"])
+        if nc < 32:
+            np.testing.assert_array_equal(out["cut"], out["wide"])
         want = (C0.reshape(R, ld)[:nr, :nc] if add else 0) + (
             A_.reshape(R, K)[:nr].astype(np.float64) @ B.reshape(K, 32)[:, :nc])
-        assert_close(out[wide].reshape(R, ld)[:nr, :nc], want.astype(dtype), dtype)
-        np.testing.assert_array_equal(out[wide].reshape(R, ld)[nr:], C0.reshape(R, ld)[nr:])
+        assert_close(out["wide"].reshape(R, ld)[:nr, :nc], want.astype(dtype), dtype)
+        np.testing.assert_array_equal(out["wide"].reshape(R, ld)[nr:], C0.reshape(R, ld)[nr:])
 
 
 def test_micro_kernel_source_is_generated():

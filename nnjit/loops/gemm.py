@@ -23,7 +23,7 @@ from numba import prange
 from ..activations import SOFTMAX
 from ..jit import jit
 from .blocked import corr_rows_range, dot_rows_range
-from .microkernel import NR, block, rows
+from .microkernel import NR, block, block_cut, rows
 from .rows import apply_f, check_act, check_rule, mul_fprime, rule_at, rule_row
 from .views import OPTS
 
@@ -115,8 +115,12 @@ def gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, t_lo, t_hi, n, K, kc):
                         continue
                     kk = K
                 pb = u(t * K * NR + k0 * NR)
-                block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0), u(lda), P,
-                      pb, u(kk), k0 > 0)
+                if nc < NR:
+                    block_cut(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0),
+                              u(lda), P, pb, u(kk), k0 > 0)
+                else:
+                    block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0), u(lda),
+                          P, pb, u(kk), k0 > 0)
 
 
 #: parallel steps the feed-forward and the error recursion aim for (at least, while a batch
