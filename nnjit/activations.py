@@ -157,9 +157,10 @@ def softmax_row(a, z):
     zmax = z[0]
     for j in range(1, n):
         zmax = max(zmax, z[j])
+    for j in range(n):                  # (its own loop: the exps vectorise, the sum in
+        a[j] = exp(z[j] - zmax)         # order below cannot)
     s = ZERO
     for j in range(n):
-        a[j] = exp(z[j] - zmax)
         s += a[j]
     for j in range(n):
         q = a[j] / s
