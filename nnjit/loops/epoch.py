@@ -82,12 +82,15 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
         kc = tile.gemm_kc * 4 // bufs.p.itemsize if tile.gemm_kc > 0 else 1 << 30
     for start in range(0, n, batch_size):
         mb = min(batch_size, n - start)
-        load_batch(bufs, shape, X, Y, S, order, start, mb)
-        if _MODE == FUSED:
+        if _MODE == FUSED:      # (region 1 loads the batch: weight_sum's sum, from S)
             serial = work * mb < par_work       # a parallel region costs more than its work
-            Sb = weight_sum(bufs.s[:mb])
-            forward_backward_fused(theta, shape, bufs, mb, loss, Sb, tile.fused_rb, kc, serial)
+            Sb = 0.0
+            for m in range(mb):
+                Sb += S[order[start + m]]
+            forward_backward_fused(theta, shape, bufs, X, Y, S, order, start, mb, loss, Sb,
+                                   tile.fused_rb, kc, serial)
         else:
+            load_batch(bufs, shape, X, Y, S, order, start, mb)
             l0 = int(1)    # int(): a literal 1 passed on would compile another rows_rc
             if ahead:      # (l0 and mb are 1)
                 apply_f(rows(bufs.a, shape, l0, mb)[0], rows(bufs.z, shape, l0, mb)[0], acts[0])
@@ -357,7 +360,8 @@ def compile_plan(mode, first, dtype, own=False):
     if first == SPARSE:
         calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
     if mode == FUSED:       # (the first region first: it takes the longer compile)
-        calls += [region2, (forward_backward_fused, (A1, St, Bt, i, i, f, i, i, t))]
+        calls += [region2, (forward_backward_fused, (A1, St, Bt, A2, A2, A1, I1, i, i, i, f, i,
+                                                     i, t))]
     elif mode == GEMM:
         calls += [(forward_layer_gemm, fwd[:6] + (A1, i, i)),
                   (backward_layer_gemm, bwd[:6] + (A1, i, i)),

@@ -7,7 +7,9 @@ cache (scikit-learn's defaults: 64-100-10 or 100-100-1 at batch 200) that cost m
 products. Here a batch is:
 
 1. ``forward_backward_fused``, prange over steps of samples m (a step owns their rows): the
-   feed-forward z_j = sum_i w_ij a_i + b_j, a_j = f(z_j) of every layer, the output error
+   samples' inputs, targets and weights loaded (each core loads the rows it works on, instead
+   of one core loading the batch before the region: 4-5 us a batch of 200 serially, and the
+   rows then crossed to the other core's cache), the feed-forward z_j = sum_i w_ij a_i + b_j, a_j = f(z_j) of every layer, the output error
    delta^L, then the error recursion delta_j = f'(z_j) sum_k w_jk delta_k down to layer 1;
    on the way each step writes its rows of a^(l-1) and its columns of delta^(l) into the
    panels region 2 reads;
@@ -111,9 +113,9 @@ def pack_weights(theta, shape, P):
 
 
 @jit(**OPTS)
-def _samples(theta, shape, bufs, mb, loss, S, m_lo, mc, kc):
+def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, mc, kc):
     """forward_backward_fused's step: the samples m_lo .. m_lo + mc - 1 (those below mb)
-    through every layer and back (see the module docstring)."""
+    loaded, through every layer and back (see the module docstring)."""
     u = np.uint64
     P = bufs.p
     sizes = shape.sizes
@@ -121,6 +123,15 @@ def _samples(theta, shape, bufs, mb, loss, S, m_lo, mc, kc):
     M = mb
     m_hi = min(mb, m_lo + mc)
     cap = bufs.a.shape[0] // shape.a_off[-1]
+    D, K = u(X.shape[1]), u(Y.shape[1])         # load_batch's copies, for these rows
+    for m in range(u(m_lo), u(m_hi)):
+        r = u(order[start + m])
+        o = u(shape.a_off[0] * cap) + m * D
+        for i in range(D):
+            bufs.a[o + i] = X[r, i]
+        for k in range(K):
+            bufs.y[m * K + k] = Y[r, k]
+        bufs.s[m] = Sw[r]
     for l in range(1, L + 1):                           # feed-forward
         n_in, n_out = sizes[l - 1], sizes[l]
         fw, _, ap, _, _, _ = fused_offsets(sizes, M, l)
@@ -177,15 +188,17 @@ def _samples(theta, shape, bufs, mb, loss, S, m_lo, mc, kc):
 
 
 @jit(parallel=True, **OPTS)
-def forward_backward_fused(theta, shape, bufs, mb, loss, S, rb, kc, serial):
-    """Region 1 of a fused batch: feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j) of
+def forward_backward_fused(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, rb, kc,
+                           serial):
+    """Region 1 of a fused batch: the samples order[start:start+mb] loaded (as
+    nnjit.loops.load_batch: rows of X, Y, Sw into layer 0, bufs.y, bufs.s), feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j) of
     every layer, delta^L = dC/dz^L times the weight factor s_m M / S (see
     nnjit.loops.reference.output_error), and the error recursion
     delta_j = f'(z_j) sum_k w_jk delta_k for l = L .. 2.
 
-    theta (P,) the parameters; shape, bufs: the layout and the batch (samples 0..mb-1 loaded
-    in layer 0, weights s, targets y; bufs.p holding FW and BW); loss: the loss code; S =
-    sum_m s_m. prange over steps of rb mr samples (mr = microkernel.rows), a step owning
+    theta (P,) the parameters; shape, bufs: the layout and the batch (bufs.p holding FW and
+    BW); X (n, N_0), Y (n, K), Sw (n,): the fit's inputs, targets, sample weights; loss: the
+    loss code; S = sum_m s_m of the batch. prange over steps of rb mr samples (mr = microkernel.rows), a step owning
     their rows of z, a, delta and their columns of AP and DT; kc terms a pass of the
     micro-kernel. serial: the steps one after another, no region (it costs more than a tiny
     network's batch: the caller decides).
@@ -197,10 +210,11 @@ def forward_backward_fused(theta, shape, bufs, mb, loss, S, rb, kc, serial):
     n = (mb + mc - 1) // mc
     if serial:
         for q in range(n):
-            _samples(theta, shape, bufs, mb, loss, S, q * mc, mc, kc)
+            _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, q * mc, mc, kc)
     else:
         for q in prange(n):
-            _samples(theta, shape, bufs, mb, loss, S, np.int64(q) * mc, mc, kc)
+            _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, np.int64(q) * mc,
+                     mc, kc)
 
 
 @jit(**OPTS)
