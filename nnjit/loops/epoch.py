@@ -383,8 +383,10 @@ def compile_plan(mode, first, dtype, own=False):
     if first == SPARSE:
         calls += [(sparse_corrections, (A2, A1, I1, i, A2, I1, I1, A1, I1, i)),
                   (dense_rule, (A2, A2, A2, A2, I1, i, A1, F1, f, f, i, c))]
-    predict = (forward, (A1, St, Bt, i, types.boolean, i, i))
-    return calls[::-1] + [predict]
+    predict = [(forward, (A1, St, Bt, i, types.boolean, i, i))]
+    if mode == FUSED:       # (the other twins compile load_batch with themselves)
+        predict.append((load_batch, (Bt, St, A2, A2, A1, I1, i, i)))
+    return calls[::-1] + predict
 
 
 def zero_inputs(dtype):

@@ -44,7 +44,7 @@ from .microkernel import NR
 from .microkernel import rows as block_rows
 from .rows import apply_f, check_act, check_loss, check_rule, cost, max_error, mul_fprime, \
     output_error, rule_at, rule_row
-from .views import OPTS, params, rows, targets
+from .views import OPTS, params
 
 
 @jit(**OPTS)
@@ -123,45 +123,45 @@ def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, mc, 
     M = mb
     m_hi = min(mb, m_lo + mc)
     cap = bufs.a.shape[0] // shape.a_off[-1]
-    D, K = u(X.shape[1]), u(Y.shape[1])         # load_batch's copies, for these rows
+    D, ny = u(X.shape[1]), u(Y.shape[1])        # load_batch's copies, for these rows
     for m in range(u(m_lo), u(m_hi)):
         r = u(order[start + m])
         o = u(shape.a_off[0] * cap) + m * D
         for i in range(D):
             bufs.a[o + i] = X[r, i]
-        for k in range(K):
-            bufs.y[m * K + k] = Y[r, k]
+        for k in range(ny):
+            bufs.y[m * ny + k] = Y[r, k]
         bufs.s[m] = Sw[r]
     for l in range(1, L + 1):                           # feed-forward
         n_in, n_out = sizes[l - 1], sizes[l]
         fw, _, ap, _, _, _ = fused_offsets(sizes, M, l)
-        a_prev = rows(bufs.a, shape, l - 1, mb)
-        ao = shape.a_off[l - 1] * cap
+        ao, zo = shape.a_off[l - 1] * cap, shape.a_off[l] * cap
+        bo, wo = shape.b_off[l - 1], shape.w_off[l - 1]
         for m in range(m_lo, m_hi):                     # a^(l-1) into AP for the corrections
             for t in range((n_in + NR - 1) // NR):      # (unsigned offsets: no wraparound
                 o, x = u(ap + t * M * NR + m * NR), u(ao + m * n_in + NR * t)   # check)
                 for i in range(u(min(NR, n_in - NR * t))):
                     P[o + i] = bufs.a[x + i]
-        _, b = params(theta, shape, l)
-        z, a = rows(bufs.z, shape, l, mb), rows(bufs.a, shape, l, mb)
         if n_out < NR:      # a narrow layer (an output layer of 10): the tiled loops (a
-            W, _ = params(theta, shape, l)     # panel would be mostly padding)
+            W = theta[wo:wo + n_out * n_in].reshape((n_out, n_in))   # panel would be mostly
+            a_prev = bufs.a[ao:ao + mb * n_in].reshape((mb, n_in))   # padding)
+            z = bufs.z[zo:zo + mb * n_out].reshape((mb, n_out))
             for m0 in range(m_lo, m_hi, 4):
-                dot_rows_range(z, a_prev, W, b, m0, min(4, m_hi - m0), int(0), n_out)
+                dot_rows_range(z, a_prev, W, theta[bo:bo + n_out], m0, min(4, m_hi - m0),
+                               int(0), n_out)
         else:               # z rows = a^(l-1) rows x W^T (FW's panels)
-            zf = bufs.z[shape.a_off[l] * cap:shape.a_off[l] * cap + mb * n_out]
-            af = bufs.a[shape.a_off[l - 1] * cap:shape.a_off[l - 1] * cap + mb * n_in]
             nt = (n_out + NR - 1) // NR
-            gemm_rows(zf, n_out, af, n_in, P[fw:fw + nt * NR * n_in], m_lo, m_hi, int(0), nt,
-                      n_out, n_in, kc)
-            for m in range(m_lo, m_hi):
-                for j in range(n_out):
-                    z[m, j] += b[j]
-        for m in range(m_lo, m_hi):
-            apply_f(a[m], z[m], shape.acts[l - 1])
-    aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
-    y = targets(bufs, shape, mb)
-    delta = rows(bufs.delta, shape, L, mb)
+            gemm_rows(bufs.z[zo:zo + mb * n_out], n_out, bufs.a[ao:ao + mb * n_in], n_in,
+                      P[fw:fw + nt * NR * n_in], m_lo, m_hi, int(0), nt, n_out, n_in, kc)
+            for m in range(u(m_lo), u(m_hi)):
+                for j in range(u(n_out)):
+                    bufs.z[u(zo) + m * u(n_out) + j] += theta[u(bo) + j]
+        for m in range(m_lo, m_hi):     # (flat offsets here, not the rows/params views:
+            x = zo + m * n_out          # each inlined view was ~0.1 s of this region's compile)
+            apply_f(bufs.a[x:x + n_out], bufs.z[x:x + n_out], shape.acts[l - 1])
+    K, lo = sizes[L], shape.a_off[L] * cap
+    aL, zL = bufs.a[lo:lo + mb * K].reshape((mb, K)), bufs.z[lo:lo + mb * K].reshape((mb, K))
+    delta, y = bufs.delta[lo:lo + mb * K].reshape((mb, K)), bufs.y[:mb * K].reshape((mb, K))
     act = shape.acts[L - 1]
     for m in range(m_lo, m_hi):                         # delta^L
         w = delta.dtype.type(bufs.s[m] * M / S if S > 0 else 0.0)
@@ -169,22 +169,20 @@ def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, mc, 
     for l in range(L, 0, -1):                           # error recursion
         n_in, n_out = sizes[l - 1], sizes[l]
         _, bw, _, dt, _, _ = fused_offsets(sizes, M, l)
-        do = shape.a_off[l] * cap
+        do, po = shape.a_off[l] * cap, shape.a_off[l - 1] * cap
         for j in range(n_out):                          # delta^(l) into DT for the corrections
             o = u(dt + j * M)
             for m in range(u(m_lo), u(m_hi)):
                 P[o + m] = bufs.delta[u(do + j) + m * u(n_out)]
         if l == 1:
             break
-        d_prev = rows(bufs.delta, shape, l - 1, mb)
-        df = bufs.delta[shape.a_off[l] * cap:shape.a_off[l] * cap + mb * n_out]
-        pf = bufs.delta[shape.a_off[l - 1] * cap:shape.a_off[l - 1] * cap + mb * n_in]
         nt = (n_in + NR - 1) // NR       # delta^(l-1) rows = delta^(l) rows x W (BW's panels)
-        gemm_rows(pf, n_in, df, n_out, P[bw:bw + nt * NR * n_out], m_lo, m_hi, int(0), nt, n_in,
-                  n_out, kc)
-        z_prev, a_prev = rows(bufs.z, shape, l - 1, mb), rows(bufs.a, shape, l - 1, mb)
+        gemm_rows(bufs.delta[po:po + mb * n_in], n_in, bufs.delta[do:do + mb * n_out], n_out,
+                  P[bw:bw + nt * NR * n_out], m_lo, m_hi, int(0), nt, n_in, n_out, kc)
         for m in range(m_lo, m_hi):
-            mul_fprime(d_prev[m], z_prev[m], a_prev[m], shape.acts[l - 2])
+            x = po + m * n_in
+            mul_fprime(bufs.delta[x:x + n_in], bufs.z[x:x + n_in], bufs.a[x:x + n_in],
+                       shape.acts[l - 2])
 
 
 @jit(parallel=True, **OPTS)
@@ -226,8 +224,9 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, q, n, ju, kc):
     sizes = shape.sizes
     L = sizes.shape[0] - 1
     M = mb
-    aL, zL = rows(bufs.a, shape, L, mb), rows(bufs.z, shape, L, mb)
-    y = targets(bufs, shape, mb)
+    K, lo = sizes[L], shape.a_off[L] * (bufs.a.shape[0] // shape.a_off[-1])
+    aL, zL = bufs.a[lo:lo + mb * K].reshape((mb, K)), bufs.z[lo:lo + mb * K].reshape((mb, K))
+    y = bufs.y[:mb * K].reshape((mb, K))    # (flat offsets, not the views: see _samples)
     act = shape.acts[L - 1]
     err = fused_offsets(sizes, M, L)[4]
     for m in range(M * q // n, M * (q + 1) // n):          # C_m and max_k |a_k - y_k|
@@ -241,21 +240,21 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, q, n, ju, kc):
     j_lo = q * ju
     j_hi = min(n_out, j_lo + ju)
     fw, bw, ap, dt, _, _ = fused_offsets(sizes, M, l)
-    W, b = params(theta, shape, l)
-    vW, vb = params(vel, shape, l)
-    sW, sb = params(sq, shape, l)
-    dW, db = params(grad, shape, l)
+    wo, bo = shape.w_off[l - 1], shape.b_off[l - 1]
     nt = (n_in + NR - 1) // NR      # dW rows = delta^T rows x a^(l-1) (AP's panels)
-    wo = shape.w_off[l - 1]
     gemm_rows(grad[wo:wo + n_out * n_in], n_in, P[dt:dt + n_out * M], M, P[ap:ap + nt * NR * M],
               j_lo, j_hi, int(0), nt, n_in, M, kc)
     for j in range(j_lo, j_hi):
-        db[j] = sum8(P, dt + j * M, M)                    # db_j = sum_m delta_mj
+        grad[bo + j] = sum8(P, dt + j * M, M)             # db_j = sum_m delta_mj
     s = 1.0 / M
+    b, vb, sb = theta[bo:bo + n_out], vel[bo:bo + n_out], sq[bo:bo + n_out]
+    W = theta[wo:wo + n_out * n_in].reshape((n_out, n_in))
     for j in range(j_lo, j_hi):
-        rule_row(rule, W[j], vW[j], sW[j], dW[j], s, c.alpha_n, c)
-        db[j] *= W.dtype.type(s)
-        rule_at(rule, b, vb, sb, j, db[j], c)
+        x = wo + j * n_in
+        rule_row(rule, theta[x:x + n_in], vel[x:x + n_in], sq[x:x + n_in], grad[x:x + n_in], s,
+                 c.alpha_n, c)
+        grad[bo + j] *= theta.dtype.type(s)
+        rule_at(rule, b, vb, sb, j, grad[bo + j], c)
         _pack_row(P, fw, bw, W, j, n_out >= NR, l >= 2)
 
 

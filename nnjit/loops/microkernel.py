@@ -355,9 +355,11 @@ def _vector_codegen(cut, C, c0, ldc, nr, nc, A, a0, lda, B, b0, K, add):
                     v = builder.load(ptr(pc, builder.add(crow[r], const(h * lanes)), vty), align=size)
                     builder.store(v, acc[r][h])
         need = builder.udiv(builder.add(nc64, const(lanes - 1)), const(lanes))
-        for nvk in (range(nv, 0, -1) if cut else [nv]):
+        # cut: loops of 1 and 2 vectors, else every vector (each loop is compile time in every
+        # kernel that calls this one)
+        for nvk in ([nv] + list(range(min(2, nv - 1), 0, -1)) if cut else [nv]):
             hit = (ir.Constant(ir.IntType(1), 1) if not cut     # every vector, whatever nc
-                   else builder.icmp_signed(">=", need, const(nv)) if nvk == nv
+                   else builder.icmp_signed(">", need, const(min(2, nv - 1))) if nvk == nv
                    else builder.icmp_signed("==", need, const(nvk)))
             with builder.if_then(hit), cgutils.for_range(builder, K_) as loop:
                 k = loop.index
