@@ -980,7 +980,7 @@ def test_gemm_micro_kernel_vectorised(name):
     mr = 3 if name == "block3" else 12
     u = np.uint64
     C, A_, B = np.zeros(mr * 40, np.float32), np.ones(mr * 64, np.float32), np.ones(64 * 32, np.float32)
-    fn(C, u(0), u(40), mr, 32, A_, u(0), u(64), B, u(0), u(64), False)
+    fn(C, u(0), u(40), mr, 32, A_, u(0), u(64), u(1), B, u(0), u(64), False)
     np.testing.assert_array_equal(C.reshape(mr, 40)[:, :32], 64.0)
     assert nconfig.SLP_VECTORIZE == 0                  # switched on for that compile only
     asm = "\n".join(fn.inspect_asm().values())
@@ -995,13 +995,16 @@ def test_micro_kernels_give_the_same_bits(dtype):
     """block3, block_wide and block_wide_cut (the AVX2 and AVX-512 micro-kernels, the last
     for panels cut by the edge of C: 1 to 4 vectors of sums) sum every element in the same
     order: equal bit for bit on whole and cut blocks, from 0 and going on from C (add), so a
-    result does not depend on the CPU's vector width."""
+    result does not depend on the CPU's vector width. Each also reads A transposed in place
+    (row stride 1, k stride R: delta^T from delta, the fused batch's corrections) to the
+    same bits."""
     import numba
     from nnjit.loops import microkernel as mk
     u = np.uint64
     rng = np.random.default_rng(3)
     K, ld, R = 37, 45, 24         # add: whole blocks only (as gemm_rows): 24 = 3, 8, 12 x k
     A_ = rng.normal(size=R * K).astype(dtype)
+    AT = np.ascontiguousarray(A_.reshape(R, K).T).ravel()     # (K, R): A's transpose
     B = rng.normal(size=K * 32).astype(dtype)
     C0 = rng.normal(size=R * ld).astype(dtype)
     for nr, nc, add in [(24, 32, False), (24, 32, True), (13, 32, False), (3, 7, False),
@@ -1014,10 +1017,13 @@ def test_micro_kernels_give_the_same_bits(dtype):
                              ("cut", wide, mk.block_wide_cut)):
             if name == "cut" and nc == 32:
                 continue
-            C = C0.copy()
+            C, CT = C0.copy(), C0.copy()
             for r0 in range(0, nr, mr):     # as gemm_rows calls them: mr rows at a time
-                fn(C, u(r0 * ld), u(ld), min(mr, nr - r0), nc, A_, u(r0 * K), u(K), B, u(0), u(K),
-                   add)
+                fn(C, u(r0 * ld), u(ld), min(mr, nr - r0), nc, A_, u(r0 * K), u(K), u(1), B, u(0),
+                   u(K), add)
+                fn(CT, u(r0 * ld), u(ld), min(mr, nr - r0), nc, AT, u(r0), u(1), u(R), B, u(0),
+                   u(K), add)
+            np.testing.assert_array_equal(CT, C)
             out[name] = C
         np.testing.assert_array_equal(out["3"], out["wide"])
         if nc < 32:

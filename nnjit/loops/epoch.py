@@ -135,7 +135,7 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
             if _MODE == FUSED:
                 corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c,
                                          tile.fused_rb, kc, serial)
-                err = fused_offsets(shape.sizes, mb, L)[4]
+                err = fused_offsets(shape.sizes, mb, L)[3]
                 for m in range(mb):
                     emax = max(emax, bufs.p[err + m])
         bc = 0.0

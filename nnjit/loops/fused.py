@@ -9,10 +9,11 @@ products. Here a batch is:
 1. ``forward_backward_fused``, prange over steps of samples m (a step owns their rows): the
    samples' inputs, targets and weights loaded (each core loads the rows it works on, instead
    of one core loading the batch before the region: 4-5 us a batch of 200 serially, and the
-   rows then crossed to the other core's cache), the feed-forward z_j = sum_i w_ij a_i + b_j, a_j = f(z_j) of every layer, the output error
-   delta^L, then the error recursion delta_j = f'(z_j) sum_k w_jk delta_k down to layer 1;
-   on the way each step writes its rows of a^(l-1) and its columns of delta^(l) into the
-   panels region 2 reads;
+   rows then crossed to the other core's cache), the feed-forward z_j = sum_i w_ij a_i + b_j,
+   a_j = f(z_j) of every layer, the output error delta^L, then the error recursion
+   delta_j = f'(z_j) sum_k w_jk delta_k down to layer 1; on the way each step writes its
+   rows of a^(l-1) into the panels region 2 reads (and its rows of delta^(l), which region 2
+   reads in place as delta^T: the micro-kernel's k stride);
 2. ``corrections_update_fused``, prange over steps of units j of every layer (a step owns
    their rows of W, v, q, dW and their biases): dw_ij = mean_m a_i delta_j + alpha_n w_ij,
    db_j = mean_m delta_j, the update rule, and the updated rows packed again for the next
@@ -31,7 +32,7 @@ path's, whose sums vectorise along k).
 The scratch ``P`` (nnjit.layout.Batch.p; :func:`fused_scratch` elements) holds, for each layer
 l: FW, the panels of W^T (K = N_{l-1} rows of 32 units j); BW (l >= 2), the panels of W (K =
 N_l rows of 32 inputs j); then the batch's max |a - y| per sample; then for each layer AP,
-the panels of a^(l-1) (K = M rows of 32 inputs i) and DT, delta^(l) transposed (N_l, M).
+the panels of a^(l-1) (K = M rows of 32 inputs i).
 :func:`pack_weights` fills FW and BW from theta at the start of an epoch.
 """
 import numpy as np
@@ -50,7 +51,7 @@ from .views import OPTS, params
 @jit(**OPTS)
 def fused_offsets(sizes, M, l):
     """Where layer l's pieces of the scratch start (see the module docstring): (FW, BW, AP,
-    DT, errors, end) for a batch of M samples; l = sizes' length gives the end of it all."""
+    errors, end) for a batch of M samples; l = sizes' length gives the end of it all."""
     L = sizes.shape[0] - 1
     o = 0
     fw = bw = 0
@@ -64,22 +65,19 @@ def fused_offsets(sizes, M, l):
             o += (sizes[k - 1] + NR - 1) // NR * NR * sizes[k]
     err = o
     o += M
-    ap = dt = o
+    ap = o
     for k in range(1, L + 1):            # the batch's panels
         if k == l:
             ap = o
         o += (sizes[k - 1] + NR - 1) // NR * NR * M
-        if k == l:
-            dt = o
-        o += sizes[k] * M
-    return fw, bw, ap, dt, err, o
+    return fw, bw, ap, err, o
 
 
 def fused_scratch(sizes, M):
     """Scratch elements the fused batch needs for a network of these sizes at batch M
     (fused_offsets run as Python: a first fit asks before anything is compiled)."""
     sizes = np.asarray(sizes, np.int64)
-    return int(fused_offsets.py_func(sizes, int(M), sizes.shape[0])[5])
+    return int(fused_offsets.py_func(sizes, int(M), sizes.shape[0])[4])
 
 
 @jit(**OPTS)
@@ -107,7 +105,7 @@ def pack_weights(theta, shape, P):
     L = shape.sizes.shape[0] - 1
     for l in range(1, L + 1):
         W, _ = params(theta, shape, l)
-        fw, bw, _, _, _, _ = fused_offsets(shape.sizes, int(0), l)
+        fw, bw, _, _, _ = fused_offsets(shape.sizes, int(0), l)
         for j in range(W.shape[0]):      # (a narrow layer's FW: unused)
             _pack_row(P, fw, bw, W, j, W.shape[0] >= NR, l >= 2)
 
@@ -134,7 +132,7 @@ def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, mc, 
         bufs.s[m] = Sw[r]
     for l in range(1, L + 1):                           # feed-forward
         n_in, n_out = sizes[l - 1], sizes[l]
-        fw, _, ap, _, _, _ = fused_offsets(sizes, M, l)
+        fw, _, ap, _, _ = fused_offsets(sizes, M, l)
         ao, zo = shape.a_off[l - 1] * cap, shape.a_off[l] * cap
         bo, wo = shape.b_off[l - 1], shape.w_off[l - 1]
         for m in range(m_lo, m_hi):                     # a^(l-1) into AP for the corrections
@@ -152,7 +150,7 @@ def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, mc, 
         else:               # z rows = a^(l-1) rows x W^T (FW's panels)
             nt = (n_out + NR - 1) // NR
             gemm_rows(bufs.z[zo:zo + mb * n_out], n_out, bufs.a[ao:ao + mb * n_in], n_in,
-                      P[fw:fw + nt * NR * n_in], m_lo, m_hi, int(0), nt, n_out, n_in, kc)
+                      int(1), P[fw:fw + nt * NR * n_in], m_lo, m_hi, int(0), nt, n_out, n_in, kc)
             for m in range(u(m_lo), u(m_hi)):
                 for j in range(u(n_out)):
                     bufs.z[u(zo) + m * u(n_out) + j] += theta[u(bo) + j]
@@ -168,17 +166,13 @@ def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, mc, 
         output_error(delta, aL, zL, y, m, act, loss, w)
     for l in range(L, 0, -1):                           # error recursion
         n_in, n_out = sizes[l - 1], sizes[l]
-        _, bw, _, dt, _, _ = fused_offsets(sizes, M, l)
-        do, po = shape.a_off[l] * cap, shape.a_off[l - 1] * cap
-        for j in range(n_out):                          # delta^(l) into DT for the corrections
-            o = u(dt + j * M)
-            for m in range(u(m_lo), u(m_hi)):
-                P[o + m] = bufs.delta[u(do + j) + m * u(n_out)]
         if l == 1:
             break
+        bw = fused_offsets(sizes, M, l)[1]
+        do, po = shape.a_off[l] * cap, shape.a_off[l - 1] * cap
         nt = (n_in + NR - 1) // NR       # delta^(l-1) rows = delta^(l) rows x W (BW's panels)
         gemm_rows(bufs.delta[po:po + mb * n_in], n_in, bufs.delta[do:do + mb * n_out], n_out,
-                  P[bw:bw + nt * NR * n_out], m_lo, m_hi, int(0), nt, n_in, n_out, kc)
+                  int(1), P[bw:bw + nt * NR * n_out], m_lo, m_hi, int(0), nt, n_in, n_out, kc)
         for m in range(m_lo, m_hi):
             x = po + m * n_in
             mul_fprime(bufs.delta[x:x + n_in], bufs.z[x:x + n_in], bufs.a[x:x + n_in],
@@ -189,15 +183,15 @@ def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, mc, 
 def forward_backward_fused(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, rb, kc,
                            serial):
     """Region 1 of a fused batch: the samples order[start:start+mb] loaded (as
-    nnjit.loops.load_batch: rows of X, Y, Sw into layer 0, bufs.y, bufs.s), feed-forward z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j) of
-    every layer, delta^L = dC/dz^L times the weight factor s_m M / S (see
-    nnjit.loops.reference.output_error), and the error recursion
-    delta_j = f'(z_j) sum_k w_jk delta_k for l = L .. 2.
+    nnjit.loops.load_batch: rows of X, Y, Sw into layer 0, bufs.y, bufs.s), feed-forward
+    z_j = sum_i w_ij a_i + b_j ; a_j = f(z_j) of every layer, delta^L = dC/dz^L times the
+    weight factor s_m M / S (see nnjit.loops.reference.output_error), and the error
+    recursion delta_j = f'(z_j) sum_k w_jk delta_k for l = L .. 2.
 
     theta (P,) the parameters; shape, bufs: the layout and the batch (bufs.p holding FW and
     BW); X (n, N_0), Y (n, K), Sw (n,): the fit's inputs, targets, sample weights; loss: the
-    loss code; S = sum_m s_m of the batch. prange over steps of rb mr samples (mr = microkernel.rows), a step owning
-    their rows of z, a, delta and their columns of AP and DT; kc terms a pass of the
+    loss code; S = sum_m s_m of the batch. prange over steps of rb mr samples (mr =
+    microkernel.rows), a step owning their rows of z, a, delta and AP; kc terms a pass of the
     micro-kernel. serial: the steps one after another, no region (it costs more than a tiny
     network's batch: the caller decides).
     """
@@ -228,7 +222,7 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, q, n, ju, kc):
     aL, zL = bufs.a[lo:lo + mb * K].reshape((mb, K)), bufs.z[lo:lo + mb * K].reshape((mb, K))
     y = bufs.y[:mb * K].reshape((mb, K))    # (flat offsets, not the views: see _samples)
     act = shape.acts[L - 1]
-    err = fused_offsets(sizes, M, L)[4]
+    err = fused_offsets(sizes, M, L)[3]
     for m in range(M * q // n, M * (q + 1) // n):          # C_m and max_k |a_k - y_k|
         bufs.cost[m] = cost(aL, zL, y, m, act, loss)
         P[err + m] = max_error(aL, y, m)
@@ -239,13 +233,15 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, q, n, ju, kc):
     n_in, n_out = sizes[l - 1], sizes[l]
     j_lo = q * ju
     j_hi = min(n_out, j_lo + ju)
-    fw, bw, ap, dt, _, _ = fused_offsets(sizes, M, l)
+    fw, bw, ap, _, _ = fused_offsets(sizes, M, l)
+    do = shape.a_off[l] * (bufs.a.shape[0] // shape.a_off[-1])
     wo, bo = shape.w_off[l - 1], shape.b_off[l - 1]
     nt = (n_in + NR - 1) // NR      # dW rows = delta^T rows x a^(l-1) (AP's panels)
-    gemm_rows(grad[wo:wo + n_out * n_in], n_in, P[dt:dt + n_out * M], M, P[ap:ap + nt * NR * M],
+    D = bufs.delta[do:do + M * n_out]     # delta^T: row j at j, k (= m) stride n_out
+    gemm_rows(grad[wo:wo + n_out * n_in], n_in, D, int(1), n_out, P[ap:ap + nt * NR * M],
               j_lo, j_hi, int(0), nt, n_in, M, kc)
     for j in range(j_lo, j_hi):
-        grad[bo + j] = sum8(P, dt + j * M, M)             # db_j = sum_m delta_mj
+        grad[bo + j] = sum8(D, j, M, n_out)               # db_j = sum_m delta_mj
     s = 1.0 / M
     b, vb, sb = theta[bo:bo + n_out], vel[bo:bo + n_out], sq[bo:bo + n_out]
     W = theta[wo:wo + n_out * n_in].reshape((n_out, n_in))
@@ -268,7 +264,8 @@ def corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, 
     ~5 % of a batch of scikit-learn's defaults serially).
 
     theta, vel, sq, grad (P,): parameters, optimizer state, scratch (grad's contents
-    afterwards unspecified); bufs.p holding the batch's AP and DT (region 1); loss: the loss
+    afterwards unspecified); bufs.p holding the batch's AP, bufs.delta its errors (region
+    1); loss: the loss
     code; rule, c: the update rule's code and this step's Coefs. prange over steps of rb mr
     units j of layer 1, then of layer 2, ..., a step owning their rows and an n-th of the
     samples' costs; kc, serial: as in forward_backward_fused.

@@ -92,14 +92,15 @@ def _transpose_rows(D, off, X, m_lo, m_hi):
 
 
 @jit(**OPTS)
-def gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, t_lo, t_hi, n, K, kc):
+def gemm_rows(C, ldc, A, lda, ka, P, r_lo, r_hi, t_lo, t_hi, n, K, kc):
     """C[r, c] = sum_k A[r, k] B[k, c] for rows r_lo <= r < r_hi and the columns c < n of
-    panels t_lo <= t < t_hi; C, A flat with
-    row strides ldc, lda; B (K x n) packed in panels of NR columns in P (_pack_rows). Blocks
-    of kc terms k (the first block writes C, later ones go on from it), panels of NR columns,
-    and micro-kernel calls of mr rows (microkernel.rows), in that loop order: a panel's kc x NR block is reused
-    by every row block of the range while it is in L1. A block cut by the edge of C (fewer
-    rows or columns) sums all K terms in its first call."""
+    panels t_lo <= t < t_hi; C, A flat with row strides ldc, lda, A's k stride ka (1: A's
+    rows; lda 1 and ka its row length: the transpose of a row-major array, read in place);
+    B (K x n) packed in panels of NR columns in P (_pack_rows). Blocks of kc terms k (the
+    first block writes C, later ones go on from it), panels of NR columns, and micro-kernel
+    calls of mr rows (microkernel.rows), in that loop order: a panel's kc x NR block is
+    reused by every row block of the range while it is in L1. A block cut by the edge of C
+    (fewer rows or columns) sums all K terms in its first call."""
     mr = rows(C)
     u = np.uint64
     nkb = (K + kc - 1) // kc
@@ -116,11 +117,11 @@ def gemm_rows(C, ldc, A, lda, P, r_lo, r_hi, t_lo, t_hi, n, K, kc):
                     kk = K
                 pb = u(t * K * NR + k0 * NR)
                 if nc < NR:
-                    block_cut(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0),
-                              u(lda), P, pb, u(kk), k0 > 0)
+                    block_cut(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A,
+                              u(r0 * lda + k0 * ka), u(lda), u(ka), P, pb, u(kk), k0 > 0)
                 else:
-                    block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0), u(lda),
-                          P, pb, u(kk), k0 > 0)
+                    block(C, u(r0 * ldc + NR * t), u(ldc), nr, nc, A, u(r0 * lda + k0 * ka),
+                          u(lda), u(ka), P, pb, u(kk), k0 > 0)
 
 
 #: parallel steps the feed-forward and the error recursion aim for (at least, while a batch
@@ -173,7 +174,7 @@ def forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
         if narrow:
             dot_rows_range(z, a_prev, W, b, m_lo, m_hi - m_lo, int(0), n_out)
         else:
-            gemm_rows(zf, n_out, af, n_in, P, m_lo, m_hi, t_lo, t_hi, n_out, n_in, kc)
+            gemm_rows(zf, n_out, af, n_in, int(1), P, m_lo, m_hi, t_lo, t_hi, n_out, n_in, kc)
             for m in range(m_lo, m_hi):
                 for j in range(c_lo, c_hi):
                     z[m, j] += b[j]
@@ -200,36 +201,38 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
     ng = panel_groups(nch, n_in)
     for st in prange(nch * ng):
         m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, mc, M, n_in)
-        gemm_rows(dpf, n_in, df, n_out, P, m_lo, m_hi, t_lo, t_hi, n_in, n_out, kc)
+        gemm_rows(dpf, n_in, df, n_out, int(1), P, m_lo, m_hi, t_lo, t_hi, n_in, n_out, kc)
         for m in range(m_lo, m_hi):
             mul_fprime(delta_prev[m, c_lo:c_hi], z_prev[m, c_lo:c_hi], a_prev[m, c_lo:c_hi],
                        act_prev)
 
 
 @jit(**OPTS)
-def sum8(x, o, n):
-    """x[o] + ... + x[o + n - 1] in eight interleaved partial sums (m = r mod 8), added in a
-    fixed order: the same bits whatever the blocks and threads, and eight independent
-    additions in flight (one running sum waited on each addition's latency: ~1 ns an
-    element, a millisecond of the corrections at 512 units x 1024 samples)."""
+def sum8(x, o, n, st):
+    """x[o] + x[o + st] + ... + x[o + (n - 1) st] in eight interleaved partial sums (m = r mod
+    8), added in a fixed order: the same bits whatever the blocks and threads, and eight
+    independent additions in flight (one running sum waited on each addition's latency: ~1 ns
+    an element, a millisecond of the corrections at 512 units x 1024 samples). st: 1 for a
+    row, the row length for a column (delta^T read in place)."""
     z = x.dtype.type(0.0)
     t0 = t1 = t2 = t3 = t4 = t5 = t6 = t7 = z
     u = np.uint64
-    p, e = u(o), u(o) + u(n)
-    while p + u(8) <= e:
+    s = u(st)
+    p, e = u(o), u(o) + u(n) * s
+    while p + u(7) * s < e:
         t0 += x[p]
-        t1 += x[p + u(1)]
-        t2 += x[p + u(2)]
-        t3 += x[p + u(3)]
-        t4 += x[p + u(4)]
-        t5 += x[p + u(5)]
-        t6 += x[p + u(6)]
-        t7 += x[p + u(7)]
-        p += u(8)
+        t1 += x[p + s]
+        t2 += x[p + u(2) * s]
+        t3 += x[p + u(3) * s]
+        t4 += x[p + u(4) * s]
+        t5 += x[p + u(5) * s]
+        t6 += x[p + u(6) * s]
+        t7 += x[p + u(7) * s]
+        p += u(8) * s
     t = ((t0 + t1) + (t2 + t3)) + ((t4 + t5) + (t6 + t7))
     while p < e:
         t += x[p]
-        p += u(1)
+        p += s
     return t
 
 
@@ -276,9 +279,9 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
             i0 = int(0)
             corr_rows_range(dW, db, delta, a_prev, j_lo, j_hi - j_lo, i0, n_in, i0 == 0)
         else:
-            gemm_rows(dWf, n_in, D, M, P, j_lo, j_hi, int(0), nt, n_in, M, kc)
+            gemm_rows(dWf, n_in, D, M, int(1), P, j_lo, j_hi, int(0), nt, n_in, M, kc)
             for j in range(j_lo, j_hi):
-                db[j] = sum8(D, j * M, M)        # db_j = sum_m delta_mj
+                db[j] = sum8(D, j * M, M, int(1))     # db_j = sum_m delta_mj
         for j in range(j_lo, j_hi):
             rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
             db[j] *= W.dtype.type(s)
