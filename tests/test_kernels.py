@@ -880,19 +880,21 @@ def _fused_epochs(net, dtype, batch_size, rule, mod, tile, par_work=0, epochs=2,
     return (th, vel, sq, step) + tuple(sums)
 
 
-#: the fused batch with one register block a step and 16 terms a pass (K = 33..40 in passes)
-FUSED_TILE = config.Tiles(4, 0, 4, 0, 4, 0, 0, 0, 0, 16, 0, 1)
+#: the fused batch with one register block a step, 16 terms a pass (K = 33..40 in passes)
+#: and up to 3 chunks of samples (a batch of 48: 16, 16, 16)
+FUSED_TILE = config.Tiles(4, 0, 4, 0, 4, 0, 0, 0, 0, 16, 0, 1, 3)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch_size", [7, 25])
+@pytest.mark.parametrize("batch_size", [7, 25, 48])
 @pytest.mark.parametrize("rule", [R.CODES["sgd"], R.CODES["adam"], R.CODES["rmsprop"]])
 @pytest.mark.parametrize("net", range(len(FUSED_NETS)))
 def test_train_epoch_fused(dtype, batch_size, rule, net):
     """The compiled epoch's fused twin (nnjit.loops.fused: every layer of a batch in two
     parallel regions, by packed panels) equals the vectorised epoch: parameters, optimizer
-    state, update count and every loss sum, after two epochs with a last batch of 50 - 49
-    or 50 - 25 samples, sample weights and the L2 penalty."""
+    state, update count and every loss sum, after two epochs with a last batch of 50 - 49,
+    50 - 25 or 50 - 48 samples (one chunk of samples, or three), sample weights and the L2
+    penalty."""
     outs = [_fused_epochs(FUSED_NETS[net], dtype, batch_size, rule, mod, FUSED_TILE)
             for mod in (loops, vectorised)]
     for x, y in zip(*outs):
@@ -905,16 +907,17 @@ def test_train_epoch_fused(dtype, batch_size, rule, net):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_fused_batch_bits_do_not_depend_on_threads_or_passes(dtype):
     """The fused batch gives the same bits on 1 or 2 threads, with or without its parallel
-    regions, and whatever the terms a pass of the micro-kernel (kc)."""
+    regions, and whatever the terms a pass of the micro-kernel (kc); batches of 48 (3
+    chunks of samples: the chunk count, not the threads, orders the sums) and 2."""
     import numba
     net, rule = FUSED_NETS[0], R.CODES["adam"]
-    ref = _fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE)
-    runs = [_fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE, par_work=10**9),
-            _fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE._replace(gemm_kc=1000))]
+    ref = _fused_epochs(net, dtype, 48, rule, loops, FUSED_TILE)
+    runs = [_fused_epochs(net, dtype, 48, rule, loops, FUSED_TILE, par_work=10**9),
+            _fused_epochs(net, dtype, 48, rule, loops, FUSED_TILE._replace(gemm_kc=1000))]
     before = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
-        runs.append(_fused_epochs(net, dtype, 13, rule, loops, FUSED_TILE))
+        runs.append(_fused_epochs(net, dtype, 48, rule, loops, FUSED_TILE))
     finally:
         numba.set_num_threads(before)
     for run in runs:

@@ -28,7 +28,7 @@ from .blocked import (backward_layer_tiled, backward_layer_tiled_serial, correct
                       corrections_update_tiled_serial, forward_layer_tiled,
                       forward_layer_tiled_serial, forward_layer_units, update_forward_next,
                       update_forward_next_serial)
-from .fused import (corrections_update_fused, forward_backward_fused, fused_offsets,
+from .fused import (chunks, corrections_update_fused, forward_backward_fused, fused_offsets,
                     fused_scratch, pack_weights)
 from .gemm import backward_layer_gemm, corrections_update_gemm, forward_layer_gemm, gemm_scratch
 from .network import load_batch
@@ -87,7 +87,8 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
             Sb = 0.0
             for m in range(mb):
                 Sb += S[order[start + m]]
-            forward_backward_fused(theta, shape, bufs, X, Y, S, order, start, mb, loss, Sb,
+            G = chunks(mb, tile.fused_chunks)
+            forward_backward_fused(theta, shape, bufs, X, Y, S, order, start, mb, loss, Sb, G,
                                    tile.fused_rb, kc, serial)
         else:
             load_batch(bufs, shape, X, Y, S, order, start, mb)
@@ -133,9 +134,9 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
             step[0] += 1
             c = step_coefs(rule, h, step[0], alpha / Sb)
             if _MODE == FUSED:
-                corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c,
-                                         tile.fused_rb, kc, serial)
-                err = fused_offsets(shape.sizes, mb, L)[3]
+                corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G,
+                                         tile.fused_rb, serial)
+                err = fused_offsets(shape.sizes, mb, G, L)[3]
                 for m in range(mb):
                     emax = max(emax, bufs.p[err + m])
         bc = 0.0
@@ -268,7 +269,7 @@ def epoch_scratch(sizes, batch_size, dtype, tile):
     """Scratch elements (Batch.p) a dense fit at this batch size needs: the fused batch's,
     the GEMM path's, or none."""
     if batch_size > 1 and tile.fused_rb > 0 and fused_for(sizes):
-        return fused_scratch(sizes, batch_size)
+        return fused_scratch(sizes, batch_size, tile.fused_chunks)
     if 0 < gemm_from(sizes, tile, dtype) <= batch_size:
         return gemm_scratch(sizes, batch_size)
     return 0
@@ -281,7 +282,7 @@ def epoch_mode(shape, bufs, batch_size, par_min, tile, par_work=None, dense=True
         return (ONLINE if par_work is not None and _widest(shape.sizes) * batch_size < par_work
                 else ONLINE_WIDE)
     if (dense and tile.fused_rb > 0 and fused_for(shape.sizes)
-            and bufs.p.shape[0] >= fused_scratch(shape.sizes, batch_size)):
+            and bufs.p.shape[0] >= fused_scratch(shape.sizes, batch_size, tile.fused_chunks)):
         return FUSED
     g = gemm_from(shape.sizes, tile, bufs.a.dtype)
     if 0 < g <= batch_size and bufs.p.shape[0] >= gemm_scratch(shape.sizes, batch_size):
@@ -361,7 +362,7 @@ def compile_plan(mode, first, dtype, own=False):
         calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
     if mode == FUSED:       # (the first region first: it takes the longer compile)
         calls += [region2, (forward_backward_fused, (A1, St, Bt, A2, A2, A1, I1, i, i, i, f, i,
-                                                     i, t))]
+                                                     i, i, t))]
     elif mode == GEMM:
         calls += [(forward_layer_gemm, fwd[:6] + (A1, i, i)),
                   (backward_layer_gemm, bwd[:6] + (A1, i, i)),
