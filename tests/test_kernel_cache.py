@@ -364,8 +364,9 @@ def test_the_second_process_skips_a_kernel_being_compiled_and_a_different_setup(
 def test_a_first_fit_with_a_second_process_compiling_beside_it(tmp_path):
     """A first fit (batch 32, float32) on an empty cache starts the second process; its result
     equals this process's (kernels compiled here), and afterwards every kernel of the twin's
-    plan is in the cache, the prediction's forward included, which this fit never called:
-    the second process compiled it (its compile options matched the first's)."""
+    plan is in the cache, the prediction's forward and load_batch included, which this fit
+    never called: the second process compiled them (its compile options matched the
+    first's)."""
     _two_cpus()
     env = _env(tmp_path / "cache", NNJIT_COMPILE_WORKER="1")
     code = TRAIN.format(dtype="float32", batch=32)
@@ -374,7 +375,8 @@ def test_a_first_fit_with_a_second_process_compiling_beside_it(tmp_path):
         from nnjit.loops import epoch, network
         print(jit._BESIDE["proc"].wait(600))
         plan = epoch.compile_plan(epoch.FUSED, epoch.DENSE, "float32")    # (8-7-3: fused)
-        print(all(jit.cached(d, s) for d, s in plan), plan[-1][0] is network.forward,
+        print(all(jit.cached(d, s) for d, s in plan),
+              [d for d, _ in plan[-2:]] == [network.forward, network.load_batch],
               len(network.forward.overloads))
     """), env, timeout=900).split()
     assert out == [_here(code).strip(), "0", "True", "True", "0"]
