@@ -27,9 +27,10 @@ products. Here a batch is:
 The products are the GEMM path's (nnjit.loops.gemm.gemm_rows: the micro-kernel's mr x 32
 blocks of sums in registers, each summed k = 0..K-1 in order, kc terms a pass) on panels
 packed while their numbers were being made, so no region packs; a step is ``rb`` blocks of
-mr rows, so a panel serves rb blocks while it is in L1. A narrow layer (fewer than 32 units:
-an output layer of 10) runs its feed-forward in the tiled kernels' loops (dot_rows_range:
-a panel would be mostly padding). Every element is summed in one order whatever the
+mr rows, so a panel serves rb blocks while it is in L1. A narrow layer (an output layer of
+10 units) takes the same path: its panel's cut kernel sums 1 or 2 vectors of 8 or 16
+(nnjit.loops.microkernel.block_wide_cut; the tiled loops it took before were one more tree
+of code in region 1's compile). Every element is summed in one order whatever the
 threads, so results do not depend on them (they do differ, by rounding, from the tiled
 path's, whose sums vectorise along k).
 
@@ -44,7 +45,6 @@ import numpy as np
 from numba import prange
 
 from ..jit import jit
-from .blocked import dot_rows_range
 from .gemm import gemm_rows, sum8
 from .microkernel import NR
 from .microkernel import rows as block_rows
@@ -103,17 +103,16 @@ def fused_scratch(sizes, M, most):
 
 
 @jit(**OPTS)
-def _pack_row(P, fw, bw, W, j, first, second):
-    """Row j of W (N_l, N_{l-1}) into its place in FW (column j of panel j // NR; first) and,
-    for a layer l >= 2 (second), in BW (row j of every panel)."""
+def _pack_row(P, fw, bw, W, j, second):
+    """Row j of W (N_l, N_{l-1}) into its place in FW (column j of panel j // NR) and, for a
+    layer l >= 2 (second), in BW (row j of every panel)."""
     u = np.uint64
     n_out, n_in = u(W.shape[0]), u(W.shape[1])
     nr, jj = u(NR), u(j)
     w = W[j]
-    if first:
-        o = u(fw) + jj // nr * n_in * nr + jj % nr
-        for i in range(n_in):
-            P[o + i * nr] = w[i]
+    o = u(fw) + jj // nr * n_in * nr + jj % nr
+    for i in range(n_in):
+        P[o + i * nr] = w[i]
     if second:
         o = u(bw) + jj * nr
         for i in range(n_in):
@@ -128,8 +127,8 @@ def pack_weights(theta, shape, P):
     for l in range(1, L + 1):
         W, _ = params(theta, shape, l)
         fw, bw, _, _, _, _ = fused_offsets(shape.sizes, int(0), int(0), l)
-        for j in range(W.shape[0]):      # (a narrow layer's FW: unused)
-            _pack_row(P, fw, bw, W, j, W.shape[0] >= NR, l >= 2)
+        for j in range(W.shape[0]):
+            _pack_row(P, fw, bw, W, j, l >= 2)
 
 
 @jit(**OPTS)
@@ -165,20 +164,12 @@ def _samples(theta, shape, bufs, X, Y, Sw, order, start, mb, loss, S, m_lo, m_hi
                 o, x = u(ap + (t * (m1 - m0) + m - m0) * NR), u(ao + m * n_in + NR * t)
                 for i in range(u(min(NR, n_in - NR * t))):
                     P[o + i] = bufs.a[x + i]
-        if n_out < NR:      # a narrow layer (an output layer of 10): the tiled loops (a
-            W = theta[wo:wo + n_out * n_in].reshape((n_out, n_in))   # panel would be mostly
-            a_prev = bufs.a[ao:ao + mb * n_in].reshape((mb, n_in))   # padding)
-            z = bufs.z[zo:zo + mb * n_out].reshape((mb, n_out))
-            for mq in range(m_lo, m_hi, 4):
-                dot_rows_range(z, a_prev, W, theta[bo:bo + n_out], mq, min(4, m_hi - mq),
-                               int(0), n_out)
-        else:               # z rows = a^(l-1) rows x W^T (FW's panels)
-            nt = (n_out + NR - 1) // NR
-            gemm_rows(bufs.z[zo:zo + mb * n_out], n_out, bufs.a[ao:ao + mb * n_in], n_in,
-                      int(1), P[fw:fw + nt * NR * n_in], m_lo, m_hi, int(0), nt, n_out, n_in, kc)
-            for m in range(u(m_lo), u(m_hi)):
-                for j in range(u(n_out)):
-                    bufs.z[u(zo) + m * u(n_out) + j] += theta[u(bo) + j]
+        nt = (n_out + NR - 1) // NR     # z rows = a^(l-1) rows x W^T (FW's panels; a
+        gemm_rows(bufs.z[zo:zo + mb * n_out], n_out, bufs.a[ao:ao + mb * n_in], n_in,   # narrow
+                  int(1), P[fw:fw + nt * NR * n_in], m_lo, m_hi, int(0), nt, n_out, n_in, kc)
+        for m in range(u(m_lo), u(m_hi)):          # layer: the cut kernel's 1 or 2 vectors)
+            for j in range(u(n_out)):
+                bufs.z[u(zo) + m * u(n_out) + j] += theta[u(bo) + j]
         for m in range(m_lo, m_hi):     # (flat offsets here, not the rows/params views:
             x = zo + m * n_out          # each inlined view was ~0.1 s of this region's compile)
             apply_f(bufs.a[x:x + n_out], bufs.z[x:x + n_out], shape.acts[l - 1])
@@ -305,7 +296,7 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G, q, n, ju):
                  c.alpha_n, c)
         grad[bo + j] *= theta.dtype.type(s)
         rule_at(rule, b, vb, sb, j, grad[bo + j], c)
-        _pack_row(P, fw, bw, W, j, n_out >= NR, l >= 2)
+        _pack_row(P, fw, bw, W, j, l >= 2)
 
 
 @jit(parallel=True, **OPTS)
