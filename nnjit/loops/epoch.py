@@ -134,7 +134,7 @@ def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, b
             step[0] += 1
             c = step_coefs(rule, h, step[0], alpha / Sb)
             if _MODE == FUSED:
-                corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G,
+                corrections_update_fused(theta, vel, sq, shape, bufs, mb, loss, rule, c, G,
                                          tile.fused_rb, serial)
                 err = fused_offsets(shape.sizes, mb, G, L)[3]
                 for m in range(mb):
@@ -350,7 +350,7 @@ def compile_plan(mode, first, dtype, own=False):
                                                                    A1, A1, A1, i, c)
     shape, _ = make_shape([1, 1], [0])
     St, Bt = typeof(shape), typeof(make_batch(shape, 1, dt))
-    region2 = (corrections_update_fused, (A1, A1, A1, A1, St, Bt, i, i, i, c, i, i, t))
+    region2 = (corrections_update_fused, (A1, A1, A1, St, Bt, i, i, i, c, i, i, t))
     if own:
         if mode != FUSED:
             return []

@@ -251,7 +251,7 @@ def forward_backward_fused(theta, shape, bufs, X, Y, Sw, order, start, mb, loss,
 
 
 @jit(**OPTS)
-def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G, q, n, ju):
+def _units(theta, vel, sq, shape, bufs, mb, loss, rule, c, G, q, n, ju):
     """corrections_update_fused's step q of n: block q of ju units, counted through the
     layers from l = 1 (see the module docstring), and the costs of the q-th n-th of the
     samples."""
@@ -277,31 +277,26 @@ def _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G, q, n, ju):
     fw, bw, _, _, pg, _ = fused_offsets(sizes, M, G, l)
     n_par = (fused_offsets(sizes, M, G, int(1))[2] - pg) // G
     wo, bo = shape.w_off[l - 1], shape.b_off[l - 1]
-    for j in range(j_lo, j_hi):     # the chunks' sums, added in their order
-        x = wo + j * n_in
-        for i in range(n_in):
-            grad[x + i] = P[pg + x + i]
-        grad[bo + j] = P[pg + bo + j]
+    for j in range(j_lo, j_hi):     # the chunks' sums, added in their order into chunk 0's
+        x, y0 = pg + wo + j * n_in, pg + bo + j
         for g in range(1, G):
-            o = pg + g * n_par
+            o = g * n_par
             for i in range(n_in):
-                grad[x + i] += P[o + x + i]
-            grad[bo + j] += P[o + bo + j]
+                P[x + i] += P[o + x + i]
+            P[y0] += P[o + y0]
     s = 1.0 / M
     b, vb, sb = theta[bo:bo + n_out], vel[bo:bo + n_out], sq[bo:bo + n_out]
     W = theta[wo:wo + n_out * n_in].reshape((n_out, n_in))
     for j in range(j_lo, j_hi):
         x = wo + j * n_in
-        rule_row(rule, theta[x:x + n_in], vel[x:x + n_in], sq[x:x + n_in], grad[x:x + n_in], s,
-                 c.alpha_n, c)
-        grad[bo + j] *= theta.dtype.type(s)
-        rule_at(rule, b, vb, sb, j, grad[bo + j], c)
+        rule_row(rule, theta[x:x + n_in], vel[x:x + n_in], sq[x:x + n_in],
+                 P[pg + x:pg + x + n_in], s, c.alpha_n, c)
+        rule_at(rule, b, vb, sb, j, P[pg + bo + j] * theta.dtype.type(s), c)
         _pack_row(P, fw, bw, W, j, l >= 2)
 
 
 @jit(parallel=True, **OPTS)
-def corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G, rb,
-                             serial):
+def corrections_update_fused(theta, vel, sq, shape, bufs, mb, loss, rule, c, G, rb, serial):
     """Region 2 of a fused batch: corrections dw_ij = mean_m a_i delta_j + alpha_n w_ij,
     db_j = mean_m delta_j (the G chunks' sums from region 1, added in chunk order), fused
     with the update rule (nnjit.loops.rows.rule_row) of every layer, the updated rows packed
@@ -309,11 +304,11 @@ def corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, 
     max_k |a_k - y_k| into P's errors (O(M K) work, which took ~5 % of a batch of
     scikit-learn's defaults serially).
 
-    theta, vel, sq, grad (P,): parameters, optimizer state, scratch (grad's contents
-    afterwards unspecified); bufs.p holding the chunks' corrections (region 1); loss: the
-    loss code; rule, c: the update rule's code and this step's Coefs. prange over steps of
-    rb mr units j of layer 1, then of layer 2, ..., a step owning their rows and an n-th of
-    the samples' costs; serial: as in forward_backward_fused.
+    theta, vel, sq (P,): parameters, optimizer state; bufs.p holding the chunks'
+    corrections (region 1; chunk 0's afterwards their sum); loss: the loss code; rule, c:
+    the update rule's code and this step's Coefs. prange over steps of rb mr units j of
+    layer 1, then of layer 2, ..., a step owning their rows and an n-th of the samples'
+    costs; serial: as in forward_backward_fused.
     """
     check_rule(rule)
     ju = rb * block_rows(bufs.p)
@@ -322,7 +317,7 @@ def corrections_update_fused(theta, vel, sq, grad, shape, bufs, mb, loss, rule, 
         n += (shape.sizes[l] + ju - 1) // ju
     if serial:
         for q in range(n):
-            _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G, q, n, ju)
+            _units(theta, vel, sq, shape, bufs, mb, loss, rule, c, G, q, n, ju)
     else:
         for q in prange(n):
-            _units(theta, vel, sq, grad, shape, bufs, mb, loss, rule, c, G, np.int64(q), n, ju)
+            _units(theta, vel, sq, shape, bufs, mb, loss, rule, c, G, np.int64(q), n, ju)
