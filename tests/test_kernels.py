@@ -965,6 +965,35 @@ def test_epoch_modes_of_small_and_wide_networks():
     assert loops.epoch_scratch(wide.sizes, 32, "float32", tile) == 0
 
 
+def test_fused_chunks_setting(monkeypatch):
+    """config.FUSED_CHUNKS: a positive count or a clear error; the scratch grows with it (each
+    chunk's corrections apart); an MLP fit with 1, 2 or 4 chunks agrees to rounding (the
+    count orders the sums), at batch 64 (4 chunks of 16; 64-100-10 float64 takes the fused
+    batch, test_epoch_modes_of_small_and_wide_networks)."""
+    from nnjit import MLP
+    for bad in (0, -1, 1.5):
+        monkeypatch.setattr(config, "FUSED_CHUNKS", bad)
+        with pytest.raises(ValueError, match="FUSED_CHUNKS"):
+            config.tiles()
+    monkeypatch.setattr(config, "FUSED_CHUNKS", 2)
+    sizes = [64, 100, 10]
+    scratch = [loops.epoch_scratch(sizes, 64, "float64", config.tiles()._replace(fused_chunks=k))
+               for k in (1, 2, 4)]
+    n_par = 100 * 65 + 10 * 101
+    assert scratch[1] - scratch[0] == n_par and scratch[2] - scratch[1] == 2 * n_par
+    rng = np.random.default_rng(5)
+    X, y = rng.random((192, 64)), rng.integers(0, 10, 192)
+    fits = []
+    for k in (1, 2, 4):
+        monkeypatch.setattr(config, "FUSED_CHUNKS", k)
+        net = MLP(sizes, activation="relu", dtype="float64", seed=0)
+        net.fit(X, y, epochs=2, batch_size=64, optimizer="adam", lr=1e-2)
+        fits.append(np.concatenate([w.ravel() for w in net.weights + net.biases]))
+    for other in fits[1:]:
+        np.testing.assert_allclose(other, fits[0], rtol=1e-9, atol=1e-12)
+    assert any((f != fits[0]).any() for f in fits[1:])     # the setting reaches the kernels
+
+
 @pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
                     reason="reads x86 assembly")
 @pytest.mark.parametrize("name", ["block3", "block_wide"])
