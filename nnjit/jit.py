@@ -66,6 +66,7 @@ import numba
 from numba.core import caching
 from numba.core.bytecode import FunctionIdentity
 from numba.core.compiler_lock import global_compiler_lock
+from numba.core.runtime import rtsys
 
 from . import threads  # noqa: F401  (the threading layer is chosen before any kernel)
 
@@ -192,6 +193,15 @@ class KernelCache(caching.FunctionCache):
     """Numba's per-function cache with 1. and 3. above: a data file holds (key, entry) and is
     used only for that key; a load starts the thread pool first."""
     _impl_class = _Impl
+
+    def load_overload(self, sig, target_context):
+        # Numba's refreshes the target context first: it imports and installs every typing and
+        # lowering registry (0.14 s, the largest part of a fresh process's first call). Loaded
+        # code needs only the runtime (NRT) those registries start; a compile, when one
+        # follows, refreshes the context itself.
+        rtsys.initialize(target_context)
+        with self._guard_against_spurious_io_errors():
+            return self._load_overload(sig, target_context)
 
     def _load_overload(self, sig, target_context):
         if not self._enabled:
