@@ -18,10 +18,15 @@ the device.
 X may be a scipy.sparse matrix wherever it is an input (a sparse first layer; loops and
 vectorised forms).
 """
+import numba
 import numpy as np
 
 from . import config
 from .layout import make_batch, make_shape, staggered, transpose_first, untranspose_first
+
+
+#: a size no batch or layer reaches: every loop kernel runs without its parallel region
+_NEVER = 2**62
 
 
 def _sparse(X):
@@ -42,6 +47,19 @@ class CPUEngine:
         self._fit = None
         self._sum_bufs = None
         self._transposed = False     # W^(1)'s block held transposed (a loops sparse fit)
+
+    def _par_work(self, batch_size=None):
+        """The work (N_l N_{l-1} mb) from which a loop kernel runs its parallel region
+        (config.PARALLEL_MIN_WORK), or one nothing reaches when Numba runs one thread (a joblib
+        or Dask worker given one core, EpochThreads on a busy machine): a region of one thread
+        pays its launch and gains nothing (digits 64-100-10 b200, one thread: 59-66 ms a
+        50-epoch fit against 65-69 with the regions). The bits do not change (every sum runs
+        in a fixed order either way). Not for an online epoch (batch_size under
+        PARALLEL_MIN_SAMPLES), whose kernels par_work chooses."""
+        if (self.loops and (batch_size is None or batch_size >= config.PARALLEL_MIN_SAMPLES)
+                and numba.get_num_threads() == 1):
+            return _NEVER
+        return config.PARALLEL_MIN_WORK
 
     # -- state the wrapper reads and writes (in the standard layout, whatever the fit holds)
     def get_params(self):
@@ -86,6 +104,7 @@ class CPUEngine:
         Y = np.zeros((M, int(self.shape.sizes[-1])), self.dtype) if Y is None else Y
         S = np.ones(M, self.dtype) if S is None else np.asarray(S, self.dtype)
         order = np.arange(M, dtype=np.int64)
+        pwork = self._par_work()
         for start in range(0, M, cap):
             mb = min(cap, M - start)
             if sparse:
@@ -93,11 +112,11 @@ class CPUEngine:
                 K = int(shape.sizes[-1])
                 bufs.y[:mb * K] = np.asarray(Y[start:start + mb], self.dtype).ravel()
                 bufs.s[:mb] = S[start:start + mb]
-                self.k.forward(self.theta, shape, bufs, mb, True, config.PARALLEL_MIN_WORK, 2)
+                self.k.forward(self.theta, shape, bufs, mb, True, pwork, 2)
             else:
                 self.k.load_batch(bufs, shape, X, Y, S, order, start, mb)
                 self.k.forward(self.theta, shape, bufs, mb, mb >= config.PARALLEL_MIN_SAMPLES,
-                               config.PARALLEL_MIN_WORK, 1)
+                               pwork, 1)
             fn(bufs, start, mb)
 
     def _sparse_first(self, Xb, bufs, shape, mb):
@@ -160,13 +179,14 @@ class CPUEngine:
                 self._sum_bufs = bufs
         S = np.ones(M, self.dtype) if S is None else np.asarray(S, self.dtype)
         grad = np.zeros_like(self.theta)
+        pwork = self._par_work()
         if sparse:
             X = X.tocsr()
             self._sparse_first(X, bufs, shape, M)
             K = int(shape.sizes[-1])
             bufs.y[:M * K] = np.asarray(Y, self.dtype).ravel()
             bufs.s[:M] = S
-            self.k.forward(self.theta, shape, bufs, M, True, config.PARALLEL_MIN_WORK, 2)
+            self.k.forward(self.theta, shape, bufs, M, True, pwork, 2)
             self.k.backprop(self.theta, grad, shape, bufs, M, loss, float(alpha), 2)
             from .layout import layer
             n1 = int(shape.sizes[1])
@@ -180,7 +200,7 @@ class CPUEngine:
         else:
             self.k.load_batch(bufs, shape, X, Y, S, np.arange(M, dtype=np.int64), 0, M)
             self.k.forward(self.theta, shape, bufs, M, M >= config.PARALLEL_MIN_SAMPLES,
-                           config.PARALLEL_MIN_WORK, 1)
+                           pwork, 1)
             self.k.backprop(self.theta, grad, shape, bufs, M, loss, float(alpha), 1)
         return grad, bufs, shape
 
@@ -241,7 +261,7 @@ class CPUEngine:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):   # divergence is the wrapper's to report
             return self.k.train_epoch(self.theta, self.vel, self.sq, self.step, self.grad, shape,
                                       bufs, X, Y, S, csr, order, batch_size, int(rule), h, loss,
-                                      config.PARALLEL_MIN_SAMPLES, config.PARALLEL_MIN_WORK,
+                                      config.PARALLEL_MIN_SAMPLES, self._par_work(batch_size),
                                       config.tiles())
 
     def end_fit(self):

@@ -4,7 +4,7 @@ import numba
 import numpy as np
 import pytest
 
-from nnjit import MLP, DivergenceError
+from nnjit import MLP, DivergenceError, config
 from helpers import assert_close, targets
 
 BACKENDS = ["loops", "vectorised"]
@@ -78,20 +78,36 @@ def test_training_matches_an_independent_reference(backend, batch_size):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 
-def test_thread_count_does_not_change_the_result():
-    X, y = _data(M=64, D=9, K=4)
+@pytest.mark.parametrize("sizes,batch,dtype,mode", [
+    ([9, 16, 4], 32, "float32", "fused"),        # (its regions serial anyway: small)
+    ([40, 120, 10], 64, "float64", "fused"),
+    ([600, 100, 10], 16, "float32", "tiled"),
+    ([600, 450, 10], 48, "float32", "gemm"),
+])
+def test_thread_count_does_not_change_the_result(sizes, batch, dtype, mode):
+    """One thread runs every kernel without its parallel region (engine._par_work), more run
+    them in parallel: the same bits, in the fit, the prediction and the gradients."""
+    from nnjit.loops.epoch import FUSED, GEMM, TILED, epoch_mode
+    X, y = _data(M=150, D=sizes[0], K=sizes[-1])
     results = []
     n0 = numba.get_num_threads()
     try:
         for threads in (1, numba.config.NUMBA_NUM_THREADS):
             numba.set_num_threads(threads)
-            net = MLP([9, 16, 4], backend="loops", seed=1, dtype="float32")
-            net.fit(X, y, epochs=3, batch_size=32, momentum=0.9)
-            results.append(net.weights + net.biases)
+            net = MLP(sizes, backend="loops", seed=1, dtype=dtype)
+            net.fit(X, y, epochs=2, batch_size=batch, momentum=0.9)
+            assert (net.engine._par_work(batch) > 2**40) == (threads == 1)
+            Y = np.eye(sizes[-1], dtype=dtype)[y]
+            results.append(net.weights + net.biases + [net.predict_proba(X)]
+                           + net.gradients(X, Y)[0] + net.gradients(X, Y)[1])
     finally:
         numba.set_num_threads(n0)
     for a, b in zip(*results):
         np.testing.assert_array_equal(a, b)
+    bufs = net.engine._buffers(batch, train=True)
+    want = {"fused": FUSED, "gemm": GEMM}.get(mode, TILED)
+    assert epoch_mode(net.engine.shape, bufs, batch, config.PARALLEL_MIN_SAMPLES, config.tiles(),
+                      config.PARALLEL_MIN_WORK) == want
 
 
 # ---------------------------------------------------------------- learning
