@@ -122,3 +122,21 @@ def test_compare_gate_times_both_trees_in_alternating_blocks(capsys):
     assert said[-1].strip().startswith(("0 of 2 rows more than 1.25x slower", "1 of 2", "2 of 2"))
     with pytest.raises(SystemExit, match="not a revision"):
         C.compare("no-such-revision-xyz", cases=[([6, 5, 3], 8)], backend="vectorised", say=said.append)
+
+
+def test_search_bench_runs_whole_processes_and_both_libraries_agree(tmp_path, monkeypatch):
+    """nnjit bench --sklearn --search: each setting a fresh process; the same grid, folds and
+    random_state give both libraries the same best score under every n_jobs and backend."""
+    import pytest
+    pytest.importorskip("sklearn")
+    from nnjit.bench import search
+    monkeypatch.setitem(search.GRIDS, "small", ({"hidden_layer_sizes": [(8,), (5,)]}, 2, 3))
+    from nnjit.cli import main
+    out = tmp_path / "g.json"
+    assert main(["bench", "--sklearn", "--search", "--repeats", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["library"], r["n_jobs"], r["backend"]) for r in rows] == [
+        ("nnjit", 1, "-"), ("nnjit", 2, "loky"), ("nnjit", 2, "threading"),
+        ("sklearn", 1, "-"), ("sklearn", 2, "loky"), ("sklearn", 2, "threading")]
+    assert len({round(r["score"], 12) for r in rows}) == 1
+    assert all(r["wall_s"] > r["search_s"] > 0 for r in rows) and rows[0]["vs_nnjit_1"] == 1.0

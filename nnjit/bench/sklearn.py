@@ -124,6 +124,10 @@ def build_parser(p=None):
     p.add_argument("--repeats", type=int, default=1, help="fits per library and case (median)")
     p.add_argument("--threads", type=int, default=None, help="Numba and BLAS threads (default: all)")
     p.add_argument("--json", help="write the rows as JSON")
+    p.add_argument("--search", nargs="?", const="small", choices=["small", "larger"], default=None,
+                   help="instead: GridSearchCV of both libraries as whole processes, n_jobs 1 and "
+                        "--n-jobs, loky and threads, --repeats rounds (module nnjit.bench.search)")
+    p.add_argument("--n-jobs", type=int, default=2, help="--search: the parallel searches' n_jobs")
     return p
 
 
@@ -131,6 +135,12 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.max_iter < 1 or args.repeats < 1:
         raise SystemExit("nnjit bench --sklearn: --max-iter and --repeats must be positive")
+    if args.search:
+        if args.n_jobs < 2:
+            raise SystemExit("nnjit bench --sklearn --search: --n-jobs must be at least 2")
+        from .search import search
+        search(args.search, args.n_jobs, args.repeats, args.json)
+        return 0
     run(args)
     return 0
 
