@@ -55,7 +55,36 @@ class CLIError(ValueError):
 
 
 # ---------------------------------------------------------------- reading data
+def _digits_file():
+    """The digits table scikit-learn ships (sklearn/datasets/data/digits.csv.gz), found
+    without importing scikit-learn, or None."""
+    import importlib.util
+    try:
+        spec = importlib.util.find_spec("sklearn")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "datasets", "data", "digits.csv.gz")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
 def _load_digits():
+    """scikit-learn's digits, as ``load_digits()`` gives them (X float64 (1797, 64), y int).
+    Read straight from the file scikit-learn ships: importing scikit-learn to read it took
+    0.9 s of the 1.6 s of a warm ``nnjit train``. scikit-learn's own loader where the file is
+    not where it keeps it."""
+    path = _digits_file()
+    if path is not None:
+        import gzip
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                data = np.loadtxt(f, delimiter=",")
+            if data.ndim == 2 and data.shape[1] == 65:
+                return data[:, :-1], data[:, -1].astype(int, copy=False), None
+        except (OSError, ValueError, EOFError):
+            pass
     try:
         from sklearn.datasets import load_digits
     except ImportError:

@@ -470,3 +470,31 @@ def test_loss_curve_of_a_sklearn_estimator():
     clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=3, tol=0.0, random_state=0).fit(X, y)
     ax = loss_curve(clf, ax=Figure().add_subplot())
     np.testing.assert_array_equal(ax.get_lines()[0].get_ydata(), clf.loss_curve_)
+
+
+def test_digits_are_scikit_learns_read_without_importing_it(tmp_path, monkeypatch):
+    """nnjit train's built-in dataset reads the file scikit-learn ships (importing scikit-learn
+    was most of a warm run): the same arrays as load_digits, no sklearn module imported, and
+    scikit-learn's own loader where the file is missing or unreadable."""
+    from sklearn.datasets import load_digits
+
+    from nnjit import cli
+    code = ("import sys; from nnjit.cli import _load_digits; X, y, _ = _load_digits(); "
+            "print(X.shape, X.dtype, y.dtype, float(X.sum()), int(y.sum()), "
+            "any(m == 'sklearn' or m.startswith('sklearn.') for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=ROOT).stdout
+    X2, y2 = load_digits(return_X_y=True)
+    assert out.split() == ["(1797,", "64)", "float64", str(y2.dtype), repr(float(X2.sum())),
+                           str(int(y2.sum())), "False"]
+    X, y, _ = cli._load_digits()
+    np.testing.assert_array_equal(X, X2)
+    np.testing.assert_array_equal(y, y2)
+    assert y.dtype == y2.dtype
+    for broken in (None, str(tmp_path / "digits.csv.gz")):
+        if broken:
+            (tmp_path / "digits.csv.gz").write_bytes(b"not gzip")
+        monkeypatch.setattr(cli, "_digits_file", lambda b=broken: b)
+        X, y, _ = cli._load_digits()
+        np.testing.assert_array_equal(X, X2)
+        np.testing.assert_array_equal(y, y2)
