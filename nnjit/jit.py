@@ -191,14 +191,15 @@ def _start_threads():
 
 class KernelCache(caching.FunctionCache):
     """Numba's per-function cache with 1. and 3. above: a data file holds (key, entry) and is
-    used only for that key; a load starts the thread pool first."""
+    used only for that key; a load starts the thread pool first, and of Numba's compiler only
+    its runtime."""
     _impl_class = _Impl
 
     def load_overload(self, sig, target_context):
-        # Numba's refreshes the target context first: it imports and installs every typing and
-        # lowering registry (0.14 s, the largest part of a fresh process's first call). Loaded
-        # code needs only the runtime (NRT) those registries start; a compile, when one
-        # follows, refreshes the context itself.
+        # Numba's own load refreshes the target context first: it imports and installs every
+        # typing and lowering registry (0.14 s, the largest part of a fresh process's first
+        # call). Loaded code needs only the runtime (NRT) that refresh starts; a compile, when
+        # one follows, refreshes the context itself.
         rtsys.initialize(target_context)
         with self._guard_against_spurious_io_errors():
             return self._load_overload(sig, target_context)

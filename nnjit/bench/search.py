@@ -61,9 +61,8 @@ def _one(lib, n_jobs, backend, grid, cv, max_iter):
 
 def settings(n_jobs):
     """(library, n_jobs, joblib backend) of each timed search."""
-    out = [("nnjit", 1, "loky"), ("nnjit", n_jobs, "loky"), ("nnjit", n_jobs, "threading"),
-           ("sklearn", 1, "loky"), ("sklearn", n_jobs, "loky"), ("sklearn", n_jobs, "threading")]
-    return out
+    return [(lib, k, backend) for lib in ("nnjit", "sklearn")
+            for k, backend in ((1, "loky"), (n_jobs, "loky"), (n_jobs, "threading"))]
 
 
 def search(grid="small", n_jobs=2, rounds=3, json_path=None):
