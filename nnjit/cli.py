@@ -821,7 +821,6 @@ def cmd_train(args):
     table = _table(args, data, train)
     n_in = data.X.shape[1] if table is None else table.n_features_out_
     layers = [n_in] + args.hidden + [K]
-    X = data.X
 
     def make_net():
         net = MLP(layers, activation=args.activation, output=output, backend=args.backend,
