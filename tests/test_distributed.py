@@ -125,6 +125,25 @@ def test_average_learns_and_is_sync_for_full_batches(client, xy):
     _assert_same(sync, avg, rtol=1e-9)
 
 
+def test_a_client_refreshing_its_scheduler_info_often_still_finds_the_workers(client, xy):
+    """CI once failed with 'the cluster has no workers' on a healthy cluster: the worker list
+    came from client.scheduler_info(), whose cached answer the client's periodic refresh
+    overwrites with one that lists no workers. A 1 ms refresh makes that race likely (old code:
+    a quarter of the look-ups came back empty); every fit must find both workers."""
+    X, y = xy
+    # the heartbeat's answer would reset the refresh to seconds
+    with dask.config.set({"distributed.client.scheduler-info-interval": "1ms",
+                          "distributed.client.heartbeat": "1h"}):
+        fast = distributed.Client(client.cluster, set_as_default=False)
+    try:
+        ref = _dfit(_net(), X, y, client, epochs=1, lr=0.5)
+        for _ in range(8):
+            net = _dfit(_net(), X, y, fast, epochs=1, lr=0.5)
+            _assert_same(ref, net, rtol=0)
+    finally:
+        fast.close()
+
+
 def test_float32_and_callbacks(client, xy):
     X, y = xy
     seen = []
