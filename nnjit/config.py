@@ -126,6 +126,11 @@ PARALLEL_MIN_WORK = 2**16     # online, µs a sample, 4096 / 65536 (a region cos
 # work in it): 784-512-512-10 272-289 / 243-266 (its 512 x 10 output layer had been parallel),
 # 784-1024-1024-10 508-534 / 499-515, 784-128-10 and 784-256-10 the same within the noise
 
+#: Online learning (batch 1) of a network with such a layer runs each epoch as one parallel
+#: region whose threads meet at barriers (nnjit.loops.team) rather than one region a sample.
+#: Off: the per-sample kernels (the same numbers, bit for bit).
+ONLINE_TEAM = True
+
 #: Out-of-core data (numpy.memmap, zarr, Dask arrays) is read this many bytes of X at a
 #: time (rounded to whole mini-batches), so fit/forward hold O(chunk) memory, not O(data).
 STREAM_CHUNK_BYTES = 32 * 2**20

@@ -148,7 +148,8 @@ def _others_running(samples=3):
         return None
 
 
-def _cores():
+def cores():
+    """The cores this process may run on."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:      # pragma: no cover - not Linux
@@ -173,7 +174,7 @@ class EpochThreads:
             return
         others = _others_running()
         if others is not None:
-            numba.set_num_threads(max(1, min(self.user, _cores() - others)))
+            numba.set_num_threads(max(1, min(self.user, cores() - others)))
 
     def restore(self):
         numba.set_num_threads(self.user)

@@ -1078,7 +1078,8 @@ def test_micro_kernel_source_is_generated():
 
 def test_a_fit_compiles_each_kernel_once(tmp_path):
     """A first fit (batch 32, the fused batch), a prediction, a fit by the GEMM path (batch
-    64), one by the tiled kernels, an online fit with a wide layer and a sparse fit, float32,
+    64), one by the tiled kernels, an online fit with a wide layer (the team: nnjit.loops.team)
+    and one at batch 2 (the parallel per-sample kernels) and a sparse fit, float32,
     in a fresh process with an empty Numba cache and no second process compiling beside it:
     every nnjit kernel has one signature. A
     literal argument (a constant 4 or 1 passed on) or an unsigned prange index where a
@@ -1087,7 +1088,8 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
     duplicate does not show: hence the empty one.)
 
     And each twin's compile plans (nnjit.loops.epoch.compile_plan: what a second process
-    compiles beside a first fit, and what the fitting process compiles before the fused twin)
+    compiles beside a first fit, and what the fitting process compiles before the fused twin;
+    nnjit.loops.team.compile_plan for the team)
     name the argument types that fit compiled its kernels with: a wrong type there would
     make a process compile a specialisation nobody loads."""
     import os
@@ -1107,8 +1109,9 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
         Xg = rng.normal(size=(80, 600)).astype(np.float32)   # the GEMM path (600 inputs:
         MLP([600, 40, 3], dtype="float32").fit(Xg, y, epochs=1, batch_size=64)  # not fused)
         MLP([600, 5, 3], dtype="float32").fit(Xg, y, epochs=1, batch_size=32)   # tiled
-        Xw = rng.normal(size=(4, 300)).astype(np.float32)    # online, 300 x 256 in parallel
-        MLP([300, 256, 3], dtype="float32").fit(Xw, y[:4], epochs=1, batch_size=1)
+        Xw = rng.normal(size=(4, 300)).astype(np.float32)    # online, 300 x 256 in parallel:
+        MLP([300, 256, 3], dtype="float32").fit(Xw, y[:4], epochs=1, batch_size=1)   # a team
+        MLP([300, 256, 3], dtype="float32").fit(Xw, y[:4], epochs=1, batch_size=2)   # regions
         import scipy.sparse as sp, warnings
         from nnjit.sklearn import MLPClassifier
         warnings.simplefilter("ignore")
@@ -1121,6 +1124,11 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
                 assert tuple(sig) in d.overloads, (mode, first, d.py_func.__qualname__, sig,
                                                    list(d.overloads))
         assert len(epoch._EPOCH) == 5, list(epoch._EPOCH)
+        from nnjit.loops import team
+        assert len(team.team_member.overloads) == 1
+        for d, sig in team.compile_plan("float32"):
+            assert tuple(sig) in d.overloads, ("team", d.py_func.__qualname__, sig,
+                                               list(d.overloads))
         twice = {d.py_func.__qualname__: [str(s) for s in d.signatures] for d in gc.get_objects()
                  if isinstance(d, CPUDispatcher) and (d.py_func.__module__ or "").startswith("nnjit")
                  and len(d.signatures) > 1}

@@ -570,7 +570,7 @@ def test_busy_machine_gets_fewer_threads_per_epoch(monkeypatch):
     import numba
     from nnjit import threads as ns, config
     seen = []
-    monkeypatch.setattr(ns, "_cores", lambda: 4)
+    monkeypatch.setattr(ns, "cores", lambda: 4)
     busy = iter([0, 2, 3, 9, 0])
     monkeypatch.setattr(ns, "_others_running", lambda: next(busy))
     X, y = _binary()

@@ -309,6 +309,10 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, ba
     + alpha/2 fifth) / n (each batch's mean loss, weighted by its size)."""
     first = SPARSE if csr.indptr.shape[0] else DENSE
     mode = epoch_mode(shape, bufs, batch_size, par_min, tile, par_work, first == DENSE)
+    from .. import config
+    if mode == ONLINE_WIDE and first == DENSE and batch_size == 1 and config.ONLINE_TEAM:
+        return _team_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h,
+                           loss, par_work, tile)
     twin = _twin(mode, first)
     if not twin.overloads:      # not yet compiled or loaded in this process
         if (compile_beside("nnjit.loops.epoch:compile_plan", mode, first, bufs.a.dtype.name)
@@ -320,6 +324,41 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, ba
                     kernel.compile(tuple(sig))
     return twin(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, batch_size, rule,
                 h, loss, par_min, par_work, tile)
+
+
+def _team_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h, loss,
+                par_work, tile):
+    """An online epoch with a wide layer by a team of threads meeting at barriers
+    (nnjit.loops.team), as many as Numba's thread count and the cores allow."""
+    from numba import get_num_threads
+
+    from ..threads import cores
+    from .team import run_team, team_member
+    if not team_member.overloads:       # not yet compiled or loaded in this process
+        compile_beside("nnjit.loops.team:compile_plan", bufs.a.dtype.name)
+    return run_team(max(1, min(get_num_threads(), cores())), theta, vel, sq, step, grad, shape,
+                    bufs, X, Y, S, order, rule, h, loss, par_work, tile)
+
+
+def kernel_types(dtype):
+    """The Numba types a fit in dtype calls the epoch's kernels with, for the compile plans:
+    arrays A1, A2 (C order), I1 (int64), F1 (float64); scalars i, f, t (int64, float64,
+    bool); c, St, Bt, Ht (Coefs, Shape, Batch, Hyper); and the argument tuples of the tiled
+    forward (fwd), error recursion (bwd) and correction + update (corr, without the blocks)."""
+    from numba import typeof, types
+
+    from ..layout import make_batch, make_shape
+    from ..rules import Hyper, zero_coefs
+    dt = np.dtype(dtype)
+    A1, A2 = typeof(np.zeros(1, dt)), typeof(np.zeros((1, 1), dt))
+    i, c, t = types.int64, typeof(zero_coefs()), types.boolean
+    shape, _ = make_shape([1, 1], [0])
+    return dict(A1=A1, A2=A2, I1=typeof(np.zeros(1, np.int64)), F1=typeof(np.zeros(1)), i=i,
+                f=types.float64, c=c, t=t, St=typeof(shape),
+                Bt=typeof(make_batch(shape, 1, dt)),
+                Ht=typeof(Hyper(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)),
+                fwd=(A2, A2, A2, A2, A1, i, i, i, t), bwd=(A2, A2, A2, A2, A2, i, i, i, t),
+                corr=(A2, A1, A2, A1, A2, A1, A2, A1, A2, A2, i, c))
 
 
 def compile_plan(mode, first, dtype, own=False):
@@ -335,28 +374,19 @@ def compile_plan(mode, first, dtype, own=False):
     compiles the fused batch's first region (the longer compile: the twin waits for it, so
     whatever else the twin calls is compiled first): the second region and the epoch's
     serial helpers. Empty for the other twins."""
-    from numba import typeof, types
+    from numba import types
 
-    from ..layout import make_batch, make_shape
-    from ..rules import Hyper, zero_coefs
     from .network import forward
-    dt = np.dtype(dtype)
-    A1, A2 = typeof(np.zeros(1, dt)), typeof(np.zeros((1, 1), dt))
-    I1, F1 = typeof(np.zeros(1, np.int64)), typeof(np.zeros(1))
-    i, f, c = types.int64, types.float64, typeof(zero_coefs())
-    t = types.boolean
-    fwd, bwd = (A2, A2, A2, A2, A1, i, i, i, t), (A2, A2, A2, A2, A2, i, i, i, t)
-    corr, ahead = (A2, A1, A2, A1, A2, A1, A2, A1, A2, A2, i, c), (A2, A1, A2, A1, A2, A1, A1,
-                                                                   A1, A1, A1, i, c)
-    shape, _ = make_shape([1, 1], [0])
-    St, Bt = typeof(shape), typeof(make_batch(shape, 1, dt))
+    T = kernel_types(dtype)
+    A1, A2, I1, F1, i, f, c, t = (T[k] for k in ("A1", "A2", "I1", "F1", "i", "f", "c", "t"))
+    St, Bt, fwd, bwd, corr = T["St"], T["Bt"], T["fwd"], T["bwd"], T["corr"]
+    ahead = (A2, A1, A2, A1, A2, A1, A1, A1, A1, A1, i, c)
     region2 = (corrections_update_fused, (A1, A1, A1, St, Bt, i, i, i, c, i, i, t))
     if own:
         if mode != FUSED:
             return []
-        Ht = typeof(Hyper(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0))
         return [region2, (sample_loss, (A1, A2, A2, A2, i, i)), (penalty_from, (A1, St, i)),
-                (step_coefs, (i, Ht, i, f))]
+                (step_coefs, (i, T["Ht"], i, f))]
     calls = []
     if first == SPARSE:
         calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
