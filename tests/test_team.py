@@ -1,4 +1,4 @@
-"""Online learning by a team of threads meeting at barriers (nnjit.loops.team).
+"""Online learning by a team of threads meeting at each sample's stages (nnjit.loops.team).
 
 The team must give the per-sample kernels' numbers bit for bit (config.ONLINE_TEAM off), for
 every rule, dtype, team size and place of the wide layer, with zero sample weights and L2
@@ -96,6 +96,31 @@ def test_any_team_size_gives_the_same_bits_even_on_fewer_cores(P):
     _same(nets[0], nets[1])
 
 
+@pytest.mark.parametrize("sizes", [[260, 256, 3], [60, 1100, 64, 5]], ids=["first", "middle"])
+def test_a_member_that_never_runs_or_runs_late_changes_nothing(sizes, monkeypatch):
+    """The leader takes the units of a member that has not started (its core held by another
+    process): here member 1 of 2 runs only after the leader has finished the epoch, in the
+    same thread. It must find every unit taken and write nothing: the bits of one thread."""
+    X, y, sw = _data(sizes[0], sizes[-1], M=11)
+
+    def late(P, *args):
+        sync, res = np.zeros(team.sync_len(2), np.int64), np.zeros(5)
+        team.team_member(*args, 0, 2, sync, res)
+        before = [a.copy() for a in args[:5]]             # theta, vel, sq, step, grad
+        team.team_member(*args, 1, 2, sync, res)
+        for a, b in zip(before, args[:5]):
+            np.testing.assert_array_equal(a, b)
+        return tuple(res)
+    nets = []
+    for lone in (False, True):
+        if lone:
+            monkeypatch.setattr(team, "run_team", late)
+        net = MLP(sizes, activation="tanh", seed=5)
+        net.fit(X, y, epochs=2, lr=0.05, batch_size=1, optimizer="adam", sample_weight=sw)
+        nets.append(net)
+    _same(nets[0], nets[1])
+
+
 def test_a_team_epoch_is_chosen_only_online_with_a_wide_layer():
     net = MLP([260, 256, 3])
     bufs = net.engine._buffers(1, train=True)
@@ -179,7 +204,7 @@ def test_atomics_count_exactly_from_many_threads():
             team.fetch_add(sync, 0, 1)
         return team.load_acquire(sync, 0)
 
-    sync = np.zeros(team.SYNC_LEN, np.int64)
+    sync = np.zeros(team.sync_len(1), np.int64)
     bump(sync, 1)
     sync[0] = 0
     ts = [threading.Thread(target=bump, args=(sync, 200_000)) for _ in range(4)]
