@@ -121,6 +121,26 @@ def test_a_member_that_never_runs_or_runs_late_changes_nothing(sizes, monkeypatc
     _same(nets[0], nets[1])
 
 
+def test_an_epoch_over_no_samples_does_nothing(monkeypatch):
+    """An empty order: every member returns before any stage (no read of X[order[0]])."""
+    real = team.run_team
+    seen = []
+
+    def empty_first(P, *args):
+        args = list(args)
+        theta = args[0].copy()
+        order = args[10]
+        args[10] = order[:0]
+        seen.append(real(max(P, 2), *args))
+        np.testing.assert_array_equal(args[0], theta)
+        args[10] = order
+        return real(P, *args)
+    monkeypatch.setattr(team, "run_team", empty_first)
+    X, y, _ = _data(260, 3, M=4)
+    MLP([260, 256, 3]).fit(X, y, epochs=1, batch_size=1)
+    assert seen == [(0.0, 0.0, 0.0, 0.0, 0.0)]
+
+
 def test_a_team_epoch_is_chosen_only_online_with_a_wide_layer():
     net = MLP([260, 256, 3])
     bufs = net.engine._buffers(1, train=True)

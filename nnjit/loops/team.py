@@ -241,6 +241,8 @@ def team_member(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h
     for l in range(L):      # in the middle would leave the leader waiting for its units
         check_act(acts[l])
     n = order.shape[0]
+    if n == 0:              # (every member returns: no stage, res stays 0)
+        return
     one = int(1)
     lead = role == 0
     q = int(1)
