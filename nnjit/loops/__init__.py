@@ -11,6 +11,7 @@ and :mod:`nnjit.cuda` (GPU), so the three forms read in three columns. Files by 
 ``sparse``        a sparse (CSR) first layer
 ``network``       loading a batch, feed-forward of the network, backpropagation of a batch
 ``epoch``         the compiled epoch every fit runs
+``team``          online learning by a team of threads (one epoch, stages instead of regions)
 ``rows``          the activation and rule tables compiled for this form
 ``views``         compiled views into the flat layout, compile options
 ``fastmath``      e^x and erf
@@ -22,9 +23,9 @@ inputs and errors of every layer, its targets, per-sample costs and sample weigh
 rule is a code (nnjit.rules) and its per-step Coefs; the optimizer state is ``vel`` and ``sq``
 beside theta.
 """
-from .blocked import (backward_layer_tiled, corrections_update_tiled, forward_layer_tiled,
+from .blocked import (backward_layer_tiled, blocks, corrections_update_tiled, forward_layer_tiled,
                       forward_layer_units, update_forward_next)
-from .epoch import NO_TILES, Tiles, blocks, epoch_mode, epoch_scratch, gemm_from, train_epoch
+from .epoch import NO_TILES, Tiles, epoch_mode, epoch_scratch, gemm_from, train_epoch
 from .fastmath import exp_row, tanh_row
 from .gemm import (backward_layer_gemm, corrections_update_gemm, forward_layer_gemm,
                    gemm_need, gemm_scratch)

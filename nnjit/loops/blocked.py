@@ -25,6 +25,19 @@ from .views import OPTS, renamed
 
 
 @jit(**OPTS)
+def blocks(tile, n_out, n_in):
+    """A layer's block sizes (forward mc, nc; error recursion mc, nc; corrections ju, ic) for
+    W (n_out, n_in): the tiles' when W has at least min_weights > 0 elements (a size 0 there:
+    the whole layer), else (4, n_out, 4, n_in, 4, n_in), the register-blocked loops (with 4
+    samples a pass in the error recursion). See config.TILE_*."""
+    if tile.min_weights > 0 and n_out * n_in >= tile.min_weights:
+        return (tile.fwd_mc, tile.fwd_nc if tile.fwd_nc > 0 else n_out, tile.bwd_mc,
+                tile.bwd_nc if tile.bwd_nc > 0 else n_in, tile.corr_ju,
+                tile.corr_ic if tile.corr_ic > 0 else n_in)
+    return 4, n_out, 4, n_in, 4, n_in
+
+
+@jit(**OPTS)
 def dot_rows_range(z, a_prev, W, b, m0, nm, j_lo, j_hi):
     """z[m0:m0+nm, j_lo:j_hi] = a_prev[m0:m0+nm] W[j_lo:j_hi]^T + b[j_lo:j_hi] for nm <= 4
     samples, 2 units at a time from j_lo (the units left over use the fixed-order

@@ -23,11 +23,11 @@ The epoch returns the sums each caller reports its loss from (see :func:`train_e
 import numpy as np
 
 from ..config import Tiles
-from ..jit import cached, compile_beside, jit
-from .blocked import (backward_layer_tiled, backward_layer_tiled_serial, corrections_update_tiled,
-                      corrections_update_tiled_serial, forward_layer_tiled,
-                      forward_layer_tiled_serial, forward_layer_units, update_forward_next,
-                      update_forward_next_serial)
+from ..jit import cached, compile_beside
+from .blocked import (backward_layer_tiled, backward_layer_tiled_serial, blocks,
+                      corrections_update_tiled, corrections_update_tiled_serial,
+                      forward_layer_tiled, forward_layer_tiled_serial, forward_layer_units,
+                      update_forward_next, update_forward_next_serial)
 from .fused import (chunks, corrections_update_fused, forward_backward_fused, fused_offsets,
                     fused_scratch, pack_weights)
 from .gemm import backward_layer_gemm, corrections_update_gemm, forward_layer_gemm, gemm_scratch
@@ -35,8 +35,8 @@ from .network import load_batch
 from .reference import output_error, penalty_from, sample_loss, weight_sum
 from .rows import apply_f, rule_row, step_coefs
 from .sparse import clear_rows, dense_rule, fixed_sum, sparse_corrections, sparse_forward
-from .views import OPTS, RC_OPTS, params, params_rc, params_t, params_t_rc, renamed, rows, \
-    rows_rc, targets, targets_rc
+from .views import OPTS, RC_OPTS, kernel_types, params, params_rc, params_t, params_t_rc, \
+    renamed, rows, rows_rc, targets, targets_rc
 
 #: tiles that turn cache blocking, the GEMM path and the fused batch off
 NO_TILES = Tiles(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
@@ -44,19 +44,6 @@ NO_TILES = Tiles(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
 ONLINE, TILED, GEMM, ONLINE_WIDE, FUSED = 0, 1, 2, 3, 4
 DENSE, SPARSE = 0, 1
 _MODE, _FIRST = TILED, DENSE
-
-
-@jit(**OPTS)
-def blocks(tile, n_out, n_in):
-    """A layer's block sizes (forward mc, nc; error recursion mc, nc; corrections ju, ic) for
-    W (n_out, n_in): the tiles' when W has at least min_weights > 0 elements (a size 0 there:
-    the whole layer), else (4, n_out, 4, n_in, 4, n_in), the register-blocked loops (with 4
-    samples a pass in the error recursion). See config.TILE_*."""
-    if tile.min_weights > 0 and n_out * n_in >= tile.min_weights:
-        return (tile.fwd_mc, tile.fwd_nc if tile.fwd_nc > 0 else n_out, tile.bwd_mc,
-                tile.bwd_nc if tile.bwd_nc > 0 else n_in, tile.corr_ju,
-                tile.corr_ic if tile.corr_ic > 0 else n_in)
-    return 4, n_out, 4, n_in, 4, n_in
 
 
 def _train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, batch_size,
@@ -338,27 +325,6 @@ def _team_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h
         compile_beside("nnjit.loops.team:compile_plan", bufs.a.dtype.name)
     return run_team(max(1, min(get_num_threads(), cores())), theta, vel, sq, step, grad, shape,
                     bufs, X, Y, S, order, rule, h, loss, par_work, tile)
-
-
-def kernel_types(dtype):
-    """The Numba types a fit in dtype calls the epoch's kernels with, for the compile plans:
-    arrays A1, A2 (C order), I1 (int64), F1 (float64); scalars i, f, t (int64, float64,
-    bool); c, St, Bt, Ht (Coefs, Shape, Batch, Hyper); and the argument tuples of the tiled
-    forward (fwd), error recursion (bwd) and correction + update (corr, without the blocks)."""
-    from numba import typeof, types
-
-    from ..layout import make_batch, make_shape
-    from ..rules import Hyper, zero_coefs
-    dt = np.dtype(dtype)
-    A1, A2 = typeof(np.zeros(1, dt)), typeof(np.zeros((1, 1), dt))
-    i, c, t = types.int64, typeof(zero_coefs()), types.boolean
-    shape, _ = make_shape([1, 1], [0])
-    return dict(A1=A1, A2=A2, I1=typeof(np.zeros(1, np.int64)), F1=typeof(np.zeros(1)), i=i,
-                f=types.float64, c=c, t=t, St=typeof(shape),
-                Bt=typeof(make_batch(shape, 1, dt)),
-                Ht=typeof(Hyper(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)),
-                fwd=(A2, A2, A2, A2, A1, i, i, i, t), bwd=(A2, A2, A2, A2, A2, i, i, i, t),
-                corr=(A2, A1, A2, A1, A2, A1, A2, A1, A2, A2, i, c))
 
 
 def compile_plan(mode, first, dtype, own=False):

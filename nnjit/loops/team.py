@@ -48,14 +48,13 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..jit import jit
-from .blocked import (backward_layer_tiled_serial, corrections_update_tiled_serial,
+from .blocked import (backward_layer_tiled_serial, blocks, corrections_update_tiled_serial,
                       corrections_update_units, forward_layer_tiled_serial)
-from .epoch import blocks, kernel_types
 from .network import load_batch
 from .reference import output_error, penalty_from, sample_loss, weight_sum
 from .rows import apply_f, check_act, check_rule, rule_at, rule_row, step_coefs
 from .simd import dot
-from .views import OPTS, params, rows, targets
+from .views import OPTS, kernel_types, params, rows, targets
 
 #: sync's slots, a cache line (8 int64) apart: the stage the leader has opened, units done,
 #: then unit r's claim at CLAIM + 8 r (the last stage whose unit r someone took)

@@ -60,6 +60,28 @@ def targets(bufs, shape, mb):
     return bufs.y[:mb * K].reshape((mb, K))
 
 
+def kernel_types(dtype):
+    """The Numba types a fit in dtype calls the epoch's kernels with, for the compile plans:
+    arrays A1, A2 (C order), I1 (int64), F1 (float64); scalars i, f, t (int64, float64,
+    bool); c, St, Bt, Ht (Coefs, Shape, Batch, Hyper); and the argument tuples of the tiled
+    forward (fwd), error recursion (bwd) and correction + update (corr, without the blocks)."""
+    import numpy as np
+    from numba import typeof, types
+
+    from ..layout import make_batch, make_shape
+    from ..rules import Hyper, zero_coefs
+    dt = np.dtype(dtype)
+    A1, A2 = typeof(np.zeros(1, dt)), typeof(np.zeros((1, 1), dt))
+    i, c, t = types.int64, typeof(zero_coefs()), types.boolean
+    shape, _ = make_shape([1, 1], [0])
+    return dict(A1=A1, A2=A2, I1=typeof(np.zeros(1, np.int64)), F1=typeof(np.zeros(1)), i=i,
+                f=types.float64, c=c, t=t, St=typeof(shape),
+                Bt=typeof(make_batch(shape, 1, dt)),
+                Ht=typeof(Hyper(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)),
+                fwd=(A2, A2, A2, A2, A1, i, i, i, t), bwd=(A2, A2, A2, A2, A2, i, i, i, t),
+                corr=(A2, A1, A2, A1, A2, A1, A2, A1, A2, A2, i, c))
+
+
 def renamed(fn, suffix, opts, **globals_):
     """fn compiled under a name of its own (fn's name + suffix), with module globals replaced
     by ``globals_``: Numba's disk cache files entries by function name and signature, so a
