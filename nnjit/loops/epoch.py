@@ -10,6 +10,8 @@ kernels its batch size and input run):
     serially, the first layer's update fused with the next sample's feed-forward;
     ``ONLINE_WIDE``: the same, with a layer wide enough (N_l N_{l-1} batch_size >= par_work)
     in parallel (a network with no such layer does not compile the three parallel kernels);
+    at batch 1 with a dense first layer, train_epoch runs a team of threads instead
+    (nnjit.loops.team: one epoch, no region a sample);
     ``TILED``: the parallel cache-blocked kernels; ``GEMM`` (batch_size >= the GEMM batch
     and scratch for every layer): the GEMM path for every layer; ``FUSED`` (a dense first
     layer, a small network (config.FUSED_*) and its scratch): every layer in two parallel
@@ -315,8 +317,8 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, ba
 
 def _team_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h, loss,
                 par_work, tile):
-    """An online epoch with a wide layer by a team of threads meeting at barriers
-    (nnjit.loops.team), as many as Numba's thread count and the cores allow."""
+    """An online epoch with a wide layer by a team of threads meeting at each sample's
+    stages (nnjit.loops.team), as many as Numba's thread count and the cores allow."""
     from numba import get_num_threads
 
     from ..threads import cores
