@@ -62,8 +62,10 @@ SOFTMAX = A.SOFTMAX
 _HERE = sys.modules[__name__]
 
 # A 10-unit output layer or a small batch is a small grid by nature; numba-cuda would warn
-# about under-utilisation on every such launch, with a new message text each grid size.
-warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utilization")
+# about under-utilisation on every such launch, with a new message text each grid size. On a
+# GPU the text starts with a terminal escape (bold), which a filter's message must match too.
+warnings.filterwarnings("ignore", message=r"(\x1b\[[0-9;]*m)?Grid size \d+ will likely result in "
+                        r"GPU under-utilization")
 
 
 class CUDAUnavailableError(OSError):
@@ -80,6 +82,38 @@ def check_available():
             "NUMBA_ENABLE_CUDASIM=1 in the environment before starting Python to run the "
             "kernels in Numba's CUDA simulator (slow; meant for tests), or use "
             "backend='loops'.")
+    if not simulated():
+        check_compiler(cuda.get_current_device().compute_capability)
+
+
+@functools.lru_cache(maxsize=None)
+def check_compiler(cc):
+    """Raise CUDAUnavailableError, naming the fix, unless numba-cuda can compile a kernel for
+    compute capability cc here (once a process and cc).
+
+    A GPU and a driver are not enough: numba-cuda 0.30.4 (in maintenance, its last release)
+    registers an overload of np.row_stack, which NumPy 2.5 removed, when it builds its first
+    kernel, so every launch would fail deep inside numba-cuda with an AttributeError. A tiny
+    kernel compiled up front turns that, and a missing NVVM, into one clear message."""
+    def probe(x):
+        x[0] = 1.0
+    try:
+        cuda.compile_ptx(probe, "void(float32[::1])", cc=tuple(cc))
+    except Exception as e:
+        from importlib.metadata import version
+        try:
+            have = f"numba-cuda {version('numba-cuda')}"
+        except Exception:
+            have = "numba-cuda"
+        hint = ("NumPy 2.5 removed np.row_stack, which this numba-cuda still uses: "
+                "pip install 'numpy<2.5' (nnjit's cuda extra pins it), or use backend='loops'."
+                if not hasattr(np, "row_stack") else
+                "numba-cuda needs NVVM and libdevice from a CUDA toolkit (CUDA_HOME, or pip "
+                "install 'numba-cuda[cu13]'); or use backend='loops'.")
+        raise CUDAUnavailableError(
+            f"backend='cuda': {have} cannot compile a kernel for compute capability "
+            f"{'.'.join(map(str, cc))} with NumPy {np.__version__} ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}). {hint}") from e
 
 
 def simulated():

@@ -499,3 +499,23 @@ def test_tiny_activations_and_errors_are_flushed_on_cuda(version, kernel):
         assert not ((g != 0) & (np.abs(g) < root)).any(), g
         np.testing.assert_array_equal(g == 0, w == 0)
         assert_close(g, w, np.float32)
+
+
+@pytest.mark.parametrize("text", ["Grid size 6 will likely result in GPU under-utilization due "
+                                  "to low occupancy.",
+                                  "\x1b[1mGrid size 64 will likely result in GPU "
+                                  "under-utilization due to low occupancy.\x1b[0m"])
+def test_small_grid_warnings_are_silenced_plain_and_bold(text):
+    """numba-cuda warns on every small-grid launch; on a real GPU (first seen on an H200) the
+    text comes wrapped in a terminal's bold escape, which the filter missed: 91 warnings in
+    one test run. A fresh process, so pytest's own filters play no part."""
+    code = ("import warnings, sys\nimport nnjit.cuda\n"
+            "from numba.core.errors import NumbaPerformanceWarning\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            f"    warnings.warn(NumbaPerformanceWarning({text!r}))\n"
+            "    warnings.warn(NumbaPerformanceWarning('another performance warning'))\n"
+            "print([str(x.message) for x in w])\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "['another performance warning']", r.stdout

@@ -13,7 +13,10 @@ PTX text:
 * float32 kernels do their arithmetic in ``.f32`` and float64 kernels in ``.f64`` (so the
   check above can tell the two apart);
 * the tiled kernels synchronise (``bar.sync``) and read shared memory (``ld.shared``); the
-  simple ones do neither.
+  simple ones do neither;
+* ``nnjit.cuda.check_compiler``, the check a GPU fit makes first, passes, and with
+  ``np.row_stack`` gone (NumPy 2.5, which numba-cuda 0.30.4 cannot build kernels under)
+  raises CUDAUnavailableError naming the fix instead of numba-cuda's AttributeError.
 
 It needs NVVM and libdevice from a CUDA toolkit (``CUDA_HOME``, default /usr/local/cuda, or
 the NVIDIA wheels); without them it skips, saying so. NVRTC is not needed: the target
@@ -28,9 +31,12 @@ import textwrap
 
 import pytest
 
-SCRIPT = textwrap.dedent(r'''
+PRELUDE = textwrap.dedent(r'''
     import json, sys, types, traceback
     out = sys.argv[1]
+    if len(sys.argv) > 2:              # the NumPy 2.5 case: np.row_stack gone before any compile
+        import numpy
+        del numpy.row_stack
     try:
         from numba import cuda
         import numba.cuda.cuda_paths as cp
@@ -55,11 +61,16 @@ SCRIPT = textwrap.dedent(r'''
     try:
         def probe(x):
             x[0] = 1.0
-        cuda.compile_ptx(probe, "void(float32[::1])", cc=(9, 0))
+        if len(sys.argv) == 2:
+            cuda.compile_ptx(probe, "void(float32[::1])", cc=(9, 0))
     except Exception as e:
         print("SKIP no usable CUDA toolkit (NVVM + libdevice) for compile_ptx:",
               type(e).__name__, str(e).splitlines()[0] if str(e) else ""); sys.exit(3)
+''')
+
+SCRIPT = PRELUDE + textwrap.dedent(r'''
     from nnjit import cuda as nc
+    nc.check_compiler((9, 0))          # the check every GPU fit makes first passes here
     ptx = {}
     for dtype in ("float32", "float64"):
         for name, fn, sig in nc.kernel_signatures(dtype, 16):
@@ -68,15 +79,19 @@ SCRIPT = textwrap.dedent(r'''
 ''')
 
 
-@pytest.fixture(scope="module")
-def ptx(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ptx") / "ptx.json"
+def _env():
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
     env["NUMBA_ENABLE_CUDASIM"] = "0"
     env["NUMBA_FORCE_CUDA_CC"] = "9.0"
     if "CUDA_HOME" not in env and "CUDA_PATH" not in env and os.path.isdir("/usr/local/cuda"):
         env["CUDA_HOME"] = "/usr/local/cuda"
-    r = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=env, capture_output=True,
+    return env
+
+
+@pytest.fixture(scope="module")
+def ptx(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ptx") / "ptx.json"
+    r = subprocess.run([sys.executable, "-c", SCRIPT, str(out)], env=_env(), capture_output=True,
                        text=True, timeout=600)
     if r.returncode == 3:
         pytest.skip(r.stdout.strip() or "no CUDA toolkit")
@@ -128,3 +143,25 @@ def test_tiled_kernels_use_shared_memory_and_the_simple_ones_do_not(ptx):
             assert "bar.sync" in body and "ld.shared" in body, key
         else:
             assert "bar.sync" not in body and "ld.shared" not in body, key
+
+
+NUMPY_25 = PRELUDE + textwrap.dedent(r'''
+    from nnjit import cuda as nc
+    try:
+        nc.check_compiler((9, 0))
+    except nc.CUDAUnavailableError as e:
+        print(e); sys.exit(0)
+    print("no error"); sys.exit(1)
+''')
+
+
+def test_numba_cuda_that_cannot_compile_under_this_numpy_gets_a_clear_error(ptx, tmp_path):
+    """numba-cuda 0.30.4 on NumPy 2.5 (found on the first GPU lent, an image with NumPy 2.5.2):
+    every kernel build died in numba-cuda with "module 'numpy' has no attribute 'row_stack'".
+    Here np.row_stack is deleted before the first compile; the check every GPU fit makes first
+    must raise CUDAUnavailableError naming the fix. (Needs the toolkit: depends on ``ptx``.)"""
+    r = subprocess.run([sys.executable, "-c", NUMPY_25, str(tmp_path / "x"), "no-row-stack"],
+                       env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-4000:]
+    assert "numpy<2.5" in r.stdout and "compute capability 9.0" in r.stdout, r.stdout
+    assert "row_stack" in r.stdout, r.stdout
