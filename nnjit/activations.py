@@ -145,7 +145,7 @@ def flush(x):
     on x86 (online Adam on saturated sigmoids ran at 70 µs a sample instead of 40). Kept at 0,
     any product of two such values is 0 or normal; what is dropped moves a sum by under
     sqrt(TINY) |w|, far below a unit in the last place of any z of ordinary size. Part of
-    the equations, like the update rules' flush of state below TINY (nnjit.rules), so every
+    the equations, like the update rules' flush of state below 2**20 TINY (nnjit.rules), so every
     form and thread count computes the same numbers; a CPU's flush-to-zero mode is per thread."""
     return where(abs(x) < ROOT_TINY, ZERO, x)
 
