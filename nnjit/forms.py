@@ -48,15 +48,19 @@ SQRT1_2, INV_SQRT_2PI, NAN = CONSTANTS["SQRT1_2"], CONSTANTS["INV_SQRT_2PI"], CO
 #: (1 - beta2 >= 1e-6) would be denormal (float32 1.1e-16, float64 1.5e-151); STEP_MIN =
 #: 2^20 TINY = SQ_MIN^2, below which a state the step multiplies by its learning rate (Adam's
 #: A m, RMSprop's eta b: 2^-20 ~ 1e-6 <= A) would give a denormal (float32 1.2e-32, float64
-#: 2.3e-302)
+#: 2.3e-302); ROOT_TINY = sqrt(TINY); EXP_LO = ln(TINY) + 1, from which exp is normal
 DTYPE_CONSTANTS = {"TINY": lambda dtype: dtype.type(np.finfo(dtype).tiny),
                    "SQ_MIN": lambda dtype: dtype.type(1024 * np.sqrt(np.finfo(dtype).tiny)),
                    "STEP_MIN": lambda dtype: dtype.type(2.0**20 * np.finfo(dtype).tiny),
-                   "ROOT_TINY": lambda dtype: dtype.type(np.sqrt(np.finfo(dtype).tiny))}
+                   "ROOT_TINY": lambda dtype: dtype.type(np.sqrt(np.finfo(dtype).tiny)),
+                   "EXP_LO": lambda dtype: dtype.type(np.log(np.finfo(dtype).tiny) + 1.0)}
 TINY = np.float64(np.finfo(np.float64).tiny)
 SQ_MIN = np.float64(1024 * np.sqrt(TINY))
 STEP_MIN = np.float64(2.0**20 * TINY)
 ROOT_TINY = np.sqrt(TINY)
+#: EXP_LO = ln(TINY) + 1 (float32 -86.3, float64 -707.4): exp of anything from EXP_LO up is a
+#: normal number (e TINY and more)
+EXP_LO = np.log(TINY) + 1.0
 
 
 def _dtype_constants(dtype):
