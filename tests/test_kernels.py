@@ -5,7 +5,7 @@ tables, so a new entry is tested in every kernel without a new test."""
 import numpy as np
 import pytest
 
-from nnjit import activations as A, config, loops, rules as R, vectorised
+from nnjit import activations as A, config, forms as F, loops, rules as R, vectorised
 from nnjit.layout import make_batch, make_shape
 from nnjit.loops import blocked, epoch as E
 from helpers import OUTPUT_LOSS, assert_close
@@ -148,10 +148,9 @@ def test_fprime_gives_no_denormal_far_out(dtype, act):
     with np.errstate(over="ignore"):            # the exp activation's own e^800
         a = vectorised.f(z, act).astype(dtype)
         with np.errstate(under="raise"):
-            want = vectorised.fprime(z, a, act) * np.ones_like(z)
+            want = (vectorised.fprime(z, a, act) * np.ones_like(z)).astype(dtype)
     d = np.ones_like(z)
     loops.mul_fprime(d, z, a, act)                # (which flushes below sqrt(TINY))
-    want = (np.ones_like(z) * want).astype(dtype)
     want = np.where(np.abs(want) < np.sqrt(np.finfo(dtype).tiny), 0, want)
     np.testing.assert_allclose(d, want, rtol=1e-5, atol=8 * np.finfo(dtype).eps)   # (1 - a^2 cancels)
     if act == GELU:
@@ -238,6 +237,11 @@ def test_update(dtype, rule):
         assert_close(x, y, dtype)
 
 
+def step_min(dtype):
+    """The rules' state cut 2^20 TINY in dtype (nnjit.forms.STEP_MIN)."""
+    return F.DTYPE_CONSTANTS["STEP_MIN"](np.dtype(dtype))
+
+
 def denormal_state_case(dtype, rule):
     """A state around the dtype's smallest normal number (TINY) and the rules' cut 2^20 TINY,
     a zero gradient, and what each rule must leave: every state 0 or at least 2^20 TINY."""
@@ -257,7 +261,7 @@ def test_rule_state_never_denormal(dtype, rule):
     once below 2^20 TINY (the smallest normal number), in every form alike: arithmetic on
     denormals costs ~100 cycles an operation (online Adam on mostly-zero inputs ran 3x
     slower), and the next step multiplies the state by mu, beta or the learning rate."""
-    tiny = 2.0**20 * np.finfo(dtype).tiny
+    tiny = step_min(dtype)
     outs = both("update", lambda: [np.array(a, copy=True) if isinstance(a, np.ndarray) else a
                                    for a in denormal_state_case(dtype, rule)], 3)
     (lo, _), (ve, _) = outs
@@ -281,7 +285,6 @@ def test_a_decaying_state_gives_no_denormal(dtype, rule, lr, mu):
     units, where m was kept only above TINY: A m was denormal ~420 times a sample (42 us a
     sample against 31 for relu). All three forms compute the rules from one table."""
     rng = np.random.default_rng(rule)
-    T = np.dtype(dtype).type
     tiny = np.finfo(dtype).tiny
     start = (tiny * 2.0**30 * rng.uniform(1, 2, 64) * rng.choice([-1, 1], 64)).astype(dtype)
     theta = rng.normal(size=64).astype(dtype)
@@ -291,7 +294,7 @@ def test_a_decaying_state_gives_no_denormal(dtype, rule, lr, mu):
         for t in range(1, 301):
             vectorised.update(theta, vel, sq, np.zeros(64, dtype), rule, R.coefs(rule, h, t, 0.0))
     for state in (vel, sq):
-        assert ((state == 0) | (np.abs(state) >= T(2.0**20 * tiny))).all()
+        assert ((state == 0) | (np.abs(state) >= step_min(dtype))).all()
     if not (R.BY_CODE[rule].name == "rmsprop" and mu == 0):  # (then it keeps no buffer)
         assert (vel == 0).all()                  # the first moment decayed all the way
 
@@ -323,7 +326,7 @@ def test_second_moment_skips_denormal_squares(dtype, rule):
     q = lo[2]
     assert (q[[0, 1, 2, 4, 6]] == 0).all()
     np.testing.assert_allclose(q[[3, 5]], 0.5 * g[[3, 5]] ** 2, rtol=1e-6)
-    assert not ((q != 0) & (q < 2.0**20 * np.finfo(dtype).tiny)).any()
+    assert not ((q != 0) & (q < step_min(dtype))).any()
 
 
 def flush_cases(dtype):
