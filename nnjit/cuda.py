@@ -63,8 +63,9 @@ _HERE = sys.modules[__name__]
 
 # A 10-unit output layer or a small batch is a small grid by nature; numba-cuda would warn
 # about under-utilisation on every such launch, with a new message text each grid size. On a
-# GPU the text starts with a terminal escape (bold), which a filter's message must match too.
-warnings.filterwarnings("ignore", message=r"(\x1b\[[0-9;]*m)?Grid size \d+ will likely result in "
+# GPU the text starts with a terminal escape (bold), and where colorama is installed Numba's
+# warning class wraps every message in one more: a filter's message must take any number.
+warnings.filterwarnings("ignore", message=r"(\x1b\[[0-9;]*m)*Grid size \d+ will likely result in "
                         r"GPU under-utilization")
 
 
