@@ -17,6 +17,7 @@ zero check in the loop to stop the vectoriser; no reassoc, so softmax sums its r
 ``rule_row(rule, w, v, q, g, scale, an, c)``  the rule on a row, gradient scale g_i + an w_i
 ``rule_at(rule, w, v, q, j, d, c)``  the rule on element j with gradient d
 ``check_act(act)``, ``check_rule(rule)``  raise for a code not in its table
+``table_kernel(dtype, name)``  one dtype's compiled dispatch, for the compile plans
 ``check_loss(act, loss)``  raise for a loss code, or an output act its entry does not take
 ======================  ==============================================================
 """
@@ -82,6 +83,7 @@ def _activations(dtype):
              + _indent(expand(x.fprime, ["z[j]", "a[j]"], f"_d{x.code}", f"_f{x.code}")
                        + FLUSH("d[j]", f"d[j] * _d{x.code}"))) for x in els]),
     }
+    made["softmax_row"] = ns["SOFTMAX_ROW"]
     made["cost"] = _compiled(A.cost, dtype, _ROW_OPTS)
     made["output_error"] = _compiled(A.output_error, dtype, _ROW_OPTS, fprime=made["fprime"])
     made["max_error"] = _compiled(A.max_error, dtype, _ROW_OPTS)
@@ -95,6 +97,12 @@ def _act(dtype, name):
     if dtype not in _ACT:
         _ACT[dtype] = _activations(dtype)
     return _ACT[dtype][name]
+
+
+def table_kernel(dtype, name):
+    """The compiled dispatch ``name`` of the activation table for dtype, as the kernels call
+    it (f, fprime, apply_f, mul_fprime, softmax_row, ...): what a compile plan lists."""
+    return _act(np.dtype(dtype), name)
 
 
 def _per_dtype(table, name, params, dtype_param, opts):
