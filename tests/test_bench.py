@@ -2,6 +2,8 @@
 (No speed is asserted: performance lives in benchmarks, not tests.)"""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -140,3 +142,93 @@ def test_search_bench_runs_whole_processes_and_both_libraries_agree(tmp_path, mo
         ("sklearn", 1, "-"), ("sklearn", 2, "loky"), ("sklearn", 2, "threading")]
     assert len({round(r["score"], 12) for r in rows}) == 1
     assert all(r["wall_s"] > r["search_s"] > 0 for r in rows) and rows[0]["vs_nnjit_1"] == 1.0
+
+
+# ---------------------------------------------------------------- nnjit.bench.profile
+def _x86_objdump():
+    import platform
+    import shutil
+    return platform.machine() == "x86_64" and shutil.which("objdump") is not None
+
+
+def test_profile_groups_samples_into_ranges_of_jit_code_and_symbols():
+    """Samples inside the dumped code are JIT code, grouped into ranges (a gap over 64 bytes
+    starts another) and disassembled with each instruction's count; the rest by symbol."""
+    from nnjit.bench import profile as prof
+    text = ("     1000 [unknown] (/tmp/perf-1.map)\n"
+            "     1003 [unknown] (/tmp/perf-1.map)\n"
+            "     1003 [unknown] (/tmp/perf-1.map)\n"
+            "     10c0 [unknown] (/tmp/perf-1.map)\n"
+            " ffffffff82252cd7 clear_page_erms ([kernel.kallsyms])\n"
+            "     7f00 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)\n"
+            "garbage line\n")
+    samples = prof.parse_samples(text)
+    assert len(samples) == 6
+    assert samples[4] == (0xffffffff82252cd7, "clear_page_erms", "[kernel.kallsyms]")
+    # add %rcx,%rax ; inc %rax ; nop padding ; at 0x10c0: ret
+    code = b"\x48\x01\xc8\x48\xff\xc0" + b"\x90" * (0xc0 - 6) + b"\xc3"
+    regions = [(0x1000, code)]
+    ips, other = prof.attribute(samples, regions)
+    assert ips == {0x1000: 1, 0x1003: 2, 0x10c0: 1}
+    assert other == {"clear_page_erms ([kernel.kallsyms])": 1,
+                     "_PyEval_EvalFrameDefault (libpython3.11.so.1.0)": 1}
+    assert prof.hot_ranges(ips) == [(0x1000, 0x1003, 3), (0x10c0, 0x10c0, 1)]
+    assert prof.hot_ranges(ips, gap=0x100) == [(0x1000, 0x10c0, 4)]
+    out = prof.report(samples, regions)
+    assert out.startswith("6 samples: 66.7 % in compiled (JIT) code, 33.3 % elsewhere")
+    assert "JIT code 1000..1003: 3 samples, 50.0 % of all (75.0 % of JIT)" in out
+    if _x86_objdump():
+        lines = out.splitlines()
+        assert any(line.split()[:3] == ["2", "1003", "inc"] for line in lines), out
+        assert any(line.split()[:3] == ["1", "10c0", "ret"] for line in lines), out
+    assert prof.report([], regions).startswith("no samples")
+
+
+def _perf_samples_here():
+    import shutil
+    import tempfile
+    perf = shutil.which("perf")
+    if perf is None:
+        return False
+    with tempfile.TemporaryDirectory() as d:
+        r = subprocess.run([perf, "record", "-q", "-e", "cpu-clock", "-o", f"{d}/p", "true"],
+                           capture_output=True)
+        return r.returncode == 0
+
+
+def test_profile_finds_a_compiled_loop_under_perf(tmp_path):
+    """End to end: a script whose time is one Numba loop of divisions; the profile puts most
+    samples in JIT code, most of those in one range, and that range holds the division."""
+    if not _perf_samples_here():
+        pytest.skip("perf cannot sample here")
+    script = tmp_path / "work.py"
+    script.write_text(
+        "import time, numpy as np\nfrom numba import njit\n"
+        "@njit\ndef f(x, y):\n    s = 0.0\n    for i in range(x.shape[0]):\n"
+        "        s += x[i] / y[i]\n    return s\n"
+        "x, y = np.random.rand(4096) + 1, np.random.rand(4096) + 1\nf(x, y)\n"
+        "t = time.perf_counter()\nwhile time.perf_counter() - t < 2.0:\n    f(x, y)\n")
+    r = subprocess.run([sys.executable, "-m", "nnjit.bench.profile", "--top", "2", "--",
+                        str(script)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    first = r.stdout.splitlines()[0]
+    share = float(first.split(":")[1].split("%")[0])
+    assert share > 50, r.stdout[:3000]
+    hottest = r.stdout.split("\n-- ")[1]        # the first range: the loop
+    n = int(hottest.split(": ")[1].split()[0])
+    assert n > 0.8 * share / 100 * int(first.split()[0]), r.stdout[:3000]
+    if _x86_objdump():      # (its samples land on the instruction after the division)
+        assert "div" in hottest, r.stdout[:3000]
+
+
+def test_profile_says_what_is_missing(monkeypatch):
+    from nnjit.bench import profile as prof
+    for args in ([], ["--"], ["--top", "0", "--", "x.py"]):
+        r = subprocess.run([sys.executable, "-m", "nnjit.bench.profile", *args],
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stderr)
+        assert ("name a script" in r.stderr) or ("must be positive" in r.stderr), r.stderr
+    monkeypatch.setattr(prof.shutil, "which", lambda name, *a, **k: None)
+    with pytest.raises(prof.ProfileError, match="perf is not installed"):
+        prof.profile(["x.py"])
+    assert prof.main(["--", "x.py"]) == 2
