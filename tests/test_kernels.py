@@ -641,6 +641,27 @@ def test_simd_dot_is_its_documented_order(dtype, n):
         np.testing.assert_allclose(want, w.astype(np.float64) @ x, rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_simd_dot_keeps_its_order_inside_fast_math_callers(dtype):
+    """The kernels that call dot are compiled with nnjit.config.FASTMATH (reassoc, contract):
+    the dot's order must hold there too (its sums were contracted into fused multiply-adds
+    inside them: 143 of 200 float32 dots off dot_model)."""
+    from numba import njit
+    from nnjit.config import FASTMATH
+    from nnjit.loops.simd import dot, dot_model
+
+    @njit(fastmath=FASTMATH, error_model="numpy")
+    def call(w, x):
+        return dot(w, x)
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 17, 64, 65, 129, 200, 784):
+        for _ in range(20):
+            w, x = (rng.normal(size=n).astype(dtype) for _ in range(2))
+            d = call(w, x)
+            assert d == dot_model(w, x), n
+            assert call(w, np.repeat(x, 3)[::3]) == d         # a strided x: the same sums
+
+
 def test_simd_dot_is_packed_arithmetic():
     """The dot's products and sums compile to packed float32 instructions (the reason it is
     written in LLVM IR): a scalar dot was most of an online step."""
