@@ -39,96 +39,76 @@ from ..jit import jit
 LANES, ACCS = 16, 4
 
 
-def _sums(context, builder, arrays_t, arrays):
-    """The code of sum_i w_i x_i, in the module docstring's order, for each w of arrays (the
-    last array is x, shared: each x vector is loaded once for all the sums). Returns the
-    sums, one LLVM value each."""
-    tx = arrays_t[-1]
-    fty = context.get_value_type(tx.dtype)
-    vty = ir.VectorType(fty, LANES)
-    i32, i64 = ir.IntType(32), ir.IntType(64)
-    size = context.get_abi_sizeof(fty)
+@intrinsic
+def _dot_ir(typingctx, w, x):
+    """dot's instructions (called by dot, never by a kernel directly: see _OWN)."""
+    if not (isinstance(w, types.Array) and isinstance(x, types.Array) and w.ndim == 1
+            and x.ndim == 1 and w.dtype == x.dtype
+            and w.dtype in (types.float32, types.float64)):
+        return None
 
-    def const(v):
-        return ir.Constant(i64, v)
+    def codegen(context, builder, sig, args):
+        tw, tx = sig.args
+        aw = context.make_array(tw)(context, builder, args[0])
+        ax = context.make_array(tx)(context, builder, args[1])
+        fty = context.get_value_type(tw.dtype)
+        vty = ir.VectorType(fty, LANES)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        size = context.get_abi_sizeof(fty)
 
-    made = [context.make_array(t)(context, builder, a) for t, a in zip(arrays_t, arrays)]
-    n = builder.extract_value(made[0].shape, 0)
-    ptrs = [(builder.ptrtoint(a.data, i64), builder.extract_value(a.strides, 0), t.layout == "C")
-            for a, t in zip(made, arrays_t)]
+        def const(v):
+            return ir.Constant(i64, v)
 
-    def address(base, stride, i, ty):
-        return builder.inttoptr(builder.add(base, builder.mul(i, stride)), ty.as_pointer())
+        n = builder.extract_value(aw.shape, 0)
+        arrays = [(builder.ptrtoint(a.data, i64), builder.extract_value(a.strides, 0),
+                   t.layout == "C") for a, t in ((aw, tw), (ax, tx))]
 
-    def vector(base, stride, contiguous, i):
-        if contiguous:
-            return builder.load(address(base, const(size), i, vty), align=size)
-        v = ir.Constant(vty, ir.Undefined)
-        for k in range(LANES):
-            e = builder.load(address(base, stride, builder.add(i, const(k)), fty))
-            v = builder.insert_element(v, e, ir.Constant(i32, k))
-        return v
+        def address(base, stride, i, ty):
+            return builder.inttoptr(builder.add(base, builder.mul(i, stride)), ty.as_pointer())
 
-    def products(i):                # w_r[i:i+16] * x[i:i+16] for each w_r, x loaded once
-        xv = vector(*ptrs[-1], i)
-        return [builder.fmul(vector(*p, i), xv) for p in ptrs[:-1]]
+        def vector(base, stride, contiguous, i):
+            if contiguous:
+                return builder.load(address(base, const(size), i, vty), align=size)
+            v = ir.Constant(vty, ir.Undefined)
+            for k in range(LANES):
+                e = builder.load(address(base, stride, builder.add(i, const(k)), fty))
+                v = builder.insert_element(v, e, ir.Constant(i32, k))
+            return v
 
-    zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * LANES)
-    R = len(ptrs) - 1
-    acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(ACCS)] for _ in range(R)]
-    block = LANES * ACCS
-    passes = builder.udiv(n, const(block))
-    with cgutils.for_range(builder, passes) as loop:                        # step 1
-        base = builder.mul(loop.index, const(block))
-        for a in range(ACCS):
-            for r, p in enumerate(products(builder.add(base, const(a * LANES)))):
-                builder.store(builder.fadd(builder.load(acc[r][a]), p), acc[r][a])
-    start = builder.mul(passes, const(block))
-    groups = builder.udiv(builder.sub(n, start), const(LANES))
-    with cgutils.for_range(builder, groups) as loop:                        # step 2
-        for r, p in enumerate(products(builder.add(start, builder.mul(loop.index,
-                                                                       const(LANES))))):
-            builder.store(builder.fadd(builder.load(acc[r][0]), p), acc[r][0])
-    totals = []
-    for r in range(R):                                                      # step 3
-        v = [builder.load(a) for a in acc[r]]
+        def product(i):
+            return builder.fmul(*(vector(b, s, c, i) for b, s, c in arrays))
+
+        zero = ir.Constant(vty, [ir.Constant(fty, 0.0)] * LANES)
+        acc = [cgutils.alloca_once_value(builder, zero) for _ in range(ACCS)]
+        block = LANES * ACCS
+        passes = builder.udiv(n, const(block))
+        with cgutils.for_range(builder, passes) as loop:                        # step 1
+            base = builder.mul(loop.index, const(block))
+            for a in range(ACCS):
+                p = product(builder.add(base, const(a * LANES)))
+                builder.store(builder.fadd(builder.load(acc[a]), p), acc[a])
+        start = builder.mul(passes, const(block))
+        groups = builder.udiv(builder.sub(n, start), const(LANES))
+        with cgutils.for_range(builder, groups) as loop:                        # step 2
+            p = product(builder.add(start, builder.mul(loop.index, const(LANES))))
+            builder.store(builder.fadd(builder.load(acc[0]), p), acc[0])
+        v = [builder.load(a) for a in acc]                                      # step 3
         while len(v) > 1:
             v = [builder.fadd(v[k], v[k + 1]) for k in range(0, len(v), 2)]
         v, width = v[0], LANES
         while width > 1:
             half = width // 2
-            pick = [ir.Constant(ir.VectorType(i32, half), list(q))
-                    for q in (range(half), range(half, width))]
+            pick = [ir.Constant(ir.VectorType(i32, half), list(r))
+                    for r in (range(half), range(half, width))]
             v = builder.fadd(*(builder.shuffle_vector(v, v, m) for m in pick))
             width = half
-        totals.append(cgutils.alloca_once_value(builder,
-                                                builder.extract_element(v, ir.Constant(i32, 0))))
-    tail = builder.add(start, builder.mul(groups, const(LANES)))
-    with cgutils.for_range(builder, builder.sub(n, tail)) as loop:          # step 4
-        i = builder.add(tail, loop.index)
-        xi = builder.load(address(*ptrs[-1][:2], i, fty))
-        for r in range(R):
-            wi = builder.load(address(*ptrs[r][:2], i, fty))
-            builder.store(builder.fadd(builder.load(totals[r]), builder.fmul(wi, xi)), totals[r])
-    return [builder.load(t) for t in totals]
-
-
-def _float_vectors(*arrays):
-    """Whether arrays are 1-D arrays of one float dtype (the dots' arguments)."""
-    return (all(isinstance(a, types.Array) and a.ndim == 1 for a in arrays)
-            and len({a.dtype for a in arrays}) == 1
-            and arrays[0].dtype in (types.float32, types.float64))
-
-
-@intrinsic
-def _dot_ir(typingctx, w, x):
-    """sum_i w_i x_i for 1-D arrays w, x of one float dtype and the same length, in the
-    order of the module docstring (n = len(w); x must have at least n elements)."""
-    if not _float_vectors(w, x):
-        return None
-
-    def codegen(context, builder, sig, args):
-        return _sums(context, builder, sig.args, args)[0]
+        total = cgutils.alloca_once_value(builder, builder.extract_element(v, ir.Constant(i32, 0)))
+        tail = builder.add(start, builder.mul(groups, const(LANES)))
+        with cgutils.for_range(builder, builder.sub(n, tail)) as loop:          # step 4
+            i = builder.add(tail, loop.index)
+            wi, xi = (builder.load(address(b, s, i, fty)) for b, s, _ in arrays)
+            builder.store(builder.fadd(builder.load(total), builder.fmul(wi, xi)), total)
+        return builder.load(total)
 
     return w.dtype(w, x), codegen
 
