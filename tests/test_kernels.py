@@ -662,6 +662,19 @@ def test_simd_dot_keeps_its_order_inside_fast_math_callers(dtype):
             assert call(w, np.repeat(x, 3)[::3]) == d         # a strided x: the same sums
 
 
+def test_fixed_sum_sums_in_order():
+    """nnjit.loops.sparse.fixed_sum (a sparse fit's ||W^(1)||^2 from its rows' squares) adds
+    in the order i = 0..n-1, as it says: compiled with reassoc it was summed in vectors."""
+    from nnjit.loops.sparse import fixed_sum
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 7, 64, 1001):
+        v = rng.random(n) * 10.0 ** rng.integers(-8, 8, n)
+        s = 0.0
+        for x in v:
+            s += x
+        assert fixed_sum(v) == s, n
+
+
 def test_simd_dot_is_packed_arithmetic():
     """The dot's products and sums compile to packed float32 instructions (the reason it is
     written in LLVM IR): a scalar dot was most of an online step."""

@@ -120,9 +120,10 @@ def clear_rows(GT, indptr, indices, order, start, mb):
                 g[j] = 0.0
 
 
-@jit(**OPTS)
+@jit(**dict(OPTS, fastmath={"nsz"}))
 def fixed_sum(v):
-    """sum_i v_i in the order i = 0..n-1."""
+    """sum_i v_i in the order i = 0..n-1 (OPTS's reassoc let LLVM sum it in vectors: an order
+    of the compiler's, not this one)."""
     acc = 0.0
     for i in range(v.shape[0]):
         acc += v[i]
