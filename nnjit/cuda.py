@@ -65,8 +65,8 @@ _HERE = sys.modules[__name__]
 # about under-utilisation on every such launch, with a new message text each grid size. On a
 # GPU the text starts with a terminal escape (bold), and where colorama is installed Numba's
 # warning class wraps every message in one more: a filter's message must take any number.
-warnings.filterwarnings("ignore", message=r"(\x1b\[[0-9;]*m)*Grid size \d+ will likely result in "
-                        r"GPU under-utilization")
+SMALL_GRID_WARNING = r"(\x1b\[[0-9;]*m)*Grid size \d+ will likely result in GPU under-utilization"
+warnings.filterwarnings("ignore", message=SMALL_GRID_WARNING)
 
 
 class CUDAUnavailableError(OSError):
