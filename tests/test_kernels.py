@@ -576,12 +576,14 @@ def test_blocked_forward(dtype, M_, n_in, n_out, kernel):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kernel", ["update_forward_next", "update_forward_next_serial"])
 @pytest.mark.parametrize("rule", RULES)
-def test_update_forward_next(dtype, kernel, rule):
-    """The online step fused with the next sample's z equals update, then feed-forward."""
+@pytest.mark.parametrize("an", [0.05, 0.0])
+def test_update_forward_next(dtype, kernel, rule, an):
+    """The online step fused with the next sample's z equals update, then feed-forward
+    (an = 0: the rows run rule_row_plain)."""
     W, b, vW, vb, delta, x, x_next = data(dtype, (N_OUT, N_IN), (N_OUT,), (N_OUT, N_IN), (N_OUT,),
                                           (N_OUT,), (N_IN,), (N_IN,))
     sW, sb = [np.abs(x) for x in data(dtype, (N_OUT, N_IN), (N_OUT,), seed=4)]
-    c = coefs(rule)
+    c = coefs(rule, an=an)
     got = [W.copy(), b.copy(), vW.copy(), vb.copy(), sW.copy(), sb.copy()]
     z_next, = poisoned((N_OUT,), dtype=dtype)
     getattr(blocked, kernel)(*got, delta, x, x_next, z_next, rule, c)
@@ -591,6 +593,45 @@ def test_update_forward_next(dtype, kernel, rule):
     vectorised.forward_layer(z2, a2, x_next[None], want[0], want[1], A.IDENTITY)
     for g, w in zip(got + [z_next], want + [z2[0]]):
         assert_close(g, w, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("mu", [0.9, 0.0])
+def test_rule_row_plain_is_rule_row_without_l2_bit_for_bit(dtype, rule, mu):
+    """The online kernels update a row with rule_row_plain when alpha_n = 0 (no L2
+    multiply-add) and with rule_row otherwise (a streamed chunk's last sample, the other
+    kernels): the two must give the same bits at alpha_n = 0, signed zeros included (a zero
+    gradient times -0 or +0 weights, states at and around the cut, w = +0 and -0)."""
+    from numba import njit
+    from nnjit.loops.rows import rule_row, rule_row_plain
+
+    @njit
+    def both(rule, w, v, q, g, scale, c, w2, v2, q2):
+        for j in range(w.shape[0]):
+            rule_row(rule, w[j], v[j], q[j], g[j], scale, 0.0, c)
+            rule_row_plain(rule, w2[j], v2[j], q2[j], g[j], scale, c)
+
+    T = np.dtype(dtype).type
+    rng = np.random.default_rng(3)
+    n = 97                  # odd: the vector body and the scalar tail
+    cut = step_min(dtype)
+    special = np.array([0.0, -0.0, cut, -cut, cut / 2, -cut / 2, 1e-30, -1e-30], T)
+    w = rng.normal(size=(6, n)).astype(dtype)
+    v = (rng.normal(size=(6, n)) * 1e-3).astype(dtype)
+    g = rng.normal(size=(6, n)).astype(dtype)
+    for a in (w, v, g):     # every special value in every array, at different places
+        a[:, rng.choice(n, 40, replace=False)] = np.resize(special, 40)
+    g[4:] = np.where(rng.random((2, n)) < 0.5, T(0.0), T(-0.0))   # rows of zero gradients
+    q = np.abs(v)
+    c = coefs(rule, an=0.0)._replace(mu=T(mu), rho=T(0.9))
+    for scale in (0.5, -0.0, 0.0):
+        got = [w.copy(), v.copy(), q.copy()]
+        want = [w.copy(), v.copy(), q.copy()]
+        both(rule, *want, g, scale, c, *got)
+        for x, y in zip(got, want):
+            assert np.array_equal(x.view(np.uint8), y.view(np.uint8))
+        assert scale == 0 or not np.array_equal(want[0], w)      # (the rows did move)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

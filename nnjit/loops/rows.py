@@ -15,6 +15,7 @@ zero check in the loop to stop the vectoriser; no reassoc, so softmax sums its r
 ``cost``, ``output_error``, ``max_error``  a sample's C_m, δ^L and max |a - y| (rows m of 2-D arrays)
 ``step_coefs(rule, h, t, alpha_n)``  the Coefs of update t (float64)
 ``rule_row(rule, w, v, q, g, scale, an, c)``  the rule on a row, gradient scale g_i + an w_i
+``rule_row_plain(rule, w, v, q, g, scale, c)``  the same with an = 0, without its multiply-add
 ``rule_at(rule, w, v, q, j, d, c)``  the rule on element j with gradient d
 ``check_act(act)``, ``check_rule(rule)``  raise for a code not in its table
 ``table_kernel(dtype, name)``  one dtype's compiled dispatch, for the compile plans
@@ -151,9 +152,9 @@ def _rules(dtype):
     # the state a rule keeps: q is stored back only by rules that read it (a needless store
     # of q per element would be a third of an SGD update's memory traffic)
 
-    def step(r, at):
+    def step(r, at, l2=True):
         i = "j" if at else "i"
-        g = "T(d)" if at else "sc * g[i] + an_ * w[i]"
+        g = "T(d)" if at else "sc * g[i] + an_ * w[i]" if l2 else "sc * g[i]"
         return ([f"_g = {g}"]
                 + expand(r.step, [f"w[{i}]", f"v[{i}]", f"q[{i}]", "_g", "cc"],
                          ("_nw", "_nv", "_nq"), f"_r{r.code}")
@@ -164,10 +165,15 @@ def _rules(dtype):
                  [(r.code, ["for i in range(w.shape[0]):"] + _indent(step(r, False)))
                   for r in R.RULES], _UNKNOWN_RULE, ns, _HERE,
                  ["T = w.dtype.type"] + cast + ["sc, an_ = T(scale), T(an)"])
+    plain = switch("rule_row_plain" + sfx, ("rule", "w", "v", "q", "g", "scale", "c"), "rule",
+                   [(r.code, ["for i in range(w.shape[0]):"] + _indent(step(r, False, False)))
+                    for r in R.RULES], _UNKNOWN_RULE, ns, _HERE,
+                   ["T = w.dtype.type"] + cast + ["sc = T(scale)"])
     at = switch("rule_at" + sfx, ("rule", "w", "v", "q", "j", "d", "c"), "rule",
                 [(r.code, step(r, True)) for r in R.RULES], _UNKNOWN_RULE, ns, _HERE,
                 ["T = w.dtype.type"] + cast)
-    return {"rule_row": jit(**_RULE_OPTS)(row), "rule_at": jit(**_RULE_OPTS)(at)}
+    return {"rule_row": jit(**_RULE_OPTS)(row), "rule_row_plain": jit(**_RULE_OPTS)(plain),
+            "rule_at": jit(**_RULE_OPTS)(at)}
 
 
 _RULE = {}
@@ -181,4 +187,13 @@ def _rule(dtype, name):
 
 rule_row = _per_dtype(_rule, "rule_row", ("rule", "w", "v", "q", "g", "scale", "an", "c"), 1,
                       _RULE_OPTS)
+# rule_row without the L2 term, for the online kernels when alpha = 0 (nnjit's default): its
+# multiply and add per weight were 13-21 % of an SGD row's time (one core, 784-wide rows, AMD
+# Milan). The same bits as rule_row with an = 0 for finite weights: sc g_i + 0 w_i differs
+# from sc g_i only in the sign of a zero gradient when w_i >= +0, which then moves no weight
+# (a state below STEP_MIN is cut to +0 either way; rmsprop without momentum gives w_i - 0 =
+# +0 for w_i = +0 from both). Only the online kernels call it: a second copy of the rule
+# loops in every batch kernel added ~3 s to a first batch fit's compile.
+rule_row_plain = _per_dtype(_rule, "rule_row_plain", ("rule", "w", "v", "q", "g", "scale", "c"),
+                            1, _RULE_OPTS)
 rule_at = _per_dtype(_rule, "rule_at", ("rule", "w", "v", "q", "j", "d", "c"), 1, _RULE_OPTS)
