@@ -10,7 +10,7 @@ import numba
 import numpy as np
 import pytest
 
-from nnjit import MLP, config
+from nnjit import MLP, DivergenceError, config
 from nnjit.loops import team
 from nnjit.loops.epoch import ONLINE_WIDE, epoch_mode
 
@@ -73,6 +73,28 @@ def test_team_equals_the_per_sample_kernels(sizes, dtype, optimizer, kw):
     assert ref.history_["loss"][-1] != ref.history_["loss"][0]
     if kw.get("sample_weight") == "zeros":       # 4 zero-weight samples make no update
         assert ref.engine.step[0] == 2 * (23 - 4)
+
+
+@pytest.mark.parametrize("sizes", SIZES[:2], ids=["first", "middle"])
+@pytest.mark.parametrize("team_on", [True, False], ids=["team", "per_sample"])
+def test_online_divergence_raises_and_restores(sizes, team_on):
+    """Without an L2 term the team's rows skip its multiply-add (rule_row_plain), so a weight
+    that overflows stays inf where rule_row would make it NaN; saturated sigmoid units can
+    keep the loss finite meanwhile. The epoch's check of every parameter must still raise
+    DivergenceError and put back the weights the epoch started from."""
+    X, y, _ = _data(sizes[0], sizes[-1])
+    old = config.ONLINE_TEAM
+    try:
+        config.ONLINE_TEAM = team_on
+        net = MLP(sizes, activation="sigmoid", seed=3, dtype="float32")
+        net.fit(X.astype("float32"), y, epochs=1, lr=0.01, batch_size=1, momentum=0.9)
+        before = [p.copy() for p in net.weights + net.biases]
+        with pytest.raises(DivergenceError, match="diverged"):
+            net.fit(X.astype("float32"), y, epochs=3, lr=1e36, batch_size=1, momentum=0.9)
+    finally:
+        config.ONLINE_TEAM = old
+    for p, q in zip(net.weights + net.biases, before):
+        np.testing.assert_array_equal(p, q)
 
 
 @pytest.mark.parametrize("P", [2, 3, 5])

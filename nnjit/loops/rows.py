@@ -192,8 +192,10 @@ rule_row = _per_dtype(_rule, "rule_row", ("rule", "w", "v", "q", "g", "scale", "
 # Milan). The same bits as rule_row with an = 0 for finite weights: sc g_i + 0 w_i differs
 # from sc g_i only in the sign of a zero gradient when w_i >= +0, which then moves no weight
 # (a state below STEP_MIN is cut to +0 either way; rmsprop without momentum gives w_i - 0 =
-# +0 for w_i = +0 from both). Only the online kernels call it: a second copy of the rule
-# loops in every batch kernel added ~3 s to a first batch fit's compile.
+# +0 for w_i = +0 from both). A weight that overflowed stays inf here where rule_row makes it
+# NaN: either way the epoch's check of every parameter raises DivergenceError and restores
+# them. Only the online kernels call it: a second copy of the rule loops in every batch
+# kernel added ~3 s to a first batch fit's compile.
 rule_row_plain = _per_dtype(_rule, "rule_row_plain", ("rule", "w", "v", "q", "g", "scale", "c"),
                             1, _RULE_OPTS)
 rule_at = _per_dtype(_rule, "rule_at", ("rule", "w", "v", "q", "j", "d", "c"), 1, _RULE_OPTS)
