@@ -49,7 +49,7 @@ from numba.extending import intrinsic
 
 from ..jit import jit
 from .blocked import (backward_layer_tiled_serial, blocks, corrections_update_tiled_serial,
-                      forward_layer_tiled_serial)
+                      corrections_update_units, forward_layer_tiled_serial)
 from .network import load_batch
 from .reference import output_error, penalty_from, sample_loss, weight_sum
 from .rows import apply_f, check_act, check_rule, rule_at, rule_row, rule_row_plain, \
@@ -146,7 +146,7 @@ def _forward_rows(z, a_prev, W, b, lo, hi):
 
 
 @jit(**OPTS)
-def _unit(theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, u, P):
+def _unit(theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile, kind, l, t, u, P):
     """Unit u of P of a stage (kind, layer l, sample t): its rows j in [N_l u / P,
     N_l (u + 1) / P). Reads the sample's weight, step and errors from the shared buffers
     (the leader wrote them before it opened the stage)."""
@@ -168,11 +168,15 @@ def _unit(theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, u, P
         vW, vb = params(vel, shape, l)
         sW, sb = params(sq, shape, l)
         a_prev, delta = rows(bufs.a, shape, l - 1, one), rows(bufs.delta, shape, l, one)
+        if kind == CORR:
+            dW, db = params(grad, shape, l)
+            _, _, _, _, _, ic = blocks(tile, W.shape[0], W.shape[1])
+            corrections_update_units(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c, lo,
+                                     hi, ic)
+            return
         an = c.alpha_n
         x, d = a_prev[0], delta[0]
         x_next = X[order[t + 1 if ahead else t]]
-        # CORR and FIRST: corrections_update_units' rows at M = 1 (dw_ij = a_i delta_j +
-        # alpha_n w_ij into the rule, row by row), FIRST with the next sample's z_j besides
         for j in range(lo, hi):
             if an == 0:     # (rule_row's bits without its L2 multiply-add)
                 rule_row_plain(rule, W[j], vW[j], sW[j], x, np.float64(d[j]), c)
@@ -186,21 +190,24 @@ def _unit(theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, u, P
 
 
 @jit(**OPTS)
-def _take(sync, q, u, theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, P):
+def _take(sync, q, u, theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile, kind, l,
+          t, P):
     """Unit u of stage q, unless someone has taken it: then do it and count it done."""
     if claim(sync, CLAIM + 8 * u, q - 1, q):
-        _unit(theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, u, P)
+        _unit(theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile, kind, l, t, u, P)
         fetch_add(sync, DONE, 1)
 
 
 @jit(**OPTS)
-def _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, P):
+def _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile,
+           kind, l, t, P):
     """Stage q (from 1) for member ``role``. The leader opens it, does its unit and returns
     when all P units are done, taking any unit a member has not started after SPINS looks (a
     member whose core another process holds). A member waits for the stage to open, does its
     unit unless taken, and goes on to wait for the next stage."""
     if P == 1:
-        _unit(theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, int(0), int(1))
+        _unit(theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile, kind, l, t,
+              int(0), int(1))
         return
     spins = 0
     if role == 0:
@@ -210,14 +217,15 @@ def _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule, h, 
             spins += 1
             if spins > SPINS:
                 yield_core()
-    _take(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule, h, kind, l, t, P)
+    _take(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile, kind,
+          l, t, P)
     if role == 0:
         while load_acquire(sync, DONE) < q * P:
             spins += 1
             if spins > SPINS:
                 for u in range(1, P):
-                    _take(sync, q, u, theta, vel, sq, step, shape, bufs, X, order, rule,
-                          h, kind, l, t, P)
+                    _take(sync, q, u, theta, vel, sq, step, grad, shape, bufs, X, order, rule,
+                          h, tile, kind, l, t, P)
                 yield_core()
 
 
@@ -243,23 +251,23 @@ def team_member(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h
     q = int(1)
     # int(): a literal constant passed on would compile the stage once per kind
     fwd, corr, first = int(FWD), int(CORR), int(FIRST)
-    _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule, h, int(START), one,
-           int(0), P)
+    _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile,
+           int(START), one, int(0), P)
     if not lead:
         for t in range(n):
             for l in range(2, L + 1):
                 if shape.sizes[l] * shape.sizes[l - 1] >= par_work:
                     q += 1
-                    _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order,
-                           rule, h, fwd, l, t, P)
+                    _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order,
+                           rule, h, tile, fwd, l, t, P)
             for l in range(L, 1, -1):
                 if shape.sizes[l] * shape.sizes[l - 1] >= par_work:
                     q += 1
-                    _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order,
-                           rule, h, corr, l, t, P)
+                    _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order,
+                           rule, h, tile, corr, l, t, P)
             q += 1
-            _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule, h,
-                   first, one, t, P)
+            _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order, rule, h,
+                   tile, first, one, t, P)
         return
     alpha = h.alpha
     total = pen = batch_cost = batch_pen = 0.0
@@ -274,8 +282,8 @@ def team_member(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h
             z, a = rows(bufs.z, shape, l, one), rows(bufs.a, shape, l, one)
             if W.size >= par_work:
                 q += 1
-                _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule,
-                       h, fwd, l, t, P)
+                _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order, rule,
+                       h, tile, fwd, l, t, P)
                 apply_f(a[0], z[0], acts[l - 1])
             else:
                 mc, nc, _, _, _, _ = blocks(tile, W.shape[0], W.shape[1])
@@ -311,8 +319,8 @@ def team_member(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h
                                             acts[l - 2], mc, nc, small)
             if not small:   # (a stage even for a zero weight: every member walks the same)
                 q += 1
-                _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule,
-                       h, corr, l, t, P)
+                _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order, rule,
+                       h, tile, corr, l, t, P)
             elif Sb > 0.0:
                 vW, vb = params(vel, shape, l)
                 sW, sb = params(sq, shape, l)
@@ -321,8 +329,8 @@ def team_member(theta, vel, sq, step, grad, shape, bufs, X, Y, S, order, rule, h
                 corrections_update_tiled_serial(W, b, vW, vb, sW, sb, dW, db, delta, a_prev,
                                                 rule, c, ju, ic, small)
         q += 1
-        _stage(sync, q, role, theta, vel, sq, step, shape, bufs, X, order, rule, h, first, one,
-               t, P)
+        _stage(sync, q, role, theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile,
+               first, one, t, P)
     res[0], res[1], res[2], res[3], res[4] = total, pen, emax, batch_cost, batch_pen
 
 
