@@ -899,6 +899,69 @@ def test_gemm_corrections_update(dtype, M_, n_in, n_out, mc, kc, ju, rule):
         assert_close(x, ref, dtype)
 
 
+@pytest.mark.parametrize("n,size,mr", [(256, 48, 3), (1024, 48, 3), (50, 6, 3), (7, 3, 3),
+                                        (5, 48, 3), (1000, 24, 12), (3, 1, 3), (40, 9, 4)])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_gemm_balanced_pieces(n, size, mr, threads):
+    """The parallel steps of the GEMM kernels cover 0..n-1 once, in order, in whole groups of
+    mr (but the last), no piece more than one group larger than another; more than one piece
+    is a multiple of the thread count, so Numba's equal runs of steps give every thread the
+    same work (256 samples in pieces of exactly 48 left one of two threads 3 x 48, the other
+    2 x 48 + 16). The thread count comes from Numba in the kernel: set_num_threads(k) below."""
+    import numba
+    from nnjit.loops import gemm
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        t = numba.get_num_threads()
+        k = gemm.balanced(n, size, mr)
+    finally:
+        numba.set_num_threads(before)
+    cuts = [gemm.piece(p, k, n, mr) for p in range(k)]
+    assert cuts[0][0] == 0 and cuts[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(cuts, cuts[1:]))
+    sizes = [hi - lo for lo, hi in cuts]
+    assert min(sizes) > 0 and all(lo % mr == 0 for lo, _ in cuts)
+    assert max(sizes) - min(sizes) <= mr
+    groups = -(-n // mr)
+    assert k == 1 or k % t == 0 or k == groups
+    assert k >= min(-(-n // size), groups)
+
+
+@pytest.mark.parametrize("M_,n_in,n_out", [(50, 37, 35), (256, 70, 40), (7, 37, 35)])
+def test_gemm_kernels_equal_across_thread_counts(M_, n_in, n_out):
+    """The GEMM kernels cut a batch (feed-forward, recursion) or a layer's units
+    (corrections) into as many pieces as the threads need: the results are the same bits
+    with 1, 2 or 3 threads (every sum still runs k = 0..K-1 in one call)."""
+    import numba
+    dtype = "float32"
+    a_prev, W, b, delta, z_prev, vW, vb = data(dtype, (M_, n_in), (n_out, n_in), (n_out,),
+                                               (M_, n_out), (M_, n_in), (n_out, n_in), (n_out,))
+    rule, c = R.CODES["adam"], coefs(R.CODES["adam"])
+    P, = poisoned((loops.gemm_need(n_out, n_in, M_, True),), dtype=dtype)
+
+    def run():
+        z, a, d = poisoned((M_, n_out), (M_, n_out), (M_, n_in), dtype=dtype)
+        loops.forward_layer_gemm(z, a, a_prev, W, b, TANH, P, 6, 16)
+        loops.backward_layer_gemm(d, delta, W, z_prev, np.tanh(z_prev), TANH, P, 6, 16)
+        args = [W.copy(), b.copy(), vW.copy(), vb.copy(), np.zeros_like(W), np.zeros_like(b)
+                ] + poisoned((n_out, n_in), (n_out,), dtype=dtype)
+        loops.corrections_update_gemm(*args, delta, a_prev, rule, c, P, 6, 16)
+        return [z, a, d] + args
+    before = numba.get_num_threads()
+    outs = []
+    try:
+        for t in sorted({1, 2, min(3, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(min(t, numba.config.NUMBA_NUM_THREADS))
+            outs.append(run())
+    finally:
+        numba.set_num_threads(before)
+    for other in outs[1:]:
+        for x, y in zip(outs[0], other):
+            assert np.isfinite(x).all()
+            np.testing.assert_array_equal(x, y)
+
+
 @pytest.mark.parametrize("M_,n_in,n_out", [(50, 37, 10), (9, 31, 31), (6, 3, 2), (4, 40, 1)])
 def test_gemm_narrow_layers_equal_the_tiled_kernels(M_, n_in, n_out):
     """A layer narrower than a panel (NR = 32 units) runs the tiled kernels' loops inside

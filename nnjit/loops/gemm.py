@@ -18,7 +18,11 @@ corrections). Those results equal the tiled kernels' bit for bit. The error recu
 keeps its panels: to 10 units from 1024 (K = 10) it runs as fast as the tiled loops.
 """
 import numpy as np
-from numba import prange
+import numba
+from llvmlite import ir
+from numba import prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..activations import SOFTMAX
 from ..jit import jit
@@ -137,16 +141,55 @@ def panel_groups(nch, n):
     return max(1, min((n + NR - 1) // NR, (GEMM_STEPS + nch - 1) // nch))
 
 
+@intrinsic
+def threads(typingctx):
+    """numba.get_num_threads() in compiled code that can be cached: Numba's own overload
+    calls the threading layer through a ctypes pointer, a dynamic global that keeps every
+    caller out of the disk cache; this calls the same C function by the symbol the
+    threading layer registers as it starts (nnjit.jit starts it before any load), as the
+    parallel regions Numba generates do to schedule their iterations."""
+    numba.get_num_threads()         # starts the threading layer: the symbol is defined
+
+    def codegen(context, builder, sig, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(cgutils.intp_t, []),
+                                            "get_num_threads")
+        return builder.call(fn, [])
+    return types.intp(), codegen
+
+
 @jit(**OPTS)
-def _step(st, ng, mc, M, n):
-    """Parallel step st of the feed-forward or recursion: samples m_lo <= m < m_hi (chunk
-    st // ng of mc), panels t_lo <= t < t_hi (group st % ng of ng), their columns c_lo <= c <
+def balanced(n, size, mr):
+    """Parallel pieces n items (samples, or units) are cut into, about size each: a multiple
+    of the thread count once there is more than one, so that Numba's static schedule (equal
+    runs of consecutive iterations a thread) gives every thread the same work. With pieces
+    of exactly size items the last one was short: 256 samples in 48s were 5 x 48 + 16, and
+    the thread with 3 x 48 set the time (batch 240, 256 and 288 took the same 4.1 ms for a
+    1024 x 1024 feed-forward on the 2-core Milan host)."""
+    nch = (n + size - 1) // size
+    if nch > 1:
+        t = threads()
+        nch = (nch + t - 1) // t * t
+    return max(1, min(nch, (n + mr - 1) // mr))
+
+
+@jit(**OPTS)
+def piece(p, np_, n, mr):
+    """Items lo <= i < hi of piece p of np_ (balanced): whole groups of mr (the micro-kernel's
+    rows) shared out as evenly as they go, so the pieces differ by one group at most."""
+    g = (n + mr - 1) // mr
+    return min(n, mr * (p * g // np_)), min(n, mr * ((p + 1) * g // np_))
+
+
+@jit(**OPTS)
+def _step(st, ng, nch, M, n, mr):
+    """Parallel step st of the feed-forward or recursion: samples m_lo <= m < m_hi (piece
+    st // ng of nch), panels t_lo <= t < t_hi (group st % ng of ng), their columns c_lo <= c <
     c_hi of the n of C. st int64 (prange's unsigned index converted: one specialisation)."""
     ch = st // ng
-    m_lo = ch * mc
+    m_lo, m_hi = piece(ch, nch, M, mr)
     npn = (n + NR - 1) // NR
     t_lo, t_hi = (st - ch * ng) * npn // ng, (st - ch * ng + 1) * npn // ng
-    return m_lo, min(M, m_lo + mc), t_lo, t_hi, t_lo * NR, min(n, t_hi * NR)
+    return m_lo, m_hi, t_lo, t_hi, t_lo * NR, min(n, t_hi * NR)
 
 
 @jit(parallel=True, **OPTS)
@@ -155,7 +198,7 @@ def forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
 
     a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l); P scratch of at least
     ceil(N_l / NR) NR N_{l-1} elements. Two parallel loops: panels of W^T (a step packs one),
-    then chunks of mc samples m (a step owns their rows of z and a). Fewer than NR units: no
+    then chunks of about mc samples m (balanced; a step owns their rows of z and a). Fewer than NR units: no
     packing, and steps of 4 samples with the tiled kernel's sums (dot_rows_range)."""
     check_act(act)
     M, n_in = a_prev.shape
@@ -167,10 +210,11 @@ def forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
         for t in prange((n_out + NR - 1) // NR):
             _pack_panel_t(P, W, np.int64(t))     # prange indices are unsigned: one specialisation
     zf, af = z.reshape(z.size), a_prev.reshape(a_prev.size)
-    nch = (M + mc - 1) // mc
+    nch = (M + mc - 1) // mc if narrow else balanced(M, mc, rows(z))
     ng = 1 if narrow or act == SOFTMAX else panel_groups(nch, n_out)   # softmax: whole rows
     for st in prange(nch * ng):     # one parallel loop for both: each a gufunc to compile
-        m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, mc, M, n_out)
+        m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, nch, M, n_out,
+                                                   mc if narrow else rows(z))
         if narrow:
             dot_rows_range(z, a_prev, W, b, m_lo, m_hi - m_lo, int(0), n_out)
         else:
@@ -188,7 +232,8 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
 
     delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l);
     P scratch of at least N_{l+1} ceil(N_l / NR) NR elements. Parallel loops: packing W
-    (PACK_ROWS rows k a step), then chunks of mc samples m, cut into groups of panels as the
+    (PACK_ROWS rows k a step), then chunks of about mc samples m (balanced), cut into groups
+    of panels as the
     feed-forward's (a step owns its block of delta_prev)."""
     check_act(act_prev)
     M, n_out = delta.shape
@@ -197,10 +242,11 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
         k0 = kb * PACK_ROWS
         _pack_rows(P, W, k0, min(n_out, k0 + PACK_ROWS))
     df, dpf = delta.reshape(delta.size), delta_prev.reshape(delta_prev.size)
-    nch = (M + mc - 1) // mc
+    nch = balanced(M, mc, rows(delta_prev))
     ng = panel_groups(nch, n_in)
     for st in prange(nch * ng):
-        m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, mc, M, n_in)
+        m_lo, m_hi, t_lo, t_hi, c_lo, c_hi = _step(np.int64(st), ng, nch, M, n_in,
+                                                   rows(delta_prev))
         gemm_rows(dpf, n_in, df, n_out, int(1), P, m_lo, m_hi, t_lo, t_hi, n_in, n_out, kc)
         for m in range(m_lo, m_hi):
             mul_fprime(delta_prev[m, c_lo:c_hi], z_prev[m, c_lo:c_hi], a_prev[m, c_lo:c_hi],
@@ -244,7 +290,8 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
     W, vW, sW, dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1});
     P scratch of ceil(N_{l-1} / NR) NR M + N_l M elements: the panels of a_prev, then
     delta^T (N_l, M). Parallel loops: packing (PACK_ROWS samples m a step: their rows of
-    a_prev into the panels, their columns of delta^T), then blocks of ju units j (a step
+    a_prev into the panels, their columns of delta^T), then blocks of about ju units j
+    (balanced; a step
     owns their rows of W, vW, sW, dW and their biases; each row gets its update once its
     sums are done). Fewer than NR units: no packing, and steps of 4 units with the tiled
     kernel's sums over a_prev in place (corr_rows_range)."""
@@ -265,11 +312,10 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
             _transpose_rows(P, off, delta, m0, m1)
     D = P[off:off + n_out * M]
     dWf = dW.reshape(dW.size)
-    if narrow:
-        ju = 4
-    for jb in prange((n_out + ju - 1) // ju):     # one parallel loop for both (see forward)
-        j_lo = jb * ju
-        j_hi = min(n_out, j_lo + ju)
+    mr = 4 if narrow else rows(dW)      # units a step: 4, or about ju in groups of mr
+    nb = (n_out + 3) // 4 if narrow else balanced(n_out, ju, mr)
+    for jb in prange(nb):     # one parallel loop for both (see forward)
+        j_lo, j_hi = piece(np.int64(jb), nb, n_out, mr)
         if narrow:
             for j in range(j_lo, j_hi):
                 row = dW[j]
