@@ -198,8 +198,9 @@ def forward_layer_gemm(z, a, a_prev, W, b, act, P, mc, kc):
 
     a_prev (M, N_{l-1}); W (N_l, N_{l-1}); b (N_l,); z, a (M, N_l); P scratch of at least
     ceil(N_l / NR) NR N_{l-1} elements. Two parallel loops: panels of W^T (a step packs one),
-    then chunks of about mc samples m (balanced; a step owns their rows of z and a). Fewer than NR units: no
-    packing, and steps of 4 samples with the tiled kernel's sums (dot_rows_range)."""
+    then chunks of about mc samples m (balanced; a step owns their rows of z and a). Fewer
+    than NR units: no packing, and steps of 4 samples with the tiled kernel's sums
+    (dot_rows_range)."""
     check_act(act)
     M, n_in = a_prev.shape
     n_out = W.shape[0]
