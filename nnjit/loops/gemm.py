@@ -291,11 +291,12 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
     W, vW, sW, dW (N_l, N_{l-1}); b, vb, sb, db (N_l,); delta (M, N_l); a_prev (M, N_{l-1});
     P scratch of ceil(N_{l-1} / NR) NR M + N_l M elements: the panels of a_prev, then
     delta^T (N_l, M). Parallel loops: packing (PACK_ROWS samples m a step: their rows of
-    a_prev into the panels, their columns of delta^T), then blocks of about ju units j
-    (balanced; a step
-    owns their rows of W, vW, sW, dW and their biases; each row gets its update once its
-    sums are done). Fewer than NR units: no packing, and steps of 4 units with the tiled
-    kernel's sums over a_prev in place (corr_rows_range)."""
+    a_prev into the panels, their columns of delta^T), then one step a thread (balanced
+    groups of the micro-kernel's rows), which owns its units' rows of W, vW, sW and biases
+    and sums them in blocks of about ju units into rows of dW of its own (dW is scratch:
+    it ends holding the last blocks), each row updated once its sums are done. Fewer than
+    NR units: no packing, and steps of 4 units with the tiled kernel's sums over a_prev in
+    place (corr_rows_range), dW's own rows."""
     check_rule(rule)
     M, n_in = a_prev.shape
     n_out = delta.shape[1]
@@ -313,26 +314,35 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
             _transpose_rows(P, off, delta, m0, m1)
     D = P[off:off + n_out * M]
     dWf = dW.reshape(dW.size)
-    mr = 4 if narrow else rows(dW)      # units a step: 4, or about ju in groups of mr
-    nb = (n_out + 3) // 4 if narrow else balanced(n_out, ju, mr)
+    # Wide: one step a thread, its units in blocks of sub (about ju) summed into its own sub
+    # rows of dW, kept in L2 for the rule (dW is scratch here): a dW row a unit went out to
+    # memory and came back each batch, twice the layer's weights (15 MB a batch of
+    # 784-1024-1024-10). Narrow: steps of 4 units, dW's own rows.
+    mr = 4 if narrow else rows(dW)
+    nb = (n_out + 3) // 4 if narrow else max(1, min(threads(), n_out // mr))
+    sub = 4 if narrow else max(mr, min(ju, n_out // nb // mr * mr))
     for jb in prange(nb):     # one parallel loop for both (see forward)
         j_lo, j_hi = piece(np.int64(jb), nb, n_out, mr)
-        if narrow:
-            for j in range(j_lo, j_hi):
-                row = dW[j]
-                for i in range(n_in):
-                    row[i] = zero
-                db[j] = zero
-            i0 = int(0)
-            corr_rows_range(dW, db, delta, a_prev, j_lo, j_hi - j_lo, i0, n_in, i0 == 0)
-        else:
-            gemm_rows(dWf, n_in, D, M, int(1), P, j_lo, j_hi, int(0), nt, n_in, M, kc)
-            for j in range(j_lo, j_hi):
-                db[j] = sum8(D, j * M, M, int(1))     # db_j = sum_m delta_mj
-        for j in range(j_lo, j_hi):
-            rule_row(rule, W[j], vW[j], sW[j], dW[j], s, an, c)
-            db[j] *= W.dtype.type(s)
-            rule_at(rule, b, vb, sb, j, db[j], c)
+        so = j_lo if narrow else np.int64(jb) * sub     # the step's rows of dW (nb sub <= n_out)
+        for j0 in range(j_lo, j_hi, sub):
+            j1 = min(j_hi, j0 + sub)
+            if narrow:
+                for j in range(j0, j1):
+                    row = dW[j]
+                    for i in range(n_in):
+                        row[i] = zero
+                    db[j] = zero
+                i0 = int(0)
+                corr_rows_range(dW, db, delta, a_prev, j0, j1 - j0, i0, n_in, i0 == 0)
+            else:
+                gemm_rows(dWf[so * n_in:], n_in, D[j0 * M:], M, int(1), P, int(0), j1 - j0,
+                          int(0), nt, n_in, M, kc)
+                for j in range(j0, j1):
+                    db[j] = sum8(D, j * M, M, int(1))     # db_j = sum_m delta_mj
+            for j in range(j0, j1):
+                rule_row(rule, W[j], vW[j], sW[j], dW[so + j - j0], s, an, c)
+                db[j] *= W.dtype.type(s)
+                rule_at(rule, b, vb, sb, j, db[j], c)
 
 
 def gemm_need(n_out, n_in, M, train):
