@@ -19,7 +19,7 @@ import numpy as np
 from numba import prange
 
 from ..jit import jit
-from .rows import apply_f, check_act, check_rule, mul_fprime, rule_at, rule_row, rule_row_plain
+from .rows import apply_f, check_act, check_rule, mul_fprime, online_row, rule_at, rule_row
 from .simd import dot
 from .views import OPTS, renamed
 
@@ -335,10 +335,6 @@ def corrections_update_tiled(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, 
                                      jb * ju, min(n_out, jb * ju + ju), ic)
 
 
-#: the parallel update_forward_next runs rule_row_plain when alpha_n = 0 (its serial twin not)
-_PLAIN = True
-
-
 @jit(parallel=True, **OPTS)
 def update_forward_next(W, b, vW, vb, sW, sb, delta, x, x_next, z_next, rule, c):
     """Online learning, first layer: the update rule with dw_ij = x_i delta_j + alpha_n w_ij
@@ -353,10 +349,7 @@ def update_forward_next(W, b, vW, vb, sW, sb, delta, x, x_next, z_next, rule, c)
     n_out = W.shape[0]
     an = c.alpha_n
     for j in prange(n_out):
-        if _PLAIN and an == 0:      # rule_row's bits without its L2 multiply-add
-            rule_row_plain(rule, W[j], vW[j], sW[j], x, np.float64(delta[j]), c)
-        else:
-            rule_row(rule, W[j], vW[j], sW[j], x, np.float64(delta[j]), an, c)
+        online_row(rule, W[j], vW[j], sW[j], x, np.float64(delta[j]), an, c)
         rule_at(rule, b, vb, sb, np.int64(j), delta[j], c)   # prange's j is unsigned: one
         z_next[j] = dot(W[j], x_next) + b[j]                  # rule_at specialisation, not two
 
@@ -374,6 +367,6 @@ corrections_update_tiled_serial = renamed(
     corrections_update_tiled, "_serial", OPTS,
     corrections_update_units=renamed(corrections_update_units, "_inline", _INLINE))
 # The serial twin (a narrow first layer, where the L2 multiply-add is a small part of a
-# sample) calls rule_row alone: a second copy of every rule's loop added ~1 s to a first
+# sample) calls rule_row itself: a second copy of every rule's loop added ~1 s to a first
 # online fit of 64-32-10 on the 2-core AMD Milan.
-update_forward_next_serial = renamed(update_forward_next, "_serial", OPTS, _PLAIN=False)
+update_forward_next_serial = renamed(update_forward_next, "_serial", OPTS, online_row=rule_row)

@@ -16,6 +16,7 @@ zero check in the loop to stop the vectoriser; no reassoc, so softmax sums its r
 ``step_coefs(rule, h, t, alpha_n)``  the Coefs of update t (float64)
 ``rule_row(rule, w, v, q, g, scale, an, c)``  the rule on a row, gradient scale g_i + an w_i
 ``rule_row_plain(rule, w, v, q, g, scale, c)``  the same with an = 0, without its multiply-add
+``online_row(rule, w, v, q, g, scale, an, c)``  rule_row_plain when an = 0, else rule_row
 ``rule_at(rule, w, v, q, j, d, c)``  the rule on element j with gradient d
 ``check_act(act)``, ``check_rule(rule)``  raise for a code not in its table
 ``table_kernel(dtype, name)``  one dtype's compiled dispatch, for the compile plans
@@ -199,3 +200,16 @@ rule_row = _per_dtype(_rule, "rule_row", ("rule", "w", "v", "q", "g", "scale", "
 rule_row_plain = _per_dtype(_rule, "rule_row_plain", ("rule", "w", "v", "q", "g", "scale", "c"),
                             1, _RULE_OPTS)
 rule_at = _per_dtype(_rule, "rule_at", ("rule", "w", "v", "q", "j", "d", "c"), 1, _RULE_OPTS)
+
+
+@jit(**_RULE_OPTS, inline="always")
+def online_row(rule, w, v, q, g, scale, an, c):
+    """rule_row for the wide online kernels (the team's first-layer stage, the parallel
+    update_forward_next): rule_row_plain when an = 0, the same bits faster (see above).
+    Narrow online kernels and every batch kernel call rule_row itself. Inlined into its
+    callers by Numba (LLVM left it a call of its own: a call a row, with some thirty
+    arguments, to a function that makes one more)."""
+    if an == 0:
+        rule_row_plain(rule, w, v, q, g, scale, c)
+    else:
+        rule_row(rule, w, v, q, g, scale, an, c)

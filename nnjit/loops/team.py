@@ -52,8 +52,7 @@ from .blocked import (backward_layer_tiled_serial, blocks, corrections_update_ti
                       corrections_update_units, forward_layer_tiled_serial)
 from .network import load_batch
 from .reference import output_error, penalty_from, sample_loss, weight_sum
-from .rows import apply_f, check_act, check_rule, rule_at, rule_row, rule_row_plain, \
-    step_coefs
+from .rows import apply_f, check_act, check_rule, online_row, rule_at, step_coefs
 from .simd import dot
 from .views import OPTS, kernel_types, params, rows, targets
 
@@ -178,10 +177,7 @@ def _unit(theta, vel, sq, step, grad, shape, bufs, X, order, rule, h, tile, kind
         x, d = a_prev[0], delta[0]
         x_next = X[order[t + 1 if ahead else t]]
         for j in range(lo, hi):
-            if an == 0:     # (rule_row's bits without its L2 multiply-add)
-                rule_row_plain(rule, W[j], vW[j], sW[j], x, np.float64(d[j]), c)
-            else:
-                rule_row(rule, W[j], vW[j], sW[j], x, np.float64(d[j]), an, c)
+            online_row(rule, W[j], vW[j], sW[j], x, np.float64(d[j]), an, c)
             rule_at(rule, b, vb, sb, np.int64(j), d[j], c)   # (j of a prange was unsigned)
             if ahead:
                 z1[j] = dot(W[j], x_next) + b[j]
