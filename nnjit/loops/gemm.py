@@ -234,8 +234,7 @@ def backward_layer_gemm(delta_prev, delta, W, z_prev, a_prev, act_prev, P, mc, k
     delta (M, N_{l+1}); W (N_{l+1}, N_l), W[k, j] = w_jk; delta_prev, z_prev, a_prev (M, N_l);
     P scratch of at least N_{l+1} ceil(N_l / NR) NR elements. Parallel loops: packing W
     (PACK_ROWS rows k a step), then chunks of about mc samples m (balanced), cut into groups
-    of panels as the
-    feed-forward's (a step owns its block of delta_prev)."""
+    of panels as the feed-forward's (a step owns its block of delta_prev)."""
     check_act(act_prev)
     M, n_out = delta.shape
     n_in = W.shape[1]
@@ -323,9 +322,9 @@ def corrections_update_gemm(W, b, vW, vb, sW, sb, dW, db, delta, a_prev, rule, c
     sub = 4 if narrow else max(mr, min(ju, n_out // nb // mr * mr))
     for jb in prange(nb):     # one parallel loop for both (see forward)
         j_lo, j_hi = piece(np.int64(jb), nb, n_out, mr)
-        so = j_lo if narrow else np.int64(jb) * sub     # the step's rows of dW (nb sub <= n_out)
         for j0 in range(j_lo, j_hi, sub):
             j1 = min(j_hi, j0 + sub)
+            so = j0 if narrow else np.int64(jb) * sub   # dW's row for unit j0 (nb sub <= n_out)
             if narrow:
                 for j in range(j0, j1):
                     row = dW[j]
