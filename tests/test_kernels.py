@@ -635,6 +635,58 @@ def test_rule_row_plain_is_rule_row_without_l2_bit_for_bit(dtype, rule, mu):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("eps_mode", ["pytorch", "sklearn"])
+def test_adam_is_adamw_with_decay_one_bit_for_bit(dtype, eps_mode):
+    """Adam's step has no decay factor (AdamW's w (1 - eta wd) is a step of its own: one
+    broadcast constant less in the loop form's row, which spilled on AVX2). Adam must still be
+    AdamW at decay 1 bit for bit, in the loop form and the vectorised form: w * 1 is w for
+    every float (signed zeros, infinities, NaNs)."""
+    from numba import njit
+    from nnjit.forms import specialise
+    from nnjit.loops.rows import rule_row, rule_row_plain
+
+    @njit
+    def rows(rule, w, v, q, g, c, plain):
+        for j in range(w.shape[0]):
+            if plain:
+                rule_row_plain(rule, w[j], v[j], q[j], g[j], 0.5, c)
+            else:
+                rule_row(rule, w[j], v[j], q[j], g[j], 0.5, 0.05, c)
+
+    T = np.dtype(dtype).type
+    rng = np.random.default_rng(5)
+    n = 97
+    cut = step_min(dtype)
+    special = np.array([0.0, -0.0, cut, -cut, 1e-30, np.inf, -np.inf, np.nan], T)
+    w, g = (rng.normal(size=(4, n)).astype(dtype) for _ in range(2))
+    v = (rng.normal(size=(4, n)) * 1e-3).astype(dtype)
+    for a in (w, v, g):
+        a[:, rng.choice(n, 40, replace=False)] = np.resize(special, 40)
+    zeros = np.where(rng.random((2, n)) < 0.5, T(0.0), T(-0.0))
+    g[2:], v[2:] = zeros, zeros[::-1]           # m = 0: the new w keeps the old one's zero sign
+    w[2] = np.resize(special, n)
+    w[3] = zeros[0]
+    q = np.abs(v)
+    adam, adamw = R.CODES["adam"], R.CODES["adamw"]
+    c = coefs(adam, eps_mode=eps_mode)
+    assert c.decay == 1.0
+    for plain in (True, False):
+        want = [w.copy(), v.copy(), q.copy()]
+        got = [w.copy(), v.copy(), q.copy()]
+        rows(adamw, *want, g, c, plain)
+        rows(adam, *got, g, c, plain)
+        for x, y in zip(got, want):
+            assert np.array_equal(x.view(np.uint8), y.view(np.uint8))
+        assert not np.array_equal(want[0], w, equal_nan=True)
+    cv = R.Coefs(*(T(x) for x in c))
+    with np.errstate(invalid="ignore"):         # inf - inf in the rows of specials
+        want = specialise(R.BY_CODE[adamw].step, "vectorised", np.dtype(dtype))(w, v, q, g, cv)
+        got = specialise(R.BY_CODE[adam].step, "vectorised", np.dtype(dtype))(w, v, q, g, cv)
+    for x, y in zip(got, want):
+        assert x.dtype == dtype and np.array_equal(x.view(np.uint8), y.view(np.uint8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_in", [1, 7, 8, 13, 33, 64, 129])
 @pytest.mark.parametrize("n_out", [1, 5, 9])
 def test_fused_and_unfused_forward_are_bit_identical(dtype, n_in, n_out):
