@@ -372,11 +372,13 @@ def _cpus():
 _BESIDE = {"asked": set(), "proc": None, "pid": None, "lock": threading.Lock()}
 
 
-def compile_beside(plan, *args):
+def compile_beside(plan, *args, fill=None):
     """Start a process that compiles the kernels ``plan(*args)`` lists (a module-level function
     given as "module:name", returning (dispatcher, argument types) pairs in the order the
     second process should take them; args plain JSON values) into the disk cache, unless
-    every one is cached already. Returns whether it started one.
+    every one is cached already. Returns whether it started one. ``fill`` (optional, the
+    same form) returns (d, pairs): kernels the second process compiles first, one after
+    another for as long as another process is compiling d (the plan would wait for it).
 
     At most one such process per process at a time, and none where it cannot help: no disk
     cache, one CPU, no inter-process locks (Windows), config.COMPILE_WORKER off, or inside
@@ -397,11 +399,13 @@ def compile_beside(plan, *args):
         tasks = _plan(plan, args)
         if all(cached(d, sig) for d, sig in tasks):
             return False
+        filler = _plan(fill, args)[1] if fill else []
         env = dict(os.environ, NNJIT_COMPILE_WORKER="0",        # no process starts a third
                    PYTHONPATH=os.pathsep.join(                  # this very package
                        [os.path.dirname(_PKG_DIR), os.environ.get("PYTHONPATH", "")]).rstrip(
                            os.pathsep))
-        job = json.dumps({"plan": plan, "args": list(args), "fingerprint": _fingerprint(tasks)})
+        job = json.dumps({"plan": plan, "fill": fill, "args": list(args),
+                          "fingerprint": _fingerprint(filler + tasks)})
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", "from nnjit.jit import _worker; _worker()", job],
@@ -434,8 +438,14 @@ def _worker():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # a temporary file is cleaned up
     job = json.loads(sys.argv[1])
     tasks = _plan(job["plan"], job["args"])
-    if job["fingerprint"] != _fingerprint(tasks):
+    awaited, filler = _plan(job["fill"], job["args"]) if job.get("fill") else (None, [])
+    if job["fingerprint"] != _fingerprint(filler + tasks):
         return
+    for dispatcher, sig in filler:
+        if not _held_elsewhere(awaited.nnjit_cache.lock_path):
+            break
+        if not (cached(dispatcher, sig) or _held_elsewhere(dispatcher.nnjit_cache.lock_path)):
+            dispatcher.compile(tuple(sig))
     for dispatcher, sig in tasks:
         if cached(dispatcher, sig) or _held_elsewhere(dispatcher.nnjit_cache.lock_path):
             continue

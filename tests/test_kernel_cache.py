@@ -400,3 +400,31 @@ def test_a_first_fit_with_a_second_process_compiling_beside_it(tmp_path):
               len(network.forward.overloads))
     """), env, timeout=900).split()
     assert out == [_here(code).strip(), "0", "True", "True", "0"]
+
+
+def test_the_second_process_fills_its_wait_for_gemm_rows(tmp_path):
+    """compile_beside's fill (nnjit.loops.epoch.compile_fill): the second process compiles the
+    fused twin's serial helpers first only while another process holds gemm_rows's lock (the
+    first process compiling it, which the first region would wait for), and none of them when
+    nobody does. The worker is run here on an empty plan, so only the fill can compile."""
+    (tmp_path / "plans.py").write_text("def empty(*args):\n    return []\n")
+    env = _env(tmp_path / "cache", tmp_path)
+    out = _run("""
+        import json, subprocess, sys
+        from nnjit import jit
+        from nnjit.loops import epoch
+        args = [epoch.FUSED, epoch.DENSE, "float32"]
+        awaited, fill = epoch.compile_fill(*args)
+        job = json.dumps({"plan": "plans:empty", "fill": "nnjit.loops.epoch:compile_fill",
+                          "args": args, "fingerprint": jit._fingerprint(fill)})
+        def worker():
+            subprocess.run([sys.executable, "-c", "from nnjit.jit import _worker; _worker()",
+                            job], check=True, timeout=600)
+        worker()
+        print(len(fill), awaited is epoch.gemm_rows, any(jit.cached(d, s) for d, s in fill))
+        with jit._file_lock(awaited.nnjit_cache.lock_path) as held:
+            worker()
+        print(held, all(jit.cached(d, s) for d, s in fill), len(awaited.overloads),
+              epoch.compile_fill(epoch.GEMM, epoch.DENSE, "float32")[1])
+    """, env)
+    assert out.split() == ["7", "True", "False", "True", "True", "0", "[]"], out

@@ -1334,7 +1334,8 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
 
     And each twin's compile plans (nnjit.loops.epoch.compile_plan: what a second process
     compiles beside a first fit, and what the fitting process compiles before the fused twin;
-    nnjit.loops.team.compile_plan for the team)
+    compile_fill, what the second one compiles while it would wait; nnjit.loops.team.compile_plan
+    for the team)
     name the argument types that fit compiled its kernels with: a wrong type there would
     make a process compile a specialisation nobody loads."""
     import os
@@ -1365,7 +1366,8 @@ def test_a_fit_compiles_each_kernel_once(tmp_path):
         from nnjit.loops import epoch
         for mode, first in epoch._EPOCH:
             for d, sig in (epoch.compile_plan(mode, first, "float32")
-                           + epoch.compile_plan(mode, first, "float32", own=True)):
+                           + epoch.compile_plan(mode, first, "float32", own=True)
+                           + epoch.compile_fill(mode, first, "float32")[1]):
                 assert tuple(sig) in d.overloads, (mode, first, d.py_func.__qualname__, sig,
                                                    list(d.overloads))
         assert len(epoch._EPOCH) == 5, list(epoch._EPOCH)

@@ -305,8 +305,8 @@ def train_epoch(theta, vel, sq, step, grad, shape, bufs, X, Y, S, csr, order, ba
                            loss, par_work, tile)
     twin = _twin(mode, first)
     if not twin.overloads:      # not yet compiled or loaded in this process
-        if (compile_beside("nnjit.loops.epoch:compile_plan", mode, first, bufs.a.dtype.name)
-                and mode == FUSED):
+        if (compile_beside("nnjit.loops.epoch:compile_plan", mode, first, bufs.a.dtype.name,
+                           fill="nnjit.loops.epoch:compile_fill") and mode == FUSED):
             # the second process compiles the first region (the longer compile), this one
             # the rest, then its epoch (which waits for the first, then is finished)
             for kernel, sig in compile_plan(mode, first, bufs.a.dtype.name, own=True):
@@ -362,9 +362,7 @@ def compile_plan(mode, first, dtype, own=False):
         return [(gemm_rows, (A1, i, A1, i, i, A1, i, i, i, i, i, i, i)),
                 (table_kernel(dtype, "softmax_row"), (A1, A1)),
                 (table_kernel(dtype, "fprime"), (x, x, i)), (sum8, (A1, i, i, i)),
-                region2, (sample_loss, (A1, A2, A2, A2, i, i)), (penalty_from, (A1, St, i)),
-                (step_coefs, (i, T["Ht"], i, f)), (rows_rc, (A1, St, i, i)),
-                (targets_rc, (Bt, St, i))]
+                region2] + _serial_helpers(T)
     calls = []
     if first == SPARSE:
         calls.append((sparse_forward, (A2, A2, A2, A1, I1, I1, A1, I1, i, i)))
@@ -396,6 +394,26 @@ def compile_plan(mode, first, dtype, own=False):
     if mode == FUSED:       # (the other twins compile load_batch with themselves)
         predict.append((load_batch, (Bt, St, A2, A2, A1, I1, i, i)))
     return calls[::-1] + predict
+
+
+def _serial_helpers(T):
+    """The fused twin's serial helpers (T: kernel_types), in the order it calls them."""
+    A1, A2, St, Bt, i = T["A1"], T["A2"], T["St"], T["Bt"], T["i"]
+    return [(sample_loss, (A1, A2, A2, A2, i, i)), (penalty_from, (A1, St, i)),
+            (step_coefs, (i, T["Ht"], i, T["f"])), (rows_rc, (A1, St, i, i)),
+            (targets_rc, (Bt, St, i)), (pack_weights, (A1, St, A1)), (chunks, (i, i))]
+
+
+def compile_fill(mode, first, dtype):
+    """What the second process compiles before its compile_plan while the first process is
+    compiling gemm_rows (nnjit.jit.compile_beside's fill): the fused twin's serial helpers,
+    which the first process would compile after its second region. The first region calls
+    gemm_rows early and waits for it: on an AVX2 core gemm_rows took 3.3 s to compile, 2.5
+    of them its micro-kernel's (block3, through the SLP vectoriser), and the second process
+    waited 2 s (AMD Milan); an AVX-512 core's micro-kernel (block_wide) compiles in 0.2 s,
+    and there the wait, and so the fill, is short or none. (gemm_rows, []) for the other
+    twins."""
+    return gemm_rows, (_serial_helpers(kernel_types(dtype)) if mode == FUSED else [])
 
 
 def zero_inputs(dtype):
