@@ -402,6 +402,28 @@ def test_a_first_fit_with_a_second_process_compiling_beside_it(tmp_path):
     assert out == [_here(code).strip(), "0", "True", "True", "0"]
 
 
+def test_a_first_online_fit_has_its_prediction_compiled_beside_it(tmp_path):
+    """A first online fit with a wide layer (the team, nnjit.loops.team) on an empty cache
+    starts the second process, which compiles the leader's helpers and then the prediction's
+    forward: afterwards the whole team plan is in the cache, forward included, which this
+    process never compiled (its first predict then loads it)."""
+    _two_cpus()
+    env = _env(tmp_path / "cache", NNJIT_COMPILE_WORKER="1")
+    out = _run("""
+        import numpy as np
+        from nnjit import MLP, jit
+        from nnjit.loops import network, team
+        X = np.random.default_rng(0).normal(size=(6, 300)).astype("float32")
+        MLP([300, 256, 3], seed=0, dtype="float32").fit(X, np.arange(6) % 3, epochs=1,
+                                                        batch_size=1)
+        print(jit._BESIDE["proc"].wait(600))
+        plan = team.compile_plan("float32")
+        print(all(jit.cached(d, s) for d, s in plan), plan[-1][0] is network.forward,
+              len(network.forward.overloads), len(team.team_member.overloads))
+    """, env, timeout=900)
+    assert out.split() == ["0", "True", "True", "0", "1"], out
+
+
 def test_the_second_process_fills_its_wait_for_gemm_rows(tmp_path):
     """compile_beside's fill (nnjit.loops.epoch.compile_fill): the second process compiles the
     fused twin's serial helpers first only while another process holds gemm_rows's lock (the

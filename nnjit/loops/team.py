@@ -50,7 +50,7 @@ from numba.extending import intrinsic
 from ..jit import jit
 from .blocked import (backward_layer_tiled_serial, blocks, corrections_update_tiled_serial,
                       corrections_update_units, forward_layer_tiled_serial)
-from .network import load_batch
+from .network import forward, load_batch
 from .reference import output_error, penalty_from, sample_loss, weight_sum
 from .rows import apply_f, check_act, check_rule, online_row, rule_at, step_coefs
 from .simd import dot
@@ -334,7 +334,9 @@ def compile_plan(dtype):
     """What a second process compiles into the cache beside a first online fit in dtype
     (nnjit.jit.compile_beside): the leader's helpers with the argument types team_member
     calls them with, in the reverse of the order it first calls them (it starts with the
-    stages; see nnjit.loops.epoch.compile_plan)."""
+    stages; see nnjit.loops.epoch.compile_plan), then the prediction's forward (the second
+    process had finished its list 5 s before the fitting process its team, which then
+    compiled the forward for its first predict: 3.3 s, AMD Milan)."""
     T = kernel_types(dtype)
     A1, A2, i = T["A1"], T["A2"], T["i"]
     return [(corrections_update_tiled_serial, T["corr"] + (i, i, T["t"])),
@@ -342,7 +344,8 @@ def compile_plan(dtype):
             (output_error, (A2, A2, A2, A2, A1, i, i)),
             (penalty_from, (A1, T["St"], i)),
             (sample_loss, (A1, A2, A2, A2, i, i)),
-            (forward_layer_tiled_serial, T["fwd"])]
+            (forward_layer_tiled_serial, T["fwd"]),
+            (forward, (A1, T["St"], T["Bt"], i, T["t"], i, i))]
 
 
 _POOL, _POOL_LOCK = None, threading.Lock()
